@@ -1,0 +1,27 @@
+"""Build the Cython core. MSHARE_DEBUG=1 turns on annotation and line tracing."""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("MSHARE_DEBUG") == "1"
+
+macros = [("CYTHON_TRACE_NOGIL", "1")] if DEBUG else []
+extensions = [
+    Extension(
+        f"mshare.{module}",
+        [f"mshare/{module}.pyx"],
+        define_macros=macros,
+        extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+    )
+    for module in ("_core",)
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        annotate=DEBUG,
+        compiler_directives={"linetrace": DEBUG},
+    )
+)
