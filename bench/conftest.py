@@ -1,0 +1,91 @@
+"""Fixtures shared by every figure: a private registry, the sizes, backends, resident regions.
+
+Set MSHARE_BENCH_SMOKE=1 (or run `python -m bench --smoke`) for tiny sizes and few
+processes: the whole suite then runs in seconds, so CI keeps it from rotting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import tempfile
+
+import pytest
+
+# Before mshare is imported anywhere: this run's regions live in a registry of its own,
+# and every child inherits it through the environment.
+_registry = tempfile.TemporaryDirectory(prefix="mshare-bench-")
+os.environ["MSHARE_ROOT"] = _registry.name
+
+from bench.backends import Backend, all_backends, by_name, touch  # noqa: E402
+from bench.machine import describe, human, plan_sizes  # noqa: E402
+
+SMOKE = os.environ.get("MSHARE_BENCH_SMOKE") == "1"
+SIZES = plan_sizes(SMOKE)
+_names = itertools.count()
+_unavailable: dict[tuple[str, int], str | None] = {}
+
+
+def pytest_report_header(config):
+    machine = describe()
+    lines = [f"mshare bench ({'smoke' if SMOKE else 'full'}): {machine['cpu']}, "
+             f"{machine['cores']} cores, {machine['memory_total_gib']} GiB, "
+             f"kernel {machine['kernel']}, hugetlb pool {machine['hugetlb_pool']}"]
+    for key, value in SIZES.as_dict().items():
+        if isinstance(value, list):
+            value = ", ".join(human(v) if v >= 1024 else str(v) for v in value)
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1024:
+            value = human(value)
+        lines.append(f"  {key}: {value}")
+    return lines
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["mshare_bench"] = {"machine": describe(), "sizes": SIZES.as_dict(),
+                                    "smoke": SMOKE}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _registry.cleanup()
+
+
+def region_name() -> str:
+    return f"bench-{os.getpid()}-{next(_names)}"
+
+
+def require(backend: Backend, size: int) -> None:
+    """Skip, saying why, when this backend cannot hold `size` here (no pool, no mount...)."""
+    key = (backend.name, size)
+    if key not in _unavailable:
+        _unavailable[key] = backend.unavailable(size)
+    if _unavailable[key]:
+        pytest.skip(_unavailable[key])
+
+
+@contextlib.contextmanager
+def resident_region(backend: Backend, size: int, touched: bool = True, mapped: bool = True):
+    """A region that exists and, when `touched`, has every page in memory; always unlinked.
+
+    With `mapped=False` this process unmaps its creator's handle before yielding, so that
+    an attach here maps afresh instead of sharing the creator's mapping.
+    """
+    require(backend, size)
+    name = region_name()
+    handle = backend.create(name, size)
+    try:
+        if touched:
+            touch(handle)
+        if not mapped:
+            handle.close()
+            handle = None
+        yield name
+    finally:
+        if handle is not None:
+            handle.close()
+        backend.unlink(name)
+
+
+@pytest.fixture(params=[backend.name for backend in all_backends()])
+def backend(request) -> Backend:
+    return by_name(request.param)
