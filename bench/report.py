@@ -1,0 +1,190 @@
+"""Turn the raw pytest-benchmark JSON into `results.md`: the machine, the sizes, every figure
+and, for every mshare backend, how many times better it did than each peer in the same run.
+
+`python -m bench.report results/benchmark.json` rewrites the Markdown from a saved run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.machine import human
+
+
+@dataclass
+class Figure:
+    """One figure: which benchmark group, which parameter varies, how to read a value."""
+
+    group: str
+    title: str
+    unit: str
+    parameter: str  # the extra_info key the columns vary by
+    lower_is_better: bool
+    explanation: str
+
+    def value(self, record: dict) -> float:
+        extra = record["extra_info"]
+        if self.group.startswith(("1", "2")):
+            return record["stats"]["median"] * 1e6
+        if self.group.startswith("3"):
+            return extra["median_inside_s"] * 1e3
+        if self.group.startswith("4"):
+            return extra["kib_per_process_per_gib"]
+        return extra["gb_per_s"]
+
+    def floor(self, record: dict) -> float:
+        """The smallest value the measurement can tell from zero."""
+        return record["extra_info"].get("resolution_kib_per_process_per_gib", 0.0)
+
+    def column(self, record: dict) -> str:
+        extra = record["extra_info"]
+        if self.parameter == "workers":
+            return f"{extra['workers']} workers, {extra['scan_pass']} pass"
+        key = extra[self.parameter]
+        if self.parameter == "size":
+            return human(key)
+        return f"{key} process" if key == 1 else f"{key} processes"
+
+
+FIGURES = [
+    Figure("1 round trip", "1. Round trip: create + attach + close + unlink", "µs", "size", True,
+           "A small region created, attached, closed and unlinked in one process (median)."),
+    Figure("2 attach", "2. Attach alone", "µs", "size", True,
+           "Attach an existing region in a process that already imported the library (median)."),
+    Figure("3 attach and touch", "3. A new process attaches a resident region and touches "
+           "every page", "ms", "size", True,
+           "A fresh interpreter, started alone, attaches and reads + writes one byte in every "
+           "page at the page size the kernel maps; timed inside that process (median of rounds)."),
+    Figure("4a page tables by processes", "4a. Page tables per process per GiB, by processes",
+           "KiB", "processes", True,
+           "Growth of the system-wide PageTables while N live processes attach and touch the "
+           "region, over their own baseline mapping nothing, per process per GiB."),
+    Figure("4b page tables by region size", "4b. Page tables per process per GiB, by region "
+           "size", "KiB", "size", True, "As 4a, with a fixed number of processes."),
+    Figure("5 parallel scan", "5. Parallel scan", "GB/s", "workers", False,
+           "N workers each sum the whole region as float64 at once; aggregate bytes over wall "
+           "time. First pass: fresh mappings (page faults included); repeat: pages mapped."),
+]
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def records_of(data: dict, group: str) -> list[dict]:
+    return [record for record in data["benchmarks"] if record["group"] == group]
+
+
+def _backends(records: list[dict], family: str) -> list[str]:
+    names = []
+    for record in records:
+        extra = record["extra_info"]
+        if extra["family"] == family and extra["backend"] not in names:
+            names.append(extra["backend"])
+    return names
+
+
+def _number(value: float) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def figure_tables(figure: Figure, records: list[dict]) -> list[str]:
+    """The values (backend × parameter) and the ratios (mshare backend ÷ peer × parameter)."""
+    columns: list[str] = []
+    cells: dict[tuple[str, str], dict] = {}
+    for record in records:
+        column = figure.column(record)
+        if column not in columns:
+            columns.append(column)
+        cells[(record["extra_info"]["backend"], column)] = record
+    mshares, peers = _backends(records, "mshare"), _backends(records, "peer")
+    lines = [f"| backend ({figure.unit}) | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for backend in mshares + peers:
+        row = [_number(figure.value(cells[(backend, c)])) if (backend, c) in cells else "—"
+               for c in columns]
+        lines.append(f"| {backend} | " + " | ".join(row) + " |")
+    if not (mshares and peers):
+        return lines
+    lines += ["", "How many times better mshare did than each peer in this run (> 1: mshare "
+              "better):", "", "| mshare vs peer | " + " | ".join(columns) + " |",
+              "|---" * (len(columns) + 1) + "|"]
+    for mshare in mshares:
+        for peer in peers:
+            row = [ratio(figure, cells.get((mshare, c)), cells.get((peer, c))) for c in columns]
+            lines.append(f"| {mshare} vs {peer} | " + " | ".join(row) + " |")
+    return lines
+
+
+def ratio(figure: Figure, mshare: dict | None, peer: dict | None) -> str:
+    if mshare is None or peer is None:
+        return "—"
+    ours, theirs = figure.value(mshare), figure.value(peer)
+    if not figure.lower_is_better:
+        return f"{ours / theirs:.2f}×"
+    # A cost at or below what the counter can resolve only bounds the ratio from below.
+    floor = figure.floor(mshare)
+    if floor and ours < floor:
+        return f"≥ {theirs / floor:,.0f}×"
+    return f"{theirs / ours:,.1f}×" if ours > 0 else "—"
+
+
+def machine_section(data: dict) -> list[str]:
+    bench = data["machine_info"]["mshare_bench"]
+    machine, sizes = bench["machine"], bench["sizes"]
+    lines = ["## Machine", "",
+             f"- CPU: {machine['cpu']}, {machine['cores']} cores",
+             f"- Memory: {machine['memory_total_gib']} GiB "
+             f"({machine['memory_available_gib']} GiB available at the start)",
+             f"- Kernel: Linux {machine['kernel']}, Python {machine['python']}",
+             f"- Hugetlb pool: {machine['hugetlb_pool']}; hugetlbfs mounts: "
+             f"{', '.join(machine['hugetlbfs_mounts']) or 'none'}",
+             f"- THP for shmem: `{machine['thp_shmem_enabled']}`; /dev/shm free: "
+             f"{machine['dev_shm_free_gib']} GiB",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+             f"- Run: {data['datetime']}" + (" — SMOKE MODE, tiny sizes: not figures to quote"
+                                             if bench["smoke"] else ""),
+             "", "Sizes chosen for this machine:", ""]
+    for key, value in sizes.items():
+        if isinstance(value, list):
+            value = ", ".join(human(v) if v >= 1024 else str(v) for v in value)
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1024:
+            value = human(value)
+        lines.append(f"- {key}: {value}")
+    return lines
+
+
+def skipped_section(skipped: list[str]) -> list[str]:
+    if not skipped:
+        return []
+    return ["## Not measured", ""] + [f"- {reason}" for reason in sorted(set(skipped))] + [""]
+
+
+def render(data: dict, skipped: list[str] = (), plots: list[str] = ()) -> str:
+    lines = ["# mshare benchmark results", "",
+             "Every figure below was measured for mshare and for each peer in the same run.", ""]
+    lines += machine_section(data) + [""] + skipped_section(list(skipped))
+    for figure in FIGURES:
+        records = records_of(data, figure.group)
+        if not records:
+            continue
+        lines += [f"## {figure.title}", "", figure.explanation, ""]
+        lines += figure_tables(figure, records) + [""]
+    if plots:
+        lines += ["## 6. Scale curves", ""]
+        lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    path = Path(argv[0])
+    (path.parent / "results.md").write_text(render(load(path)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

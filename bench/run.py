@@ -1,0 +1,74 @@
+"""Run the whole suite and write its results: `python -m bench [--smoke] [--output DIR]`.
+
+Writes DIR/benchmark.json (raw pytest-benchmark), DIR/results.md (figures and ratios, the
+machine) and DIR/*.png (scale curves). The full run goes to bench/results/; a smoke run
+(tiny sizes, two processes, seconds long, for CI) goes to build/bench-smoke/ so it never
+overwrites the figures worth quoting. Arguments after `--` go to pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+class SkipReasons:
+    """A pytest plugin that keeps why a backend was not measured, for the report."""
+
+    def __init__(self):
+        self.reasons: list[str] = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.skipped and isinstance(report.longrepr, tuple):
+            self.reasons.append(report.longrepr[2].removeprefix("Skipped: "))
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes and few processes (also: MSHARE_BENCH_SMOKE=1)")
+    parser.add_argument("--output", type=Path, help="where results go")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
+    arguments = parser.parse_args(argv)
+    arguments.smoke = arguments.smoke or os.environ.get("MSHARE_BENCH_SMOKE") == "1"
+    if arguments.output is None:
+        arguments.output = HERE.parent / "build" / "bench-smoke" if arguments.smoke \
+            else HERE / "results"
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse(sys.argv[1:] if argv is None else argv)
+    if arguments.smoke:
+        os.environ["MSHARE_BENCH_SMOKE"] = "1"
+    output: Path = arguments.output
+    output.mkdir(parents=True, exist_ok=True)
+    raw = output / "benchmark.json"
+    pytest_args = [str(HERE), "-p", "no:cacheprovider", "-rs", f"--benchmark-json={raw}",
+                   "--benchmark-columns=min,median,max,rounds", "--benchmark-sort=name"]
+    if arguments.smoke:
+        pytest_args += ["--benchmark-max-time=0.02", "--benchmark-min-rounds=2",
+                        "--benchmark-warmup=off"]
+    skips = SkipReasons()
+    code = pytest.main(pytest_args + arguments.pytest_args, plugins=[skips])
+    if code != 0 or not raw.exists():
+        return int(code) or 1
+
+    # Imported late: matplotlib is only needed once there are numbers to draw.
+    from bench import plots, report
+
+    data = report.load(raw)
+    drawn = plots.draw(data, output)
+    (output / "results.md").write_text(report.render(data, skips.reasons, drawn))
+    print(f"results: {output / 'results.md'}, {raw}, {len(drawn)} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
