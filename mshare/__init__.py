@@ -1,0 +1,29 @@
+"""mshare: named shared-memory regions at one fixed address in every process.
+
+>>> import mshare
+>>> region = mshare.create("cache", 1 << 30, mode=0o640)      # in one process
+>>> region = mshare.attach("cache")                          # in any other: same addr
+>>> mshare.unlink("cache")
+"""
+
+from mshare.errors import AddressConflictError, CorruptEntryError, MshareError, UnsafeRegistryError
+from mshare.info import RegionInfo
+from mshare.operations import attach, create, info, unlink
+from mshare.operations import list_regions as list
+from mshare.region import Region
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressConflictError",
+    "CorruptEntryError",
+    "MshareError",
+    "Region",
+    "RegionInfo",
+    "UnsafeRegistryError",
+    "attach",
+    "create",
+    "info",
+    "list",
+    "unlink",
+]

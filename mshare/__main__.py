@@ -1,0 +1,5 @@
+import sys
+
+from mshare.cli import main
+
+sys.exit(main())

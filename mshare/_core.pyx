@@ -1,0 +1,193 @@
+# cython: language_level=3, embedsignature=True
+"""The C-speed core: maps shared memory at fixed addresses, populates it, exports it
+as buffers, and turns failed system calls into exceptions.
+
+Nothing here knows about region names or the registry; callers pass file descriptors,
+addresses and lengths.
+"""
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EEXIST, EINTR, EINVAL, errno
+from libc.stdint cimport uintptr_t
+from libc.string cimport strerror
+
+from mshare._system cimport *
+
+import os
+
+from mshare.errors import AddressConflictError
+from mshare.procmaps import describe_occupant
+
+PAGE_SIZE = sysconf(_SC_PAGESIZE)
+
+
+cdef raise_errno(int err, object filename=None):
+    """Raise the OSError subclass for ``err`` (FileExistsError, PermissionError, ...)."""
+    raise OSError(err, strerror(err).decode("utf-8", "replace"), filename)
+
+
+cdef class Mapping:
+    """One ``MAP_SHARED`` mapping at a fixed address, unmapped exactly once.
+
+    ``exports`` counts live buffer views (memoryviews, numpy arrays); ``unmap`` refuses
+    while any exist, so no Python object can ever point at unmapped memory.
+    """
+
+    cdef readonly uintptr_t addr
+    cdef readonly size_t length
+    cdef readonly bint writable
+    cdef readonly Py_ssize_t exports
+    cdef readonly bint mapped
+    cdef public object label
+
+    def __cinit__(self):
+        self.addr = 0
+        self.length = 0
+        self.writable = False
+        self.exports = 0
+        self.mapped = False
+        self.label = None
+
+    @staticmethod
+    def map_fixed(int fd, uintptr_t addr, size_t length, bint writable, label=None):
+        """Map ``length`` bytes of ``fd`` at exactly ``addr`` or raise.
+
+        Uses ``MAP_FIXED_NOREPLACE`` and compares the result, so an existing mapping is
+        never replaced (kernels before 4.17 treat the flag as a hint and may answer
+        elsewhere; that mapping is undone and reported as a conflict).
+        """
+        cdef Mapping mapping = Mapping.__new__(Mapping)
+        cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+        cdef void *result
+        cdef int err
+        with nogil:
+            result = mmap(<void *>addr, length, prot, MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0)
+            err = errno
+        if result == MAP_FAILED:
+            if err == EEXIST:
+                raise AddressConflictError(
+                    f"address range {addr:#x}-{addr + length:#x} is already in use in this "
+                    f"process by {describe_occupant(addr, addr + length)}",
+                    label,
+                )
+            raise_errno(err, label)
+        if <uintptr_t>result != addr:
+            munmap(result, length)
+            raise AddressConflictError(
+                f"the kernel would not map at {addr:#x} (it offered {<uintptr_t>result:#x}); "
+                f"occupied by {describe_occupant(addr, addr + length)}",
+                label,
+            )
+        mapping.addr = addr
+        mapping.length = length
+        mapping.writable = writable
+        mapping.mapped = True
+        mapping.label = label
+        return mapping
+
+    def remap_writable(self, int fd):
+        """Replace this mapping with a writable one of the same file at the same address.
+
+        ``MAP_FIXED`` is safe here: the range is this object's own mapping of the same
+        data, so every existing pointer and view stays valid.
+        """
+        cdef void *result
+        cdef int err
+        self._check_mapped()
+        with nogil:
+            result = mmap(<void *>self.addr, self.length, PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_FIXED, fd, 0)
+            err = errno
+        if result == MAP_FAILED:
+            raise_errno(err, self.label)
+        self.writable = True
+
+    def populate(self, size_t page_size, write=None):
+        """Pre-fault every page so that first access costs nothing.
+
+        Uses ``MADV_POPULATE_WRITE``/``READ`` (Linux 5.14+) with the GIL released and
+        falls back to touching one byte per page where the kernel lacks them.
+        """
+        cdef bint for_write = self.writable if write is None else write
+        cdef int advice = MADV_POPULATE_WRITE if for_write else MADV_POPULATE_READ
+        cdef int rc, err = 0
+        self._check_mapped()
+        if for_write and not self.writable:
+            raise ValueError("cannot populate a read-only mapping for writing")
+        while True:
+            with nogil:
+                rc = madvise(<void *>self.addr, self.length, advice)
+                err = errno if rc != 0 else 0
+            if rc == 0:
+                return
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            break
+        if err != EINVAL:
+            raise_errno(err, self.label)
+        with nogil:
+            touch_pages(<char *>self.addr, <char *>(self.addr + self.length), page_size, for_write)
+
+    def advise_hugepages(self):
+        """Ask for transparent huge pages (``MADV_HUGEPAGE``) on this mapping."""
+        self._check_mapped()
+        if madvise(<void *>self.addr, self.length, MADV_HUGEPAGE) != 0:
+            raise_errno(errno, self.label)
+
+    def unmap(self):
+        """Unmap now; ``BufferError`` while views of the memory are alive."""
+        if not self.mapped:
+            return
+        if self.exports:
+            raise BufferError(
+                f"{self.exports} view(s) of {self.label or 'the region'} are still alive "
+                "(memoryview slices or numpy arrays made from Region.buf / Region.ndarray); "
+                "release them (del them or call .release()) before close()"
+            )
+        self._unmap()
+
+    cdef void _unmap(self):
+        if self.mapped:
+            munmap(<void *>self.addr, self.length)
+            self.mapped = False
+
+    cdef _check_mapped(self):
+        if not self.mapped:
+            raise ValueError(f"{self.label or 'the region'} is closed")
+
+    def __dealloc__(self):
+        # Views hold a reference to the mapping, so this runs only when none remain.
+        self._unmap()
+
+
+cdef class MappedBuffer:
+    """Exports ``length`` bytes of a ``Mapping`` through the buffer protocol.
+
+    ``memoryview(MappedBuffer(...))`` gives the zero-copy ``Region.buf``; read-only
+    buffers refuse writable requests even when the mapping itself is writable.
+    """
+
+    cdef Mapping mapping
+    cdef readonly size_t length
+    cdef readonly bint readonly
+
+    def __cinit__(self, Mapping mapping, size_t length, bint readonly):
+        if length > mapping.length:
+            raise ValueError("buffer longer than its mapping")
+        if not readonly and not mapping.writable:
+            raise ValueError("a writable buffer needs a writable mapping")
+        self.mapping = mapping
+        self.length = length
+        self.readonly = readonly
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        self.mapping._check_mapped()
+        if (flags & PyBUF_WRITABLE) and self.readonly:
+            raise BufferError(f"{self.mapping.label or 'the region'} is attached read-only")
+        PyBuffer_FillInfo(view, self, <void *>self.mapping.addr, self.length, self.readonly, flags)
+        self.mapping.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.mapping.exports -= 1

@@ -1,0 +1,55 @@
+"""The interface every backend implements."""
+
+import os
+
+
+class Backend:
+    """A kind of data object regions can live in.
+
+    Subclasses set ``name`` and implement the methods that raise here.
+    """
+
+    name = ""
+
+    def page_size(self):
+        """The page size mappings of this backend are expected to use."""
+        raise NotImplementedError
+
+    def location_for(self, registry_id, region_id):
+        """Where the data object of a region lives."""
+        raise NotImplementedError
+
+    def owns_location(self, location, registry_id):
+        """True when ``location`` is one this backend would make for ``registry_id``.
+
+        Entries are checked with this before anything is opened, so a tampered entry
+        cannot point a region at someone else's file.
+        """
+        raise NotImplementedError
+
+    def path(self, location):
+        """The file-system path of a location (for ``stat`` and messages)."""
+        raise NotImplementedError
+
+    def create(self, location, length, mode):
+        """Create the data object exclusively, reserve ``length`` bytes, apply ``mode``
+        exactly; return a read-write file descriptor. Nothing is left on failure."""
+        raise NotImplementedError
+
+    def open(self, location, writable):
+        """Open an existing data object; the kernel checks its owner and mode."""
+        raise NotImplementedError
+
+    def unlink(self, location):
+        """Remove the data object's name; mappings stay valid."""
+        raise NotImplementedError
+
+    def after_map(self, mapping):
+        """Advise the kernel about a fresh mapping (e.g. transparent huge pages)."""
+
+    def exists(self, location):
+        try:
+            os.stat(self.path(location), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True

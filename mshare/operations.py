@@ -1,0 +1,294 @@
+"""create, attach, unlink, info, list: the roads from a name to a mapping.
+
+``create`` goes registry (validate, lock, allocate the address, claim it) -> backend
+(make the data object) -> core (map at the address) -> registry (publish the entry)
+-> ``Region``. ``attach`` takes the same road reading instead of writing.
+"""
+
+import errno
+import os
+import stat
+import time
+from contextlib import ExitStack
+
+from mshare import addresses, attachments
+from mshare._core import Mapping
+from mshare.attachments import Attachment
+from mshare.backends import get_backend
+from mshare.entry import Entry
+from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
+from mshare.info import RegionInfo
+from mshare.names import validate_mode, validate_name, validate_size
+from mshare.procmaps import describe_occupant
+from mshare.region import Region
+from mshare.registry import RangeClaim, Registry, range_file_name
+
+
+def bookkeeping_length(page_size):
+    """Bytes after the user's data reserved for the region's own bookkeeping."""
+    return 0
+
+
+def initialize_bookkeeping(mapping, entry):
+    """Prepare the bookkeeping area of a new region before anyone else can see it."""
+
+
+def create(name, size, *, mode=0o600, addr=None, populate=False):
+    """Create the region ``name`` of exactly ``size`` bytes and map it.
+
+    ``mode`` is applied exactly (no umask) to the registry entry and the data object.
+    ``addr`` chooses the start address (1 GiB aligned, inside the arena); by default the
+    registry picks the lowest free one. ``FileExistsError`` if the name is taken.
+
+    >>> region = mshare.create("frames", 64 << 20, mode=0o640)
+    """
+    validate_name(name)
+    validate_size(size)
+    validate_mode(mode)
+    _require_bool(populate, "populate")
+    backend = get_backend("shm")
+    page_size = backend.page_size()
+    data_length = addresses.round_up(size, page_size)
+    map_length = data_length + bookkeeping_length(page_size)
+    reserved_length = addresses.round_up(map_length, addresses.ALIGNMENT)
+    arena_start, arena_end = addresses.arena()
+    if reserved_length > arena_end - arena_start:
+        raise ValueError(f"size {size} is larger than the whole address arena")
+    if addr is not None:
+        addresses.check_requested(addr, reserved_length)
+
+    with Registry() as registry:
+        region_id = os.urandom(8).hex()
+        location = backend.location_for(registry.registry_id, region_id)
+        with registry.locked(), ExitStack() as undo:
+            try:
+                registry.stat_entry(name)
+            except FileNotFoundError:
+                pass
+            else:
+                raise registry._exists(name)
+            start = _allocate(registry, reserved_length, addr)
+            range_file = registry.claim_range(start, start + reserved_length, backend.name, location)
+            undo.callback(os.unlink, range_file, dir_fd=registry.dir_fd)
+            fd = backend.create(location, map_length, mode)
+            undo.callback(backend.unlink, location)
+            try:
+                mapping = Mapping.map_fixed(fd, start, map_length, True, f"region {name!r}")
+            finally:
+                os.close(fd)
+            undo.callback(mapping.unmap)
+            backend.after_map(mapping)
+            entry = Entry(
+                addr=start, size=size, data_length=data_length, map_length=map_length,
+                reserved_length=reserved_length, page_size=page_size, backend=backend.name,
+                region_id=region_id, location=location, creator_pid=os.getpid(),
+                created=time.time(),
+            )
+            initialize_bookkeeping(mapping, entry)
+            registry.publish(name, entry.pack(), mode, region_id)
+            undo.callback(registry.remove_entry, name)
+            mark_fd = registry.hold_range(range_file)
+            undo.pop_all()
+        entry_stat = registry.stat_entry(name)
+        with attachments.table_lock:
+            attachment = Attachment((registry.identity, region_id), registry.path, entry,
+                                    mapping, mark_fd, range_file)
+            attachments.add(attachment)
+            region = Region(attachment, name, False, entry_stat)
+    if populate:
+        try:
+            region.populate()
+        except BaseException:
+            region.close()
+            unlink(name)
+            raise
+    return region
+
+
+def attach(name, *, readonly=False, populate=False):
+    """Map the existing region ``name`` at its address.
+
+    Needs read permission (``readonly=True``, mapped ``PROT_READ``) or read and write
+    permission, checked as ``open(2)`` does. A region this process already maps is
+    shared, not mapped twice.
+
+    >>> region = mshare.attach("frames", readonly=True)
+    """
+    validate_name(name)
+    _require_bool(readonly, "readonly")
+    _require_bool(populate, "populate")
+    return _attach(name, readonly, populate, root=None)
+
+
+def attach_by_pickle(name, readonly, registry_path):
+    """Unpickling a ``Region`` attaches it again, in the registry it came from."""
+    return _attach(name, readonly, False, root=registry_path)
+
+
+def _attach(name, readonly, populate, root):
+    with Registry(root) as registry:
+        with registry.locked(exclusive=False):
+            entry, entry_stat = registry.read_entry(name, writable=not readonly)
+            with attachments.table_lock:
+                attachment = attachments.find((registry.identity, entry.region_id))
+                if attachment is None:
+                    attachment = _map_entry(registry, name, entry, entry_stat, not readonly)
+                    attachments.add(attachment)
+                elif not readonly and not attachment.mapping.writable:
+                    fd = get_backend(entry.backend).open(entry.location, True)
+                    try:
+                        attachment.mapping.remap_writable(fd)
+                    finally:
+                        os.close(fd)
+                region = Region(attachment, name, readonly, entry_stat)
+    if populate:
+        region.populate()
+    return region
+
+
+def _map_entry(registry, name, entry, entry_stat, writable):
+    backend = get_backend(entry.backend)
+    try:
+        fd = backend.open(entry.location, writable)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"the data of region {name!r} ({backend.path(entry.location)}) is gone; "
+            "the entry is stale (run: mshare gc)", name,
+        ) from None
+    try:
+        data_stat = os.fstat(fd)
+        if data_stat.st_uid != entry_stat.st_uid:
+            raise CorruptEntryError(
+                f"region {name!r}: entry owned by uid {entry_stat.st_uid} but its data by uid "
+                f"{data_stat.st_uid}; refusing to map it", name,
+            )
+        if data_stat.st_size < entry.map_length:
+            raise CorruptEntryError(
+                f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
+                f"says {entry.map_length}", name,
+            )
+        range_file = range_file_name(entry.addr, entry.end)
+        try:
+            mark_fd = registry.hold_range(range_file)
+        except FileNotFoundError:
+            raise CorruptEntryError(
+                f"region {name!r}: its address range is not recorded in the registry", name
+            ) from None
+        try:
+            mapping = Mapping.map_fixed(fd, entry.addr, entry.map_length, writable, f"region {name!r}")
+            backend.after_map(mapping)
+        except BaseException:
+            os.close(mark_fd)
+            raise
+    finally:
+        os.close(fd)
+    return Attachment((registry.identity, entry.region_id), registry.path, entry, mapping,
+                      mark_fd, range_file)
+
+
+def _allocate(registry, length, requested):
+    """Pick (or check) a start address; called with the registry locked."""
+    taken = [
+        (claim.start, claim.end)
+        for claim in registry.ranges()
+        if not registry.release_range_if_unused(claim)
+    ]
+    taken += addresses.own_mappings()
+    if requested is not None:
+        for start, end in taken:
+            if start < requested + length and requested < end:
+                raise AddressConflictError(
+                    f"address range {requested:#x}-{requested + length:#x} overlaps "
+                    f"{start:#x}-{end:#x}, taken by a live region or "
+                    f"{describe_occupant(requested, requested + length)}"
+                )
+        return requested
+    start = addresses.first_fit(length, taken)
+    if start is None:
+        arena_start, arena_end = addresses.arena()
+        raise MshareError(
+            errno.ENOMEM,
+            f"no free {length:#x}-byte range left in the address arena "
+            f"{arena_start:#x}-{arena_end:#x}; unlink regions no longer needed (mshare gc "
+            "sweeps leftovers of crashed processes)",
+        )
+    return start
+
+
+def unlink(name):
+    """Remove the name and its data object; existing mappings stay valid until closed.
+
+    Only the owner or root may unlink; others get ``PermissionError``.
+    """
+    validate_name(name)
+    with Registry() as registry, registry.locked():
+        entry_stat = registry.stat_entry(name)
+        user = os.geteuid()
+        if user != 0 and entry_stat.st_uid != user:
+            raise PermissionError(
+                errno.EPERM,
+                f"only the owner (uid {entry_stat.st_uid}) or root may unlink region {name!r}",
+                name,
+            )
+        entry = _readable_entry(registry, name, entry_stat)
+        registry.remove_entry(name)
+        if entry is not None:
+            get_backend(entry.backend).unlink(entry.location)
+            registry.release_range_if_unused(RangeClaim(
+                entry.addr, entry.end, range_file_name(entry.addr, entry.end),
+                entry.backend, entry.location,
+            ))
+
+
+def _readable_entry(registry, name, entry_stat):
+    """The entry to unlink, or ``None`` when it is damaged beyond identifying its data."""
+    if not stat.S_ISREG(entry_stat.st_mode):
+        return None
+    try:
+        return registry.read_entry(name)[0]
+    except PermissionError:
+        return registry.read_own_unreadable_entry(name)[0]
+    except CorruptEntryError:
+        return None
+
+
+def info(name):
+    """The ``RegionInfo`` of ``name``; needs read permission on it."""
+    validate_name(name)
+    with Registry() as registry:
+        entry, entry_stat = registry.read_entry(name)
+        return RegionInfo.from_entry(name, entry, entry_stat,
+                                     registry.attach_count(entry.addr, entry.end))
+
+
+def list_regions():
+    """Every region of the registry, sorted by name; never fails because of one entry."""
+    with Registry() as registry:
+        found = []
+        for name in registry.names():
+            try:
+                entry, entry_stat = registry.read_entry(name)
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                try:
+                    found.append(RegionInfo.from_stat(name, registry.stat_entry(name), "no access"))
+                except FileNotFoundError:
+                    pass
+                continue
+            except CorruptEntryError as error:
+                try:
+                    found.append(RegionInfo.from_stat(
+                        name, registry.stat_entry(name), f"corrupt: {error.strerror}"))
+                except FileNotFoundError:
+                    pass
+                continue
+            found.append(RegionInfo.from_entry(name, entry, entry_stat,
+                                               registry.attach_count(entry.addr, entry.end)))
+        return found
+
+
+def _require_bool(value, what):
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be bool, not {type(value).__name__}")

@@ -1,0 +1,170 @@
+"""``Region``: one process's handle on a named region."""
+
+import stat
+
+from mshare import attachments
+from mshare._core import MappedBuffer
+
+
+class Region:
+    """A named shared-memory region, mapped at ``addr`` in every process.
+
+    ``buf`` is a zero-copy ``memoryview`` of exactly ``size`` bytes (read-only when
+    attached with ``readonly=True``). ``close()`` unmaps once the last ``Region`` over
+    the mapping in this process closes; it never unlinks. Pickling carries the name and
+    ``readonly``, and unpickling attaches by name at the same address.
+
+    >>> with mshare.create("weights", 1 << 20) as region:
+    ...     region.buf[:5] = b"hello"
+    """
+
+    def __init__(self, attachment, name, readonly, entry_stat):
+        self._attachment = attachment
+        self._name = name
+        self._readonly = readonly
+        self._mode = stat.S_IMODE(entry_stat.st_mode)
+        entry = attachment.entry
+        self._buf = memoryview(MappedBuffer(attachment.mapping, entry.size, readonly))
+        attachment.users += 1
+        self._closed = False
+
+    # -- what the region is ------------------------------------------------------------
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def addr(self):
+        """Start address: the same number in every process."""
+        return self._attachment.entry.addr
+
+    @property
+    def size(self):
+        """Exactly the bytes asked for at create, never rounded."""
+        return self._attachment.entry.size
+
+    @property
+    def mode(self):
+        return self._mode
+
+    @property
+    def readonly(self):
+        return self._readonly
+
+    @property
+    def page_size(self):
+        return self._attachment.entry.page_size
+
+    @property
+    def backend(self):
+        return self._attachment.entry.backend
+
+    @property
+    def registry_path(self):
+        return self._attachment.registry_path
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def buf(self):
+        if self._closed:
+            raise ValueError(f"region {self._name!r} is closed")
+        return self._buf
+
+    # -- using it ------------------------------------------------------------------------
+
+    def ndarray(self, dtype, shape=None, offset=0):
+        """A zero-copy numpy array over the region's bytes from ``offset``.
+
+        Without ``shape`` the array is 1-D and fills the rest of the region. Writable
+        unless the region is attached read-only.
+        """
+        import numpy
+
+        dtype = numpy.dtype(dtype)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be int, not {type(offset).__name__}")
+        if not 0 <= offset <= self.size:
+            raise ValueError(f"offset {offset} is outside the region (size {self.size})")
+        if shape is None:
+            count = (self.size - offset) // dtype.itemsize
+            shape = (count,)
+        else:
+            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            count = 1
+            for extent in shape:
+                count *= extent
+        needed = count * dtype.itemsize
+        if needed > self.size - offset:
+            raise ValueError(
+                f"an array of shape {shape} and dtype {dtype} needs {needed} bytes, but only "
+                f"{self.size - offset} remain after offset {offset}"
+            )
+        return numpy.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+    def populate(self):
+        """Pre-fault every page now (``MADV_POPULATE_*``, the GIL released)."""
+        self._attachment.mapping.populate(self.page_size, write=not self._readonly)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self):
+        """Release this handle; idempotent.
+
+        Raises ``BufferError`` (and stays open) while numpy arrays or memoryviews made
+        from ``buf`` are alive, because unmapping under them would crash the process.
+        """
+        if self._closed:
+            return
+        with attachments.table_lock:
+            attachment = self._attachment
+            try:
+                self._buf.release()
+            except BufferError:
+                raise BufferError(
+                    f"region {self._name!r} cannot be closed: arrays or memoryviews made from "
+                    "its buf are still alive; delete them (or call .release()) first"
+                ) from None
+            if attachment.users == 1 and attachment.mapping.exports:
+                self._buf = memoryview(MappedBuffer(attachment.mapping, self.size, self._readonly))
+                raise BufferError(
+                    f"region {self._name!r} cannot be closed: {attachment.mapping.exports} "
+                    "slice(s) of its buf are still alive; delete them (or call .release()) first"
+                )
+            attachment.users -= 1
+            self._closed = True
+            if attachment.users == 0:
+                attachment.detach()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        # A Region dropped without close(): let the mapping go once no view needs it.
+        if getattr(self, "_closed", True):
+            return
+        try:
+            self._closed = True
+            self._attachment.users -= 1
+            if self._attachment.users == 0:
+                self._attachment.forget()
+        except Exception:
+            pass
+
+    def __reduce__(self):
+        from mshare.operations import attach_by_pickle
+
+        return attach_by_pickle, (self._name, self._readonly, self.registry_path)
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("read-only" if self._readonly else "read-write")
+        return (
+            f"<mshare.Region {self._name!r} addr={self.addr:#x} size={self.size} "
+            f"backend={self.backend} {state}>"
+        )

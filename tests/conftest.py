@@ -1,0 +1,62 @@
+"""Fixtures shared by the whole suite: a private registry per test, random region names,
+real child interpreters (also as other users), and a check that nothing is left behind."""
+
+import os
+import shutil
+import sys
+import uuid
+
+import pytest
+
+from helpers import WORLD_READABLE_SITE, prepare_world_readable_site, shm_objects_of
+
+BASE = "/tmp/mshare-tests"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _base_directory():
+    # World-traversable so that children running as other users reach the registry.
+    os.makedirs(BASE, exist_ok=True)
+    os.chmod(BASE, 0o755)
+    yield
+
+
+@pytest.fixture
+def registry_path(monkeypatch):
+    """A fresh, not yet existing ``MSHARE_ROOT`` (children inherit it)."""
+    path = os.path.join(BASE, uuid.uuid4().hex)
+    monkeypatch.setenv("MSHARE_ROOT", path)
+    yield path
+    _assert_clean(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def name():
+    return f"region-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def user_site():
+    """A copy of mshare and posix_ipc that unprivileged children can import."""
+    if os.geteuid() != 0:
+        pytest.skip("tests that drop to other users need root")
+    prepare_world_readable_site()
+    return WORLD_READABLE_SITE
+
+
+def _assert_clean(path):
+    """Nothing of this registry may survive the test: no data object, no range, no temp."""
+    if not os.path.isdir(path):
+        return
+    from mshare.registry import Registry
+
+    with Registry(path) as registry:
+        leftovers = shm_objects_of(registry.registry_id)
+        files = sorted(set(os.listdir(path)) - {"mshare_info", ".lock"})
+    assert not leftovers, f"data objects left in /dev/shm: {leftovers}"
+    assert not files, f"registry entries left behind: {files}"
+
+
+def pytest_report_header(config):
+    return f"mshare tests: python {sys.version.split()[0]}, uid {os.geteuid()}"

@@ -1,0 +1,69 @@
+"""Test utilities: child interpreters (optionally as another user) and /dev/shm views."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import mshare
+
+SHM = "/dev/shm"
+WORLD_READABLE_SITE = "/tmp/mshare-tests/site"
+# The default interpreter may live under a 0700 home; this one any user can run.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def shm_objects_of(registry_id):
+    """Data objects in /dev/shm that belong to the registry with this id."""
+    return sorted(f for f in os.listdir(SHM) if f"-{registry_id}-" in f)
+
+
+def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True, env=None):
+    """Run ``code`` in a fresh interpreter; as ``user``/``group`` when given (root only).
+
+    Returns the CompletedProcess; with ``check`` a non-zero exit fails with its stderr.
+    """
+    environment = dict(os.environ if env is None else env)
+    if user is None:
+        interpreter = sys.executable
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)]
+        )
+    else:
+        interpreter = SYSTEM_PYTHON
+        environment["PYTHONPATH"] = WORLD_READABLE_SITE
+        environment.pop("PYTHONHOME", None)
+    result = subprocess.run(
+        [interpreter, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=environment,
+        user=user, group=group, extra_groups=list(groups) if user is not None else None,
+        cwd="/",
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"child exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def prepare_world_readable_site():
+    """Copy mshare and posix_ipc where any user can import them (idempotent)."""
+    if os.path.isdir(os.path.join(WORLD_READABLE_SITE, "mshare")):
+        shutil.rmtree(WORLD_READABLE_SITE)
+    os.makedirs(WORLD_READABLE_SITE)
+    package = os.path.dirname(mshare.__file__)
+    shutil.copytree(package, os.path.join(WORLD_READABLE_SITE, "mshare"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
+    posix_ipc = importlib.util.find_spec("posix_ipc")
+    if posix_ipc.submodule_search_locations:
+        shutil.copytree(posix_ipc.submodule_search_locations[0],
+                        os.path.join(WORLD_READABLE_SITE, "posix_ipc"))
+    else:
+        shutil.copy(posix_ipc.origin, WORLD_READABLE_SITE)
+    for root, directories, files in os.walk(WORLD_READABLE_SITE):
+        os.chmod(root, 0o755)
+        for file in files:
+            os.chmod(os.path.join(root, file), 0o644)
+    os.chmod(os.path.dirname(WORLD_READABLE_SITE), 0o755)
