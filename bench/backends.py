@@ -52,6 +52,9 @@ class Backend:
     name: str
     family: str  # "mshare" or "peer": ratios compare one family against the other
 
+    def load(self) -> None:
+        """Import the library now, so no figure counts an import as part of an attach."""
+
     def unavailable(self, size: int) -> str | None:
         """Why this backend cannot hold a region of `size` here, or None if it can."""
         return None
@@ -78,6 +81,9 @@ class MshareBackend(Backend):
     def __init__(self, mode: str):
         self.mode = mode
         self.name = f"mshare-{mode}"
+
+    def load(self):
+        import mshare  # noqa: F401
 
     def _create_options(self) -> dict:
         # Before huge-page support the core only has "shm"; it takes no `hugepages=`.
@@ -162,6 +168,9 @@ class PosixIpcBackend(Backend):
     name = "posix_ipc"
     family = "peer"
 
+    def load(self):
+        import posix_ipc  # noqa: F401
+
     def _map(self, memory) -> Handle:
         mapping = mmap.mmap(memory.fd, memory.size)
         memory.close_fd()
@@ -188,6 +197,9 @@ class SharedArrayBackend(Backend):
 
     name = "SharedArray"
     family = "peer"
+
+    def load(self):
+        import SharedArray  # noqa: F401
 
     def _handle(self, array) -> Handle:
         # SharedArray unmaps when the array object is collected, so the handle keeps it.

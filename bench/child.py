@@ -32,6 +32,7 @@ def reply(**fields) -> None:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     backend = by_name(spec["backend"])
+    backend.load()
     handle = None
     reply(event="ready")
     for line in sys.stdin:

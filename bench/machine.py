@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
@@ -34,8 +35,22 @@ def meminfo() -> dict[str, int]:
 
 
 def pagetables_kib() -> int:
-    """System-wide page-table memory: the only figure that counts a shared PMD table once."""
+    """System-wide page-table memory: the only figure that counts a shared PMD table once.
+
+    The kernel keeps this counter in per-CPU batches folded about once a second, so a read
+    right after a change can miss hundreds of KiB; `settle_counters()` first folds them.
+    """
     return meminfo()["PageTables"]
+
+
+def settle_counters() -> None:
+    """Fold the kernel's per-CPU memory counters into /proc/meminfo, or wait until it has."""
+    try:
+        with open("/proc/sys/vm/stat_refresh", "w") as refresh:
+            refresh.write("1")
+    except OSError:
+        # Only root may ask for the fold; everyone else waits out one folding interval.
+        time.sleep(float(_read("/proc/sys/vm/stat_interval", "1")) * 1.5)
 
 
 def vmpte_kib(pid: int | str = "self") -> int:

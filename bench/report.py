@@ -130,7 +130,7 @@ def ratio(figure: Figure, mshare: dict | None, peer: dict | None) -> str:
     # A cost at or below what the counter can resolve only bounds the ratio from below.
     floor = figure.floor(mshare)
     if floor and ours < floor:
-        return f"≥ {theirs / floor:,.0f}×"
+        return f"≥ {theirs / floor:,.0f}×" if theirs >= floor else "both ≈ 0"
     return f"{theirs / ours:,.1f}×" if ours > 0 else "—"
 
 

@@ -1,10 +1,10 @@
 """Figure 4: page-table memory per process per GiB, as processes and region size grow.
 
 The measure is the system-wide `PageTables` line of /proc/meminfo, the only counter that
-counts a shared page table once. A fleet of children starts and imports everything, the
-counter is read while they map nothing (the baseline: the same live processes, not a
-separate batch, whose address-space layout would differ), then they attach and touch
-every page and it is read again. Each round repeats that with the same children, which
+counts a shared page table once (read after the kernel folds its per-CPU counters). A
+fleet of children starts and imports everything, the counter is read while they map
+nothing (the baseline: the same live processes, not a separate batch, whose address-space
+layout would differ), then they attach and touch every page and it is read again. Each round repeats that with the same children, which
 unmap in between; the median round is the figure, because other processes on the machine
 move the counter too. Every child's own `VmPTE` is recorded beside it.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from bench.conftest import SIZES, resident_region
 from bench.fleet import Fleet
-from bench.machine import GiB, human, pagetables_kib
+from bench.machine import GiB, human, pagetables_kib, settle_counters
 
 
 def measure_fleet(benchmark, backend, size: int, count: int) -> None:
@@ -25,24 +25,29 @@ def measure_fleet(benchmark, backend, size: int, count: int) -> None:
     with resident_region(backend, size) as name, Fleet(backend.name, name, count) as fleet:
         rounds: list[dict] = []
 
+        def sample() -> int:
+            settle_counters()
+            return pagetables_kib()
+
+        def finish_round():
+            rounds[-1]["after_kib"] = sample()
+            fleet.command("close", "closed")
+
         def unmap_and_sample():
             if rounds:
-                fleet.command("close", "closed")
-            rounds.append({"before_kib": pagetables_kib(),
-                           "vmpte_before_kib": [a["vmpte_kib"] for a in fleet.ready]})
+                finish_round()
+            rounds.append({"before_kib": sample()})
 
         def attach_all():
-            answers = fleet.command("attach", "attached")
-            # Read at once, inside the timed step, so no child has exited or moved on.
-            rounds[-1]["after_kib"] = pagetables_kib()
-            rounds[-1]["answers"] = answers
+            rounds[-1]["answers"] = fleet.command("attach", "attached")
 
         benchmark.pedantic(attach_all, setup=unmap_and_sample, rounds=SIZES.fleet_rounds)
+        finish_round()
 
     growth = [r["after_kib"] - r["before_kib"] for r in rounds]
     median_growth = statistics.median(growth)
     last = rounds[-1]["answers"]
-    vmpte_growth = sum(a["vmpte_kib"] for a in last) - sum(rounds[-1]["vmpte_before_kib"])
+    vmpte_growth = sum(a["vmpte_kib"] for a in last) - sum(a["vmpte_kib"] for a in fleet.ready)
     benchmark.extra_info.update(
         backend=backend.name, family=backend.family, size=size, processes=count,
         page_size=last[0]["page_size"],
