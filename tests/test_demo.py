@@ -1,0 +1,94 @@
+"""`python -m mshare demo`, run as a user would: its table's numbers, and nothing left behind,
+also after a real Ctrl-C."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+SHM = "/dev/shm"
+ROW = re.compile(r"^(mshare|shared_memory)\s+(\w+)\s+(\S+)\s+([\d.]+) ms\s+(-?[\d,]+) KiB\s+(yes|no)$")
+
+
+def environment():
+    paths = [str(REPOSITORY)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+    return dict(os.environ, PYTHONPATH=":".join(paths))
+
+
+def start_demo(*arguments):
+    # A session of its own, so the test can signal it the way a terminal would.
+    return subprocess.Popen(
+        [sys.executable, "-m", "mshare", "demo", *arguments], cwd=REPOSITORY, env=environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def rows_of(output):
+    rows = {}
+    for line in output.splitlines():
+        match = ROW.match(line.strip())
+        if match:
+            label, backend, page_size, ms, kib, same = match.groups()
+            rows[label] = {"backend": backend, "page_size": page_size, "ms": float(ms),
+                           "kib": float(kib.replace(",", "")), "same_address": same == "yes"}
+    return rows
+
+
+def demo_processes(tag):
+    """Processes whose command line names this demo's regions (its workers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                if tag.encode() in file.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_demo_table_numbers(registry_path):
+    before = set(os.listdir(SHM))
+    demo = start_demo("--size", "128M", "--workers", "4")
+    output, errors = demo.communicate(timeout=300)
+    assert demo.returncode == 0, errors
+
+    assert "a 128M region, 4 workers" in output
+    assert all(f"worker {n}/4 attached" in output for n in range(1, 5))
+    rows = rows_of(output)
+    assert set(rows) == {"mshare", "shared_memory"}, output
+    assert rows["mshare"]["same_address"] is True
+    assert rows["shared_memory"]["page_size"] == "4K"
+    # 128 MiB in 4 KiB pages needs 256 KiB of page tables in every worker that maps it.
+    assert 192 <= rows["shared_memory"]["kib"] <= 1024, output
+    if rows["mshare"]["backend"] == "shm":
+        assert 192 <= rows["mshare"]["kib"] <= 1024, output
+        assert "mshare doctor" in output
+    assert all(row["ms"] > 0 for row in rows.values())
+    assert re.search(r"shared_memory / mshare\s+[\d.]+x\s+(>= )?[\d,.]+x", output), output
+    assert set(os.listdir(SHM)) - before == set()
+
+
+@pytest.mark.parametrize("phase", ["[1/2] mshare", "[2/2] shared_memory"])
+def test_ctrl_c_leaves_nothing_behind(registry_path, phase):
+    before = set(os.listdir(SHM))
+    # Sixteen workers take a good part of a second to start: time for the signal to land.
+    demo = start_demo("--size", "256M", "--workers", "16")
+    tag = None
+    for line in demo.stdout:
+        if line.startswith(phase):
+            tag = re.search(r"region (\S+)", line).group(1).split("demo-", 1)[1]
+            break
+    assert tag, "the demo never reached the phase to interrupt"
+    os.killpg(demo.pid, signal.SIGINT)
+    output, errors = demo.communicate(timeout=120)
+
+    assert demo.returncode == 130, output + errors
+    assert "interrupted" in errors
+    assert "Traceback" not in errors
+    assert demo_processes(tag) == []
+    assert set(os.listdir(SHM)) - before == set()
