@@ -12,6 +12,7 @@ Ctrl-C and SIGTERM included.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -28,7 +29,17 @@ from mshare.units import format_size, parse_size
 GiB = 1 << 30
 MiB = 1 << 20
 HUGEPAGE_CHOICES = ("auto", "hugetlb", "thp", "off")
-WORKER_TIMEOUT = 300.0
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM for a moment: they take effect once the block is left."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
 
 # -- sizes and kernel counters ------------------------------------------------------------
@@ -75,6 +86,10 @@ def _attach_shared_memory(name):
 def worker():
     """Wait for "go", attach, read a byte of every page, report; leave on "exit" or EOF."""
     kind, name = sys.argv[1], sys.argv[2]
+    # The parent stops its workers itself. A Ctrl-C that reached this process before it
+    # left the parent's process group waits here, held (the mask survives exec): drop it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
@@ -112,10 +127,12 @@ class Workers:
         code = "from mshare.demo import worker; worker()"
         for _ in range(count):
             # A session of their own: a Ctrl-C at the terminal reaches only the parent,
-            # which then stops them in order instead of racing their tracebacks.
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-c", code, kind, name], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True, start_new_session=True))
+            # which then stops them in order instead of racing their tracebacks. Signals
+            # are held until the worker is on the list, so none is ever lost track of.
+            with signals_held():
+                self.processes.append(subprocess.Popen(
+                    [sys.executable, "-c", code, kind, name], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, text=True, start_new_session=True))
         for process in self.processes:
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"worker {process.pid} failed to start")
@@ -161,8 +178,11 @@ class MshareContender:
             raise mshare.MshareError(f"this mshare has no {hugepages} backend; "
                                      "use --hugepages auto or off")
         self.name = name
-        self.region = mshare.create(name, size, populate=True, **options)
+        self.region = mshare.create(name, size, **options)
         self.backend, self.page_size = self.region.backend, self.region.page_size
+
+    def make_resident(self):
+        self.region.populate()
         self.region.buf[:8] = secrets.token_bytes(8)
 
     @property
@@ -182,8 +202,10 @@ class SharedMemoryContender:
         self.name = name
         self.block = shared_memory.SharedMemory(name, create=True, size=size)
         self.page_size = os.sysconf("SC_PAGE_SIZE")
-        # Write a byte in every page so the block is resident, as mshare's populate makes it.
-        pages = len(range(0, size, self.page_size))
+
+    def make_resident(self):
+        # A byte written in every page makes the block resident, as mshare's populate does.
+        pages = len(range(0, len(self.block.buf), self.page_size))
         self.block.buf[::self.page_size] = bytes(pages)
         self.block.buf[:8] = secrets.token_bytes(8)
 
@@ -311,23 +333,23 @@ def run(args):
                 lambda: MshareContender(f"demo-{tag}", size, args.hugepages),
                 lambda: SharedMemoryContender(f"mshare-demo-{tag}", size)), 1):
             started = time.perf_counter()
-            contender = make()
-            contenders.append(contender)
+            with signals_held():  # created and listed for removal, or neither
+                contenders.append(make())
+            contender = contenders[-1]
+            contender.make_resident()
             say(f"[{step}/2] {contender.label}: region {contender.name} "
                 f"({contender.backend}, {format_size(contender.page_size)} pages) created and "
                 f"resident in {time.perf_counter() - started:.2f} s")
             rows.append(measure(contender, workers, args.workers, say))
-            contenders.pop().remove()
+            with signals_held():
+                contenders.pop().remove()
     finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        # A second Ctrl-C must not cut the cleanup short; it takes effect afterwards.
+        with signals_held():
             workers.stop()
-            for contender in contenders:
-                contender.remove()
-        finally:
-            signal.signal(signal.SIGINT, previous_sigint)
-            signal.signal(signal.SIGTERM, previous_sigterm)
+            while contenders:
+                contenders.pop().remove()
+        signal.signal(signal.SIGTERM, previous_sigterm)
     say("")
     for line in table(rows, args.workers) + [""] + advice(rows[0], size):
         say(line)

@@ -38,6 +38,25 @@ def rows_of(output):
     return rows
 
 
+def left_in_shm(before, registry_path, tag):
+    """What this demo added to /dev/shm and left there.
+
+    Other programs on a shared machine may add and remove entries meanwhile, so only the
+    demo's own count: its registry's data objects and the blocks named after its regions.
+    """
+    from mshare.registry import Registry
+
+    with Registry(registry_path) as registry:
+        registry_id = registry.registry_id
+    return {entry for entry in set(os.listdir(SHM)) - before
+            if tag in entry or f"-{registry_id}-" in entry}
+
+
+def tag_of(line):
+    """The unique part of the region names, from a progress line "[1/2] ...: region NAME"."""
+    return re.search(r"region (\S+)", line).group(1).split("demo-", 1)[1]
+
+
 def demo_processes(tag):
     """Processes whose command line names this demo's regions (its workers)."""
     found = []
@@ -53,24 +72,27 @@ def demo_processes(tag):
 
 def test_demo_table_numbers(registry_path):
     before = set(os.listdir(SHM))
-    demo = start_demo("--size", "128M", "--workers", "4")
+    demo = start_demo("--size", "256M", "--workers", "4")
     output, errors = demo.communicate(timeout=300)
     assert demo.returncode == 0, errors
 
-    assert "a 128M region, 4 workers" in output
+    assert "a 256M region, 4 workers" in output
     assert all(f"worker {n}/4 attached" in output for n in range(1, 5))
     rows = rows_of(output)
     assert set(rows) == {"mshare", "shared_memory"}, output
     assert rows["mshare"]["same_address"] is True
     assert rows["shared_memory"]["page_size"] == "4K"
-    # 128 MiB in 4 KiB pages needs 256 KiB of page tables in every worker that maps it.
-    assert 192 <= rows["shared_memory"]["kib"] <= 1024, output
+    # 256 MiB in 4 KiB pages needs 512 KiB of page tables in every worker that maps it.
+    # The counter is system-wide: other programs starting or ending meanwhile move it by a
+    # few hundred KiB, hence the wide bounds (huge pages would show ~0).
+    assert 256 <= rows["shared_memory"]["kib"] <= 2048, output
     if rows["mshare"]["backend"] == "shm":
-        assert 192 <= rows["mshare"]["kib"] <= 1024, output
+        assert 256 <= rows["mshare"]["kib"] <= 2048, output
         assert "mshare doctor" in output
     assert all(row["ms"] > 0 for row in rows.values())
     assert re.search(r"shared_memory / mshare\s+[\d.]+x\s+(>= )?[\d,.]+x", output), output
-    assert set(os.listdir(SHM)) - before == set()
+    tag = tag_of(next(line for line in output.splitlines() if line.startswith("[1/2]")))
+    assert left_in_shm(before, registry_path, tag) == set()
 
 
 @pytest.mark.parametrize("phase", ["[1/2] mshare", "[2/2] shared_memory"])
@@ -81,7 +103,7 @@ def test_ctrl_c_leaves_nothing_behind(registry_path, phase):
     tag = None
     for line in demo.stdout:
         if line.startswith(phase):
-            tag = re.search(r"region (\S+)", line).group(1).split("demo-", 1)[1]
+            tag = tag_of(line)
             break
     assert tag, "the demo never reached the phase to interrupt"
     os.killpg(demo.pid, signal.SIGINT)
@@ -91,4 +113,4 @@ def test_ctrl_c_leaves_nothing_behind(registry_path, phase):
     assert "interrupted" in errors
     assert "Traceback" not in errors
     assert demo_processes(tag) == []
-    assert set(os.listdir(SHM)) - before == set()
+    assert left_in_shm(before, registry_path, tag) == set()
