@@ -1,0 +1,45 @@
+"""The benchmark suite in smoke mode (tiny sizes, seconds long), so it never rots.
+
+No timing is asserted: only that every figure was produced for mshare and for the peers,
+and that the run left nothing in /dev/shm.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+for module in ("pytest_benchmark", "SharedArray", "matplotlib", "numpy"):
+    pytest.importorskip(module, reason=f"the benchmark extras are not installed ({module}): "
+                                       "pip install .[bench]")
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+GROUPS = {"1 round trip", "2 attach", "3 attach and touch", "4a page tables by processes",
+          "4b page tables by region size", "5 parallel scan"}
+
+
+def test_smoke_run_writes_every_figure(tmp_path):
+    before = set(os.listdir("/dev/shm"))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPOSITORY)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]))
+    environment.pop("MSHARE_ROOT", None)  # the suite makes a private registry of its own
+    run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--output", str(tmp_path)],
+                         cwd=REPOSITORY, env=environment, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    measured = {(record["group"], record["extra_info"]["backend"])
+                for record in data["benchmarks"]}
+    for group in GROUPS:
+        for backend in ("mshare-shm", "shared_memory", "posix_ipc", "SharedArray"):
+            assert (group, backend) in measured, f"{backend} missing from {group!r}"
+    report = (tmp_path / "results.md").read_text()
+    assert "mshare-shm vs shared_memory" in report
+    assert "SMOKE MODE" in report
+    assert len(list(tmp_path.glob("*.png"))) == 5
+    left = {entry for entry in set(os.listdir("/dev/shm")) - before if "bench-" in entry}
+    assert left == set()
