@@ -206,13 +206,13 @@ def test_process_killed_during_create_leaves_no_visible_entry(registry_path, nam
     import subprocess
     import sys
 
-    size = 256 << 20  # reserving this takes long enough to be interrupted
+    size = 512 << 20  # reserving this takes long enough to be interrupted
     outcomes = set()
-    for attempt in range(12):
+    for attempt in range(20):
         child = subprocess.Popen(
             [sys.executable, "-c", f"import mshare; mshare.create({name!r}, {size}).close()"]
         )
-        time.sleep(0.08 + 0.02 * attempt)
+        time.sleep(0.015 * attempt)  # from before import to after create
         child.send_signal(signal.SIGKILL)
         child.wait()
         try:
