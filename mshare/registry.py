@@ -375,7 +375,8 @@ def _open_directory(path):
             pass
         fd = os.open(path, flags)
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        # O_DIRECTORY | O_NOFOLLOW on a symbolic link answers ENOTDIR or ELOOP.
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise UnsafeRegistryError(
                 f"registry {path} is a symbolic link; mshare refuses it. "
                 "Point MSHARE_ROOT at the real directory.", path
