@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import mshare
 from mshare.registry import Registry
 
-from helpers import run_python, shm_objects_of
+from helpers import run_python, shm_objects_of, start_python
 
 
 def test_independent_process_sees_data_at_same_address(registry_path, name):
@@ -185,14 +186,7 @@ def test_creation_race_has_exactly_one_winner(registry_path, name):
             print("won", os.getpid())
             region.close()
     """
-    import subprocess
-    import sys
-    import textwrap
-
-    children = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
-        for _ in range(racers)
-    ]
+    children = [start_python(code, stdout=subprocess.PIPE, text=True) for _ in range(racers)]
     outputs = [child.communicate(timeout=60)[0].split() for child in children]
     assert all(child.returncode == 0 for child in children)
     winners = [out for out in outputs if out[0] == "won"]
@@ -203,15 +197,10 @@ def test_creation_race_has_exactly_one_winner(registry_path, name):
 
 
 def test_process_killed_during_create_leaves_no_visible_entry(registry_path, name):
-    import subprocess
-    import sys
-
     size = 512 << 20  # reserving this takes long enough to be interrupted
     outcomes = set()
     for attempt in range(20):
-        child = subprocess.Popen(
-            [sys.executable, "-c", f"import mshare; mshare.create({name!r}, {size}).close()"]
-        )
+        child = start_python(f"import mshare; mshare.create({name!r}, {size}).close()")
         time.sleep(0.015 * attempt)  # from before import to after create
         child.send_signal(signal.SIGKILL)
         child.wait()
