@@ -10,6 +10,7 @@ import os
 import stat
 import time
 from contextlib import ExitStack
+from typing import List, Optional
 
 from mshare import addresses, attachments
 from mshare._core import Mapping
@@ -33,7 +34,9 @@ def initialize_bookkeeping(mapping, entry):
     """Prepare the bookkeeping area of a new region before anyone else can see it."""
 
 
-def create(name, size, *, mode=0o600, addr=None, populate=False):
+def create(
+    name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False
+) -> Region:
     """Create the region ``name`` of exactly ``size`` bytes and map it.
 
     ``mode`` is applied exactly (no umask) to the registry entry and the data object.
@@ -105,7 +108,7 @@ def create(name, size, *, mode=0o600, addr=None, populate=False):
     return region
 
 
-def attach(name, *, readonly=False, populate=False):
+def attach(name: str, *, readonly: bool = False, populate: bool = False) -> Region:
     """Map the existing region ``name`` at its address.
 
     Needs read permission (``readonly=True``, mapped ``PROT_READ``) or read and write
@@ -216,7 +219,7 @@ def _allocate(registry, length, requested):
     return start
 
 
-def unlink(name):
+def unlink(name: str) -> None:
     """Remove the name and its data object; existing mappings stay valid until closed.
 
     Only the owner or root may unlink; others get ``PermissionError``.
@@ -253,7 +256,7 @@ def _readable_entry(registry, name, entry_stat):
         return None
 
 
-def info(name):
+def info(name: str) -> RegionInfo:
     """The ``RegionInfo`` of ``name``; needs read permission on it."""
     validate_name(name)
     with Registry() as registry:
@@ -262,7 +265,7 @@ def info(name):
                                      registry.attach_count(entry.addr, entry.end))
 
 
-def list_regions():
+def list_regions() -> List[RegionInfo]:
     """Every region of the registry, sorted by name; never fails because of one entry."""
     with Registry() as registry:
         found = []
