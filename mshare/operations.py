@@ -91,13 +91,15 @@ def create(
             registry.publish(name, entry.pack(), mode, region_id)
             undo.callback(registry.remove_entry, name)
             mark_fd = registry.hold_range(range_file)
+            entry_stat = registry.stat_entry(name)
+            # Registered before the registry lock is released, so that a concurrent
+            # attach from another thread shares this mapping instead of mapping again.
+            with attachments.table_lock:
+                attachment = Attachment((registry.identity, region_id), registry.path, entry,
+                                        mapping, mark_fd, range_file)
+                attachments.add(attachment)
+                region = Region(attachment, name, False, entry_stat)
             undo.pop_all()
-        entry_stat = registry.stat_entry(name)
-        with attachments.table_lock:
-            attachment = Attachment((registry.identity, region_id), registry.path, entry,
-                                    mapping, mark_fd, range_file)
-            attachments.add(attachment)
-            region = Region(attachment, name, False, entry_stat)
     if populate:
         try:
             region.populate()

@@ -136,8 +136,11 @@ class Region:
                 )
             attachment.users -= 1
             self._closed = True
-            if attachment.users == 0:
+            last = attachment.users == 0
+            if last:
                 attachment.detach()
+        if last:
+            attachment.release_range_if_unlinked()
 
     def __enter__(self) -> "Region":
         return self
@@ -154,6 +157,7 @@ class Region:
             self._attachment.users -= 1
             if self._attachment.users == 0:
                 self._attachment.forget()
+                self._attachment.release_range_if_unlinked()
         except Exception:
             pass
 

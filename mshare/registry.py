@@ -262,7 +262,10 @@ class Registry:
         return fd
 
     def range_in_use(self, claim):
-        """True while the range's data object exists or any process maps it."""
+        """True while the range's data object exists or any process maps it.
+
+        A range file that now records another data object (the range was freed and
+        given to a new region meanwhile) counts as in use: it is not this claim's."""
         backend = BACKENDS.get(claim.backend)
         if backend is None or not claim.location or backend.exists(claim.location):
             return True
@@ -272,6 +275,9 @@ class Registry:
         except FileNotFoundError:
             return False
         try:
+            recorded = _read_at_most(fd, 8192).decode(errors="replace").partition(" ")[2].strip()
+            if recorded != claim.location:
+                return True
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
@@ -280,13 +286,16 @@ class Registry:
         return False
 
     def release_range_if_unused(self, claim):
-        """Remove a range nobody maps any more; ranges of other users that the sticky
-        directory will not let us remove stay until their owner (or ``gc``) does."""
+        """Remove a range nobody maps any more (call with the registry locked); ranges of
+        other users that the sticky directory will not let us remove stay until their
+        owner (or ``gc``) does."""
         if self.range_in_use(claim):
             return False
         try:
             os.unlink(claim.file_name, dir_fd=self.dir_fd)
-        except (FileNotFoundError, PermissionError):
+        except FileNotFoundError:
+            return True
+        except PermissionError:
             return False
         return True
 
