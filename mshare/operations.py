@@ -64,12 +64,7 @@ def create(
         region_id = os.urandom(8).hex()
         location = backend.location_for(registry.registry_id, region_id)
         with registry.locked(), ExitStack() as undo:
-            try:
-                registry.stat_entry(name)
-            except FileNotFoundError:
-                pass
-            else:
-                raise registry._exists(name)
+            registry.refuse_existing(name)
             start = _allocate(registry, reserved_length, addr)
             range_file = registry.claim_range(start, start + reserved_length, backend.name, location)
             undo.callback(os.unlink, range_file, dir_fd=registry.dir_fd)
@@ -91,6 +86,7 @@ def create(
             registry.publish(name, entry.pack(), mode, region_id)
             undo.callback(registry.remove_entry, name)
             mark_fd = registry.hold_range(range_file)
+            undo.callback(os.close, mark_fd)
             entry_stat = registry.stat_entry(name)
             # Registered before the registry lock is released, so that a concurrent
             # attach from another thread shares this mapping instead of mapping again.

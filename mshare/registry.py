@@ -118,6 +118,14 @@ class Registry:
         except FileNotFoundError:
             raise self._missing(name) from None
 
+    def refuse_existing(self, name):
+        """``FileExistsError`` if an entry (of any kind) is called ``name``."""
+        try:
+            os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        raise self._exists(name)
+
     def read_entry(self, name, *, writable=False):
         """Open, read and validate an entry; the kernel checks read (and write) permission
         on it exactly as ``open(2)`` does. Returns ``(Entry, stat_result)``."""
