@@ -10,7 +10,8 @@ import fcntl
 import os
 import threading
 
-from mshare.registry import Registry
+from mshare.backends import get_backend
+from mshare.registry import RangeClaim, Registry
 
 table_lock = threading.RLock()
 _attachments = {}
@@ -41,14 +42,12 @@ class Attachment:
         if self.mark_fd >= 0:
             os.close(self.mark_fd)
             self.mark_fd = -1
-        self._release_range_if_unlinked()
 
-    def _release_range_if_unlinked(self):
+    def release_range_if_unlinked(self):
+        """Call after ``detach``/``forget``, outside ``table_lock``: it takes the registry
+        lock, and attach takes the two in the other order."""
         # After unlink the range stays reserved until the last process lets go of it;
         # the last one out frees it so the address space is not leaked.
-        from mshare.backends import get_backend
-        from mshare.registry import RangeClaim
-
         entry = self.entry
         backend = get_backend(entry.backend)
         if backend.exists(entry.location):
