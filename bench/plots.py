@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from bench.machine import GiB, MiB  # noqa: E402
 from bench.report import records_of  # noqa: E402
@@ -31,7 +32,14 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
     for name, points in series.items():
         style = "-o" if name.startswith("mshare") else "--s"
         axes.plot([x_in(x) for x, _ in points], [y for _, y in points], style, label=name)
+    xs = sorted({x_in(x) for points in series.values() for x, _ in points})
+    ys = [y for points in series.values() for _, y in points]
     axes.set_xscale(xscale, **({"base": 2} if xscale == "log" else {}))
+    axes.set_xticks(xs)
+    axes.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_locator(ticker.NullLocator())
+    if yscale == "symlog" and min(ys) > 0 and max(ys) < 20 * min(ys):
+        yscale = "linear"  # one decade: a log axis would show no labels at all
     # Page tables of shared mappings can be zero or, within noise, below it.
     axes.set_yscale(yscale, **({"linthresh": 1.0} if yscale == "symlog" else {}))
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
