@@ -1,7 +1,7 @@
 """Turn the raw pytest-benchmark JSON into `results.md`: the machine, the sizes, every figure
 and, for every mshare backend, how many times better it did than each peer in the same run.
 
-`python -m bench.report results/benchmark.json` rewrites the Markdown from a saved run.
+`python -m bench.report bench/results/benchmark.json` rewrites the Markdown from a saved run.
 """
 
 from __future__ import annotations
@@ -137,12 +137,18 @@ def ratio(figure: Figure, mshare: dict | None, peer: dict | None) -> str:
         return "—"
     ours, theirs = figure.value(mshare), figure.value(peer)
     if not figure.lower_is_better:
-        return f"{ours / theirs:.2f}×"
+        return _times(ours / theirs)
     # A cost at or below what the counter can resolve only bounds the ratio from below.
     floor = figure.floor(mshare)
     if floor and ours < floor:
-        return f"≥ {theirs / floor:,.0f}×" if theirs >= floor else "both ≈ 0"
-    return f"{theirs / ours:,.1f}×" if ours > 0 else "—"
+        return f"≥ {_times(theirs / floor)}" if theirs >= floor else "both ≈ 0"
+    return _times(theirs / ours) if ours > 0 else "—"
+
+
+def _times(ratio: float) -> str:
+    if ratio >= 10:
+        return f"{ratio:,.0f}×"
+    return f"{ratio:.2f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
 
 
 def machine_section(data: dict) -> list[str]:
@@ -176,10 +182,10 @@ def skipped_section(skipped: list[str]) -> list[str]:
     return ["## Not measured", ""] + [f"- {reason}" for reason in sorted(set(skipped))] + [""]
 
 
-def render(data: dict, skipped: list[str] = (), plots: list[str] = ()) -> str:
+def render(data: dict, plots: list[Path] = ()) -> str:
     lines = ["# mshare benchmark results", "",
              "Every figure below was measured for mshare and for each peer in the same run.", ""]
-    lines += machine_section(data) + [""] + skipped_section(list(skipped))
+    lines += machine_section(data) + [""] + skipped_section(data.get("mshare_bench_skipped", []))
     for figure in FIGURES:
         records = records_of(data, figure.group)
         if not records:
@@ -194,7 +200,8 @@ def render(data: dict, skipped: list[str] = (), plots: list[str] = ()) -> str:
 
 def main(argv: list[str]) -> None:
     path = Path(argv[0])
-    (path.parent / "results.md").write_text(render(load(path)))
+    plots = sorted(path.parent.glob("*.png"))
+    (path.parent / "results.md").write_text(render(load(path), plots))
 
 
 if __name__ == "__main__":

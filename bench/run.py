@@ -9,6 +9,7 @@ overwrites the figures worth quoting. Arguments after `--` go to pytest.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -64,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench import plots, report
 
     data = report.load(raw)
+    # Kept with the raw data, so results.md can be rendered again from the JSON alone.
+    data["mshare_bench_skipped"] = sorted(set(skips.reasons))
+    raw.write_text(json.dumps(data, indent=4))
     drawn = plots.draw(data, output)
-    (output / "results.md").write_text(report.render(data, skips.reasons, drawn))
+    (output / "results.md").write_text(report.render(data, drawn))
     print(f"results: {output / 'results.md'}, {raw}, {len(drawn)} plots")
     return 0
 
