@@ -60,12 +60,19 @@ def default_size():
     return max(64 * MiB, room // (64 * MiB) * (64 * MiB))
 
 
-def pagetables_kib():
-    """System-wide page-table memory, after the kernel folds its per-CPU counters."""
+def _fold_counters():
+    """Fold the kernel's per-CPU counters into /proc/meminfo now; False if not allowed."""
     try:
         with open("/proc/sys/vm/stat_refresh", "w") as refresh:
             refresh.write("1")
     except OSError:
+        return False
+    return True
+
+
+def pagetables_kib():
+    """System-wide page-table memory, once the kernel has folded its per-CPU counters."""
+    if not _fold_counters():
         # Only root may ask for the fold; everyone else waits one folding interval.
         time.sleep(1.5)
     return _meminfo_kib("PageTables")
@@ -229,10 +236,22 @@ def measure(contender, workers, count, say):
     kind = "mshare" if contender.label == "mshare" else "shared_memory"
     say(f"  starting {count} workers...")
     workers.start(count, kind, contender.name)
-    before = pagetables_kib()
-    reports = workers.attach_one_by_one(
-        lambda done: say(f"  worker {done}/{count} attached and read every page"))
-    after = pagetables_kib()
+    # The counter is system-wide, so other programs move it too. Where reading it is cheap
+    # (root), read it after every worker and take the median step, which one burst of
+    # someone else's activity cannot move; elsewhere read it once before and once after.
+    exact = _fold_counters()
+    samples = [pagetables_kib()]
+
+    def attached(done):
+        if exact:
+            samples.append(pagetables_kib())
+        say(f"  worker {done}/{count} attached and read every page")
+
+    reports = workers.attach_one_by_one(attached)
+    if exact:
+        pagetables_per_worker = statistics.median(b - a for a, b in zip(samples, samples[1:]))
+    else:
+        pagetables_per_worker = (pagetables_kib() - samples[0]) / count
     workers.stop()
     if any(report["marker"] != contender.marker for report in reports):
         raise RuntimeError(f"a worker did not read what the creator wrote in {contender.name}")
@@ -240,7 +259,7 @@ def measure(contender, workers, count, say):
         "label": contender.label, "backend": contender.backend,
         "page_size": contender.page_size,
         "seconds": statistics.median(report["seconds"] for report in reports),
-        "pagetables_kib": (after - before) / count,
+        "pagetables_kib": pagetables_per_worker,
         "same_address": len({report["addr"] for report in reports}) == 1,
     }
 
