@@ -1,0 +1,588 @@
+# cython: language_level=3, embedsignature=True
+"""Shared objects inside a region: a robust lock, the allocator's entry points, named objects.
+
+All of it lives in the region's bookkeeping area (``_layout.h``), a tail of
+``BOOKKEEPING_SIZE`` bytes mapped right after the user's bytes, so ``Region.buf`` is never
+touched by it; only allocator block headers live in the arena itself.
+
+Two robust, process-shared, error-checking mutexes live there:
+
+* the *user lock*, what ``region.lock()`` takes. When its holder dies, the next taker makes
+  it consistent, releases it and raises ``OwnerDiedError``: the data it protected may be
+  half-updated and only the program knows how to check it.
+* the *internal lock*, taken briefly by every allocator and name-table change. A holder that
+  died mid-change is noticed through the ``busy`` word and the next taker repairs silently:
+  allocator state is ours to rebuild, so no one needs to be told. The two locks are
+  independent, so ``alloc()`` works inside ``with region.lock():``.
+
+Lookups (``find_named``, ``named``) take no lock: each slot is a seqlock, so read-only
+attachers, who cannot write the mutexes, still find named objects.
+"""
+
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EBUSY, EPERM, ETIMEDOUT
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.string cimport memchr, memcmp, memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+import errno
+import math
+import os
+
+from mshare._allocator cimport (
+    allocate, allocator_init, live_block, rebuild, release, used_block, verify_allocator,
+)
+from mshare._layout cimport (
+    EDEADLK, ENOTRECOVERABLE, EOWNERDEAD, MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_MAGIC, MS_MAX_DIMS, MS_NAME_BYTES,
+    MS_NAME_CAPACITY, MS_SLOT_CREATING, MS_SLOT_EMPTY, MS_SLOT_LIVE, MS_VERSION,
+    PTHREAD_MUTEX_ERRORCHECK, PTHREAD_MUTEX_ROBUST, PTHREAD_PROCESS_SHARED, MS_SLOT_DELETING,
+    ms_bookkeeping_t, ms_fence, ms_load, ms_load32, ms_slot_t, ms_store, ms_store32,
+    pthread_mutex_clocklock, pthread_mutex_consistent, pthread_mutex_init, pthread_mutex_t,
+    pthread_mutex_trylock, pthread_mutex_unlock, pthread_mutexattr_destroy,
+    pthread_mutexattr_init, pthread_mutexattr_setpshared, pthread_mutexattr_setrobust,
+    pthread_mutexattr_settype, pthread_mutexattr_t,
+)
+
+from mshare.errors import CorruptBookkeepingError, OwnerDiedError, RegionFullError
+
+BOOKKEEPING_SIZE = MS_BOOKKEEPING_SIZE
+NAME_CAPACITY = MS_NAME_CAPACITY
+NAME_MAX_BYTES = MS_NAME_BYTES - 1
+DTYPE_MAX_BYTES = MS_DTYPE_BYTES - 1
+MAX_DIMS = MS_MAX_DIMS
+MAX_ALIGN = 1 << 30
+
+# A blocked waiter wakes this often (seconds) to run signal handlers, so Ctrl-C works.
+cdef double WAIT_SLICE = 0.05
+# A lock-free reader gives up on a slot that keeps changing under it after this many tries.
+cdef int READ_RETRIES = 1000
+
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef int wait_for(pthread_mutex_t *mutex, double timeout) except? -1:
+    """Take ``mutex`` within ``timeout`` seconds (negative: forever); return a pthread code.
+
+    The uncontended case is one trylock with the GIL held; waiting happens with the GIL
+    released, in slices, with signal handlers run between them."""
+    cdef int rc = pthread_mutex_trylock(mutex)
+    cdef double deadline = monotonic() + timeout, step, now
+    cdef timespec until
+    if rc != EBUSY:
+        return rc
+    while True:
+        now = monotonic()
+        step = WAIT_SLICE
+        if timeout >= 0:
+            if now >= deadline:
+                return ETIMEDOUT
+            step = min(step, deadline - now)
+        now += step
+        until.tv_sec = <long>now
+        until.tv_nsec = <long>((now - until.tv_sec) * 1e9)
+        with nogil:
+            rc = pthread_mutex_clocklock(mutex, CLOCK_MONOTONIC, &until)
+        if rc != ETIMEDOUT:
+            return rc
+        PyErr_CheckSignals()
+
+
+cdef lock_error(int rc, str what, double timeout, object name):
+    if rc == ETIMEDOUT or rc == EBUSY:
+        return TimeoutError(errno.ETIMEDOUT, f"timed out after {timeout} s waiting for {what}", name)
+    if rc == EDEADLK:
+        return RuntimeError(f"this thread already holds {what}; it is not re-entrant")
+    if rc == EPERM:
+        return RuntimeError(f"{what} is not held by this thread")
+    if rc == ENOTRECOVERABLE:
+        return CorruptBookkeepingError(f"{what} was left unrecoverable", name)
+    return OSError(rc, os.strerror(rc), name)
+
+
+cdef int init_mutex(pthread_mutex_t *mutex) except -1:
+    cdef pthread_mutexattr_t attr
+    cdef int rc = pthread_mutexattr_init(&attr)
+    if rc == 0:
+        rc = (pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)
+              or pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)
+              or pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK)
+              or pthread_mutex_init(mutex, &attr))
+        pthread_mutexattr_destroy(&attr)
+    if rc:
+        raise OSError(rc, f"cannot set up a robust process-shared mutex: {os.strerror(rc)}")
+    return 0
+
+
+cdef double timeout_seconds(object timeout) except? -2:
+    """None (wait forever) becomes -1; anything else must be a number of seconds >= 0."""
+    if timeout is None:
+        return -1
+    value = float(timeout)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+    return -1 if math.isinf(value) else value
+
+
+cdef uint32_t name_hash(bytes name) noexcept:
+    """FNV-1a: a cheap filter so a lookup compares few names."""
+    cdef uint32_t h = 2166136261u
+    cdef unsigned char c
+    for c in name:
+        h = (h ^ c) * 16777619u
+    return h
+
+
+cdef bytes encode_name(object name):
+    if not isinstance(name, str):
+        raise TypeError(f"an object name must be a str, not {type(name).__name__}")
+    encoded = name.encode()
+    if not 1 <= len(encoded) <= NAME_MAX_BYTES or b"\0" in encoded:
+        raise ValueError(f"an object name must be 1-{NAME_MAX_BYTES} bytes of UTF-8 "
+                         f"without NUL, not {name!r}")
+    return encoded
+
+
+cdef bytes fixed_string(const char *field, size_t capacity):
+    """The NUL-terminated string in a fixed-size field, never reading past the field."""
+    cdef const char *stop = <const char *>memchr(field, 0, capacity)
+    return field[:(stop - field) if stop != NULL else capacity]
+
+
+cdef bint holds_name(ms_slot_t *slot, bytes name) noexcept:
+    cdef size_t length = len(name)
+    return (length < MS_NAME_BYTES and slot.name[length] == 0
+            and memcmp(slot.name, <const char *>name, length) == 0)
+
+
+cdef bint read_slot(ms_slot_t *slot, ms_slot_t *copy) noexcept:
+    """Copy a slot that is LIVE and not changing; False if it is neither."""
+    cdef uint32_t seq
+    cdef int attempt
+    for attempt in range(READ_RETRIES):
+        seq = ms_load32(&slot.seq)
+        if seq & 1:
+            return False
+        memcpy(copy, slot, sizeof(ms_slot_t))
+        ms_fence()
+        if ms_load32(&slot.seq) == seq:
+            return copy.state == MS_SLOT_LIVE
+    return False
+
+
+cdef class RegionLock:
+    """A region's robust process-shared lock, used as a context manager.
+
+    Taking it raises ``TimeoutError`` when ``timeout`` seconds pass, ``OwnerDiedError``
+    (the lock is then free again) when its previous holder died holding it, and
+    ``RuntimeError`` when this thread already holds it: it is not re-entrant.
+    """
+
+    cdef Bookkeeping owner
+    cdef double timeout
+
+    def __cinit__(self, Bookkeeping owner not None, timeout=None):
+        self.owner = owner
+        self.timeout = timeout_seconds(timeout)
+
+    def acquire(self):
+        """Take the lock (see the class docstring for the errors); return True."""
+        self.owner.acquire_user(self.timeout)
+        return True
+
+    def release(self):
+        """Release the lock; ``RuntimeError`` if this thread does not hold it."""
+        self.owner.release_user()
+
+    def __enter__(self):
+        self.owner.acquire_user(self.timeout)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.owner.release_user()
+        return False
+
+
+cdef class Bookkeeping:
+    """The lock, allocator and name table of one region, over raw memory.
+
+    ``Bookkeeping(bookkeeping_addr, arena_addr, arena_size, name=None)``: the bookkeeping
+    area of ``BOOKKEEPING_SIZE`` bytes at ``bookkeeping_addr`` manages the arena
+    ``[arena_addr, arena_addr + arena_size)``. The caller keeps both mapped while this
+    object is attached and calls ``detach()`` before unmapping. ``name`` only labels errors.
+    """
+
+    cdef ms_bookkeeping_t *bk
+    cdef readonly uint64_t bookkeeping_addr, arena_addr, arena_size
+    cdef readonly object name
+    cdef bint header_checked
+    cdef Py_ssize_t held  # user-lock acquisitions by this process, for detach()
+    cdef RegionLock forever
+
+    def __cinit__(self, bookkeeping_addr, arena_addr, arena_size, *, name=None):
+        self.bookkeeping_addr = bookkeeping_addr
+        self.arena_addr = arena_addr
+        self.arena_size = arena_size
+        self.name = name
+        if not self.bookkeeping_addr or self.bookkeeping_addr % 64 or self.arena_addr % 16:
+            raise ValueError("the bookkeeping area must be 64-byte and the arena 16-byte aligned")
+        if (self.arena_addr < self.bookkeeping_addr + BOOKKEEPING_SIZE
+                and self.bookkeeping_addr < self.arena_addr + self.arena_size):
+            raise ValueError("the bookkeeping area overlaps the arena")
+        self.bk = <ms_bookkeeping_t *><uintptr_t>self.bookkeeping_addr
+
+    cdef ms_bookkeeping_t *attached(self) except NULL:
+        cdef ms_bookkeeping_t *bk = self.bk
+        if bk == NULL:
+            raise ValueError("the region is closed")
+        if not self.header_checked:
+            if ms_load(&bk.magic) != MS_MAGIC:
+                raise CorruptBookkeepingError(
+                    "the region's bookkeeping area is not initialized"
+                    if bk.magic == 0 else "the region's bookkeeping area holds foreign data",
+                    self.name)
+            if bk.version != MS_VERSION or bk.layout_size != sizeof(ms_bookkeeping_t):
+                raise CorruptBookkeepingError(
+                    f"the region's bookkeeping is format {bk.version} of {bk.layout_size} "
+                    f"bytes; this mshare reads format {MS_VERSION}", self.name)
+            if bk.arena_addr != self.arena_addr or bk.arena_size != self.arena_size:
+                raise CorruptBookkeepingError(
+                    f"the region's bookkeeping manages 0x{bk.arena_addr:x}+{bk.arena_size}, "
+                    f"not 0x{self.arena_addr:x}+{self.arena_size}", self.name)
+            self.header_checked = True
+        return bk
+
+    def initialize(self):
+        """Set up the lock, allocator and name table on zero-filled memory.
+
+        Called once by the region's creator before anyone else can see the region. Calling
+        it again on an initialized area only checks it; foreign data is refused."""
+        cdef ms_bookkeeping_t *bk = self.bk
+        if bk == NULL:
+            raise ValueError("the region is closed")
+        if ms_load(&bk.magic) == MS_MAGIC or bk.magic != 0:
+            self.attached()
+            return
+        memset(bk, 0, sizeof(ms_bookkeeping_t))
+        init_mutex(&bk.user_lock)
+        init_mutex(&bk.internal_lock)
+        bk.version = MS_VERSION
+        bk.layout_size = sizeof(ms_bookkeeping_t)
+        bk.arena_addr = self.arena_addr
+        bk.arena_size = self.arena_size
+        bk.block_key = int.from_bytes(os.urandom(8), "little")
+        allocator_init(bk)
+        ms_store(&bk.magic, MS_MAGIC)
+
+    def detach(self):
+        """Forget the memory (before the caller unmaps it); later calls raise ValueError.
+
+        Refused with RuntimeError while this process holds the lock: the C library keeps
+        a held robust mutex on a per-thread list that the kernel walks at exit."""
+        if self.held > 0:
+            raise RuntimeError("the region's lock is held by this process; release it first")
+        self.bk = NULL
+
+    # The user lock.
+
+    def lock(self, timeout=None):
+        """A ``RegionLock`` context manager on the region's lock."""
+        if timeout is None:
+            if self.forever is None:
+                self.forever = RegionLock(self)
+            return self.forever
+        return RegionLock(self, timeout)
+
+    cdef int acquire_user(self, double timeout) except -1:
+        cdef ms_bookkeeping_t *bk = self.attached()
+        cdef int rc = wait_for(&bk.user_lock, timeout)
+        if rc == 0:
+            self.held += 1
+            return 0
+        if rc == EOWNERDEAD:
+            pthread_mutex_consistent(&bk.user_lock)
+            pthread_mutex_unlock(&bk.user_lock)
+            raise OwnerDiedError(
+                "the previous holder of the region's lock died holding it; the lock is free "
+                "again, but the data it protects may be half-updated", self.name)
+        raise lock_error(rc, "the region's lock", timeout, self.name)
+
+    cdef int release_user(self) except -1:
+        cdef ms_bookkeeping_t *bk = self.attached()
+        cdef int rc = pthread_mutex_unlock(&bk.user_lock)
+        if rc:
+            raise lock_error(rc, "the region's lock", -1, self.name)
+        self.held -= 1
+        return 0
+
+    # The internal lock: every allocator and name-table change runs between begin and end.
+
+    cdef ms_bookkeeping_t *begin(self) except NULL:
+        cdef ms_bookkeeping_t *bk = self.attached()
+        cdef int rc = wait_for(&bk.internal_lock, -1)
+        if rc == EOWNERDEAD:
+            # What the dead holder left half-done is told by the busy word, checked below.
+            pthread_mutex_consistent(&bk.internal_lock)
+        elif rc:
+            raise lock_error(rc, "the region's allocator lock", -1, self.name)
+        if bk.busy:
+            try:
+                self.repair(bk)
+            except BaseException:
+                pthread_mutex_unlock(&bk.internal_lock)
+                raise
+        bk.busy = 1
+        ms_fence()
+        return bk
+
+    cdef void end(self, ms_bookkeeping_t *bk, bint clean) noexcept:
+        """Release the internal lock; unless ``clean``, leave ``busy`` set so the next
+        holder runs the repair (and reports the damage) again."""
+        if clean:
+            bk.pending_alloc = 0
+            bk.pending_free = 0
+            ms_store(&bk.busy, 0)
+        pthread_mutex_unlock(&bk.internal_lock)
+
+    cdef int repair(self, ms_bookkeeping_t *bk) except -1:
+        """Undo or finish what a holder that died mid-change left behind."""
+        cdef ms_slot_t *slot
+        cdef unsigned i
+        rebuild(bk, self.name)
+        if bk.pending_alloc and live_block(bk, bk.pending_alloc):
+            release(bk, bk.pending_alloc, self.name)  # its caller never saw the address
+        if bk.pending_free and live_block(bk, bk.pending_free):
+            release(bk, bk.pending_free, self.name)  # its caller asked for exactly this
+        for i in range(MS_NAME_CAPACITY):
+            slot = &bk.slots[i]
+            if not slot.seq & 1 and slot.state != MS_SLOT_CREATING and slot.state != MS_SLOT_DELETING:
+                continue
+            if slot.state != MS_SLOT_LIVE:
+                if slot.addr and live_block(bk, slot.addr):
+                    release(bk, slot.addr, self.name)
+                slot.state = MS_SLOT_EMPTY
+                slot.addr = 0
+            if slot.seq & 1:
+                ms_store32(&slot.seq, slot.seq + 1)
+        return 0
+
+    # The allocator.
+
+    def alloc(self, nbytes, align=64):
+        """Allocate ``nbytes`` in the arena at a multiple of ``align``; return the address."""
+        cdef uint64_t size, alignment, payload
+        cdef ms_bookkeeping_t *bk
+        size, alignment = check_request(nbytes, align)
+        bk = self.begin()
+        try:
+            payload = allocate(bk, size, alignment, &bk.pending_alloc, self.name)
+        except CorruptBookkeepingError:
+            self.end(bk, False)
+            raise
+        except BaseException:
+            self.end(bk, True)
+            raise
+        self.end(bk, True)
+        return payload
+
+    def free(self, addr):
+        """Free an address ``alloc`` returned; ValueError for anything else or a second free."""
+        cdef uint64_t payload
+        cdef ms_bookkeeping_t *bk
+        cdef unsigned i
+        if not isinstance(addr, int) or isinstance(addr, bool):
+            raise TypeError(f"addr must be an int, not {type(addr).__name__}")
+        if not 0 < addr < 1 << 64:
+            raise ValueError(f"{addr:#x} is not an address this region's alloc() returned")
+        payload = addr
+        bk = self.begin()
+        try:
+            for i in range(MS_NAME_CAPACITY):
+                if bk.slots[i].state != MS_SLOT_EMPTY and bk.slots[i].addr == payload:
+                    name = fixed_string(bk.slots[i].name, MS_NAME_BYTES).decode(errors="replace")
+                    raise ValueError(f"0x{payload:x} belongs to the named object {name!r}; "
+                                     f"delete it by name")
+            bk.pending_free = payload
+            release(bk, payload, self.name)
+        except CorruptBookkeepingError:
+            self.end(bk, False)
+            raise
+        except BaseException:
+            self.end(bk, True)
+            raise
+        self.end(bk, True)
+
+    def verify(self):
+        """Check every allocator and name-table invariant; return heap statistics.
+
+        Walks the whole arena: meant for tests and diagnostics, not hot paths."""
+        cdef ms_bookkeeping_t *bk = self.begin()
+        cdef unsigned i
+        try:
+            stats = verify_allocator(bk, self.name)
+            stats["names"] = 0
+            for i in range(MS_NAME_CAPACITY):
+                if bk.slots[i].state == MS_SLOT_LIVE:
+                    stats["names"] += 1
+                    if not used_block(bk, bk.slots[i].addr):
+                        raise CorruptBookkeepingError(f"name slot {i} has no block", self.name)
+                elif bk.slots[i].state != MS_SLOT_EMPTY or bk.slots[i].seq & 1:
+                    raise CorruptBookkeepingError(f"name slot {i} was left mid-change", self.name)
+        finally:
+            self.end(bk, True)
+        return stats
+
+    # Named objects.
+
+    cdef int find_slot(self, ms_bookkeeping_t *bk, bytes name) noexcept:
+        """Index of the LIVE slot holding ``name`` (internal lock held), or -1."""
+        cdef uint32_t h = name_hash(name)
+        cdef unsigned i
+        for i in range(MS_NAME_CAPACITY):
+            if (bk.slots[i].state == MS_SLOT_LIVE and bk.slots[i].name_hash == h
+                    and holds_name(&bk.slots[i], name)):
+                return i
+        return -1
+
+    def create_named(self, name, nbytes, dtype, shape, align=64):
+        """Allocate ``nbytes`` and record it as ``name`` with a dtype string and a shape.
+
+        FileExistsError if the name is taken, RegionFullError if the table or arena is full."""
+        cdef bytes key = encode_name(name)
+        cdef bytes dtype_key = dtype.encode("ascii")
+        cdef tuple dims = tuple(int(n) for n in shape)
+        cdef uint64_t size, alignment
+        cdef ms_bookkeeping_t *bk
+        cdef ms_slot_t *slot = NULL
+        cdef unsigned i
+        if not 1 <= len(dtype_key) <= DTYPE_MAX_BYTES or b"\0" in dtype_key:
+            raise ValueError(f"a dtype string must be 1-{DTYPE_MAX_BYTES} ASCII bytes, not {dtype!r}")
+        if len(dims) > MAX_DIMS or any(n < 0 for n in dims):
+            raise ValueError(f"a shape must have at most {MAX_DIMS} sizes >= 0, not {shape!r}")
+        size, alignment = check_request(nbytes, align)
+        bk = self.begin()
+        try:
+            if self.find_slot(bk, key) >= 0:
+                raise FileExistsError(errno.EEXIST, f"an object named {name!r} already exists",
+                                      self.name)
+            for i in range(MS_NAME_CAPACITY):
+                if bk.slots[i].state == MS_SLOT_EMPTY:
+                    slot = &bk.slots[i]
+                    break
+            else:
+                raise RegionFullError(f"the region's name table is full ({NAME_CAPACITY} names)",
+                                      self.name)
+            ms_store32(&slot.seq, slot.seq + 1)
+            ms_fence()
+            slot.state = MS_SLOT_CREATING
+            slot.addr = 0
+            slot.nbytes = size
+            slot.name_hash = name_hash(key)
+            slot.ndim = len(dims)
+            memset(slot.name, 0, MS_NAME_BYTES)
+            memcpy(slot.name, <char *>key, len(key))
+            memset(slot.dtype, 0, MS_DTYPE_BYTES)
+            memcpy(slot.dtype, <char *>dtype_key, len(dtype_key))
+            for i in range(MS_MAX_DIMS):
+                slot.shape[i] = dims[i] if i < len(dims) else 0
+            ms_fence()
+            try:
+                allocate(bk, size, alignment, &slot.addr, self.name)
+            except BaseException:
+                slot.state = MS_SLOT_EMPTY
+                slot.addr = 0
+                ms_store32(&slot.seq, slot.seq + 1)
+                raise
+            ms_store32(&slot.state, MS_SLOT_LIVE)
+            ms_store32(&slot.seq, slot.seq + 1)
+            payload = slot.addr
+        except CorruptBookkeepingError:
+            self.end(bk, False)
+            raise
+        except BaseException:
+            self.end(bk, True)
+            raise
+        self.end(bk, True)
+        return payload
+
+    def find_named(self, name):
+        """``(addr, nbytes, dtype, shape)`` of the object called ``name``, or None.
+
+        Takes no lock, so it works in read-only attachers too."""
+        cdef ms_bookkeeping_t *bk = self.attached()
+        cdef bytes key = encode_name(name)
+        cdef uint32_t h = name_hash(key)
+        cdef ms_slot_t copy
+        cdef unsigned i
+        for i in range(MS_NAME_CAPACITY):
+            if bk.slots[i].name_hash != h or not read_slot(&bk.slots[i], &copy):
+                continue
+            if not holds_name(&copy, key):
+                continue
+            if (copy.ndim > MS_MAX_DIMS or copy.dtype[MS_DTYPE_BYTES - 1]
+                    or copy.addr < self.arena_addr
+                    or copy.addr > self.arena_addr + self.arena_size
+                    or copy.nbytes > self.arena_addr + self.arena_size - copy.addr):
+                raise CorruptBookkeepingError(f"the entry for {name!r} is damaged", self.name)
+            return (copy.addr, copy.nbytes,
+                    fixed_string(copy.dtype, MS_DTYPE_BYTES).decode("ascii", errors="replace"),
+                    tuple(copy.shape[d] for d in range(copy.ndim)))
+        return None
+
+    def named(self):
+        """The names of all named objects, sorted. Takes no lock."""
+        cdef ms_bookkeeping_t *bk = self.attached()
+        cdef ms_slot_t copy
+        cdef unsigned i
+        found = []
+        for i in range(MS_NAME_CAPACITY):
+            if bk.slots[i].state == MS_SLOT_LIVE and read_slot(&bk.slots[i], &copy):
+                found.append(fixed_string(copy.name, MS_NAME_BYTES).decode(errors="replace"))
+        return sorted(found)
+
+    def delete_named(self, name):
+        """Free the object called ``name`` and forget the name; FileNotFoundError if absent."""
+        cdef bytes key = encode_name(name)
+        cdef ms_bookkeeping_t *bk = self.begin()
+        cdef ms_slot_t *slot
+        cdef int index
+        try:
+            index = self.find_slot(bk, key)
+            if index < 0:
+                raise FileNotFoundError(errno.ENOENT, f"no object named {name!r}", self.name)
+            slot = &bk.slots[index]
+            ms_store32(&slot.seq, slot.seq + 1)
+            ms_fence()
+            ms_store32(&slot.state, MS_SLOT_DELETING)
+            damaged = not used_block(bk, slot.addr)
+            if not damaged:
+                release(bk, slot.addr, self.name)
+            slot.state = MS_SLOT_EMPTY
+            slot.addr = 0
+            ms_store32(&slot.seq, slot.seq + 1)
+            if damaged:
+                raise CorruptBookkeepingError(
+                    f"{name!r} pointed at no allocated block; the name was removed and the "
+                    f"memory left alone", self.name)
+        except CorruptBookkeepingError:
+            self.end(bk, False)
+            raise
+        except BaseException:
+            self.end(bk, True)
+            raise
+        self.end(bk, True)
+
+
+cdef tuple check_request(object nbytes, object align):
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+        raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+    if not isinstance(align, int) or isinstance(align, bool):
+        raise TypeError(f"align must be an int, not {type(align).__name__}")
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+    if align < 1 or align > MAX_ALIGN or align & (align - 1):
+        raise ValueError(f"align must be a power of two from 1 to {MAX_ALIGN}, not {align}")
+    return min(nbytes, 1 << 62), align
