@@ -209,20 +209,23 @@ cdef class RegionLock:
 cdef class Bookkeeping:
     """The lock, allocator and name table of one region, over raw memory.
 
-    ``Bookkeeping(bookkeeping_addr, arena_addr, arena_size, name=None)``: the bookkeeping
-    area of ``BOOKKEEPING_SIZE`` bytes at ``bookkeeping_addr`` manages the arena
-    ``[arena_addr, arena_addr + arena_size)``. The caller keeps both mapped while this
-    object is attached and calls ``detach()`` before unmapping. ``name`` only labels errors.
+    ``Bookkeeping(bookkeeping_addr, arena_addr, arena_size, name=None, keepalive=None)``:
+    the bookkeeping area of ``BOOKKEEPING_SIZE`` bytes at ``bookkeeping_addr`` manages the
+    arena ``[arena_addr, arena_addr + arena_size)``. The caller keeps both mapped while this
+    object is attached and calls ``detach()`` before unmapping; ``keepalive`` (the mapping
+    object, say) stays referenced until then. ``name`` only labels errors.
     """
 
     cdef ms_bookkeeping_t *bk
     cdef readonly uint64_t bookkeeping_addr, arena_addr, arena_size
     cdef readonly object name
+    cdef object keepalive
     cdef bint header_checked
-    cdef Py_ssize_t held  # user-lock acquisitions by this process, for detach()
+    cdef readonly Py_ssize_t locks_held  # user-lock acquisitions by this process
     cdef RegionLock forever
 
-    def __cinit__(self, bookkeeping_addr, arena_addr, arena_size, *, name=None):
+    def __cinit__(self, bookkeeping_addr, arena_addr, arena_size, *, name=None, keepalive=None):
+        self.keepalive = keepalive
         self.bookkeeping_addr = bookkeeping_addr
         self.arena_addr = arena_addr
         self.arena_size = arena_size
@@ -282,9 +285,10 @@ cdef class Bookkeeping:
 
         Refused with RuntimeError while this process holds the lock: the C library keeps
         a held robust mutex on a per-thread list that the kernel walks at exit."""
-        if self.held > 0:
+        if self.locks_held > 0:
             raise RuntimeError("the region's lock is held by this process; release it first")
         self.bk = NULL
+        self.keepalive = None
 
     # The user lock.
 
@@ -300,7 +304,7 @@ cdef class Bookkeeping:
         cdef ms_bookkeeping_t *bk = self.attached()
         cdef int rc = wait_for(&bk.user_lock, timeout)
         if rc == 0:
-            self.held += 1
+            self.locks_held += 1
             return 0
         if rc == EOWNERDEAD:
             pthread_mutex_consistent(&bk.user_lock)
@@ -315,7 +319,7 @@ cdef class Bookkeeping:
         cdef int rc = pthread_mutex_unlock(&bk.user_lock)
         if rc:
             raise lock_error(rc, "the region's lock", -1, self.name)
-        self.held -= 1
+        self.locks_held -= 1
         return 0
 
     # The internal lock: every allocator and name-table change runs between begin and end.
