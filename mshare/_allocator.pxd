@@ -5,7 +5,6 @@ from libc.stdint cimport uint64_t
 
 from mshare._layout cimport ms_bookkeeping_t
 
-cdef int allocator_init(ms_bookkeeping_t *bk) except -1
 cdef uint64_t allocate(ms_bookkeeping_t *bk, uint64_t nbytes, uint64_t align,
                        uint64_t *intent, object name) except 0
 cdef int release(ms_bookkeeping_t *bk, uint64_t payload, object name) except -1

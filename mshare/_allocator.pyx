@@ -15,6 +15,7 @@ one size word. Everything else (free lists, bitmaps, footers, PREV_FREE bits, th
 count) is derived, and ``rebuild`` recomputes it from the chain after a holder died mid-way.
 Pointers read from shared memory are checked to lie inside the arena before being followed;
 a derived structure that fails a check is rebuilt, a chain that fails one is reported.
+The arena is formatted by the first allocation, so a region used raw keeps its bytes.
 """
 
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
@@ -224,18 +225,20 @@ cdef int carve(ms_bookkeeping_t *bk, uint64_t block, uint64_t payload, uint64_t 
     return 0
 
 
-cdef int allocator_init(ms_bookkeeping_t *bk) except -1:
+cdef int format_arena(ms_bookkeeping_t *bk) except -1:
+    """Lay the first block header over the whole arena, on the first allocation only, so a
+    region used raw never finds allocator data in its bytes. The flag is the commit."""
     cdef uint64_t start = bk.arena_addr, end = arena_end(bk)
     bk.fl_bitmap = 0
     memset(bk.sl_bitmap, 0, sizeof(bk.sl_bitmap))
     memset(bk.heads, 0, sizeof(bk.heads))
-    bk.free_bytes = 0
+    bk.free_bytes = end - start
     if end > start:
         word(start)[0] = end - start
         word(start)[1] = 0
         word(end - 8)[0] = end - start
-        bk.free_bytes = end - start
         list_insert(bk, start, end - start)
+    ms_store(&bk.formatted, 1)
     return 0
 
 
@@ -245,6 +248,8 @@ cdef uint64_t allocate(ms_bookkeeping_t *bk, uint64_t nbytes, uint64_t align,
     address just before the commit, so a repair can roll an interrupted allocation back."""
     cdef uint64_t block = 0, payload = 0, need = 0
     cdef int attempt
+    if not bk.formatted:
+        format_arena(bk)
     if nbytes <= bk.arena_size:
         need = max(MS_MIN_BLOCK, round_up(nbytes + MS_HEADER, 16))
         for attempt in range(2):
@@ -272,7 +277,7 @@ cdef uint64_t used_block(ms_bookkeeping_t *bk, uint64_t payload) noexcept:
     """Header address of the live allocation at ``payload``, or 0 if there is none."""
     cdef uint64_t start = bk.arena_addr, end = arena_end(bk)
     cdef uint64_t block = payload - MS_HEADER, head, size
-    if payload < start + MS_HEADER or payload >= end or (block - start) & 15:
+    if not bk.formatted or payload < start + MS_HEADER or payload >= end or (block - start) & 15:
         return 0
     if end - block < MS_MIN_BLOCK:
         return 0
@@ -366,6 +371,8 @@ cdef int rebuild(ms_bookkeeping_t *bk, object name) except -1:
     cdef uint64_t end = arena_end(bk), block = bk.arena_addr
     cdef uint64_t head, want, size, run = 0, run_size = 0
     cdef bint previous_free = False
+    if not bk.formatted:
+        return 0  # the next allocation formats the arena from scratch
     bk.fl_bitmap = 0
     memset(bk.sl_bitmap, 0, sizeof(bk.sl_bitmap))
     memset(bk.heads, 0, sizeof(bk.heads))
@@ -409,6 +416,13 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
     cdef uint64_t free_bytes = 0, free_blocks = 0, used_blocks = 0, largest = 0, listed = 0
     cdef unsigned fl, sl, want_fl, want_sl
     cdef bint previous_free = False
+    if not bk.formatted:
+        # Nothing written in the arena yet: it counts as one free block.
+        if bk.fl_bitmap:
+            raise CorruptBookkeepingError("free lists of an unformatted arena are not empty", name)
+        return {"arena_bytes": end - bk.arena_addr, "free_bytes": end - bk.arena_addr,
+                "free_blocks": int(end > bk.arena_addr), "used_blocks": 0,
+                "largest_free": end - bk.arena_addr}
     while block < end:
         head = word(block)[0]
         size = head & ~MS_FLAGS

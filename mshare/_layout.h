@@ -62,6 +62,8 @@ typedef struct {
     uint64_t busy __attribute__((aligned(64))); /* 1 while a holder mutates: set => it died mid-way */
     uint64_t pending_alloc; /* payload an interrupted alloc() may have committed: roll back */
     uint64_t pending_free;  /* payload an interrupted free() was releasing: roll forward */
+    uint64_t formatted;     /* 0 until the first allocation writes the first block header */
+    uint64_t repairs;       /* how often a holder's death had to be repaired, for diagnostics */
     uint64_t free_bytes;
     uint64_t fl_bitmap;
     uint32_t sl_bitmap[MS_FL_COUNT];

@@ -83,6 +83,8 @@ cdef extern from "_layout.h" nogil:
         uint64_t busy
         uint64_t pending_alloc
         uint64_t pending_free
+        uint64_t formatted
+        uint64_t repairs
         uint64_t free_bytes
         uint64_t fl_bitmap
         uint32_t sl_bitmap[64]

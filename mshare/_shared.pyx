@@ -30,7 +30,7 @@ import math
 import os
 
 from mshare._allocator cimport (
-    allocate, allocator_init, live_block, rebuild, release, used_block, verify_allocator,
+    allocate, live_block, rebuild, release, used_block, verify_allocator,
 )
 from mshare._layout cimport (
     EDEADLK, ENOTRECOVERABLE, EOWNERDEAD, MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_MAGIC, MS_MAX_DIMS, MS_NAME_BYTES,
@@ -277,7 +277,6 @@ cdef class Bookkeeping:
         bk.arena_addr = self.arena_addr
         bk.arena_size = self.arena_size
         bk.block_key = int.from_bytes(os.urandom(8), "little")
-        allocator_init(bk)
         ms_store(&bk.magic, MS_MAGIC)
 
     def detach(self):
@@ -355,6 +354,7 @@ cdef class Bookkeeping:
         """Undo or finish what a holder that died mid-change left behind."""
         cdef ms_slot_t *slot
         cdef unsigned i
+        bk.repairs += 1
         rebuild(bk, self.name)
         if bk.pending_alloc and live_block(bk, bk.pending_alloc):
             release(bk, bk.pending_alloc, self.name)  # its caller never saw the address
@@ -427,6 +427,7 @@ cdef class Bookkeeping:
         cdef unsigned i
         try:
             stats = verify_allocator(bk, self.name)
+            stats["repairs"] = bk.repairs
             stats["names"] = 0
             for i in range(MS_NAME_CAPACITY):
                 if bk.slots[i].state == MS_SLOT_LIVE:
