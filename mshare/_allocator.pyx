@@ -2,7 +2,7 @@
 """The shared allocator: a two-level segregated fit (TLSF) heap inside a region's arena.
 
 Blocks tile the arena from its start to its end. Each starts with a 16-byte header: word 0
-holds the block size (a multiple of 16) and the USED / PREV_FREE flags, word 1 a check word
+holds the block size (a multiple of 16) and the USED / PREV_FREE / NAMED flags, word 1 a check word
 that only a live allocation carries, so ``free`` refuses addresses it never returned and
 second frees. A free block also holds its free-list links after the header and its size in
 its last word (the footer, for coalescing backwards). The list heads and bitmaps live in the
@@ -22,7 +22,7 @@ from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
 from mshare._layout cimport (
-    MS_FL_COUNT, MS_FLAGS, MS_HEADER, MS_MIN_BLOCK, MS_PREV_FREE, MS_SL_COUNT, MS_SL_LOG2,
+    MS_FL_COUNT, MS_FLAGS, MS_HEADER, MS_MIN_BLOCK, MS_NAMED, MS_PREV_FREE, MS_SL_COUNT, MS_SL_LOG2,
     MS_SMALL_LIMIT, MS_USED, ms_bookkeeping_t, ms_ctz32, ms_ctz64, ms_load, ms_mix, ms_msb64,
     ms_store,
 )
@@ -185,7 +185,7 @@ cdef uint64_t find(ms_bookkeeping_t *bk, uint64_t need, uint64_t align, uint64_t
 
 
 cdef int carve(ms_bookkeeping_t *bk, uint64_t block, uint64_t payload, uint64_t need,
-               uint64_t *intent, object name) except -1:
+               uint64_t *intent, uint64_t flags, object name) except -1:
     """Turn part of a free block, already off its list, into the used block at ``payload - 16``."""
     cdef uint64_t head = word(block)[0]
     cdef uint64_t size = head & ~MS_FLAGS
@@ -203,13 +203,13 @@ cdef int carve(ms_bookkeeping_t *bk, uint64_t block, uint64_t payload, uint64_t 
         word(used + need + rest - 8)[0] = rest
     word(used)[1] = check_word(bk, used, need)
     if gap:
-        word(used)[0] = need | MS_USED | MS_PREV_FREE
+        word(used)[0] = need | flags | MS_PREV_FREE
         word(used - 8)[0] = gap
     intent[0] = payload
     if gap:
         ms_store(&word(block)[0], gap | (head & MS_PREV_FREE))
     else:
-        ms_store(&word(block)[0], need | MS_USED | (head & MS_PREV_FREE))
+        ms_store(&word(block)[0], need | flags | (head & MS_PREV_FREE))
     bk.free_bytes -= need
     try:
         if gap:
@@ -243,9 +243,10 @@ cdef int format_arena(ms_bookkeeping_t *bk) except -1:
 
 
 cdef uint64_t allocate(ms_bookkeeping_t *bk, uint64_t nbytes, uint64_t align,
-                       uint64_t *intent, object name) except 0:
+                       uint64_t *intent, bint named, object name) except 0:
     """Allocate ``nbytes`` at a multiple of ``align``; ``intent`` receives the payload
-    address just before the commit, so a repair can roll an interrupted allocation back."""
+    address just before the commit, so a repair can roll an interrupted allocation back.
+    A ``named`` block is flagged so that only ``release(named=True)`` frees it."""
     cdef uint64_t block = 0, payload = 0, need = 0
     cdef int attempt
     if not bk.formatted:
@@ -269,7 +270,7 @@ cdef uint64_t allocate(ms_bookkeeping_t *bk, uint64_t nbytes, uint64_t align,
             f"cannot allocate {nbytes} bytes aligned to {align}: {bk.free_bytes} bytes free "
             f"in the region's arena of {bk.arena_size} bytes, but no free block is large enough",
             name)
-    carve(bk, block, payload, need, intent, name)
+    carve(bk, block, payload, need, intent, MS_USED | (MS_NAMED if named else 0), name)
     return payload
 
 
@@ -340,7 +341,7 @@ cdef int coalesce(ms_bookkeeping_t *bk, uint64_t block) except -1:
     return 0
 
 
-cdef int release(ms_bookkeeping_t *bk, uint64_t payload, object name) except -1:
+cdef int release(ms_bookkeeping_t *bk, uint64_t payload, bint named, object name) except -1:
     cdef uint64_t block = used_block(bk, payload)
     cdef uint64_t head, size
     if not block:
@@ -348,6 +349,9 @@ cdef int release(ms_bookkeeping_t *bk, uint64_t payload, object name) except -1:
             f"address 0x{payload:x} is not a live allocation of this region: it was never "
             f"returned by alloc(), or it was already freed")
     head = word(block)[0]
+    if bool(head & MS_NAMED) != named:
+        raise ValueError(f"0x{payload:x} belongs to a named object; delete it by name"
+                         if not named else f"0x{payload:x} is not a named object's block")
     size = head & ~MS_FLAGS
     ms_store(&word(block)[0], size | (head & MS_PREV_FREE))
     # After the commit, so a repair that finds the block still USED can finish this free.
@@ -390,7 +394,7 @@ cdef int rebuild(ms_bookkeeping_t *bk, object name) except -1:
                 list_insert(bk, run, run_size)
                 bk.free_bytes += run_size
                 run = 0
-            want = size | MS_USED | (MS_PREV_FREE if previous_free else 0)
+            want = size | (head & (MS_USED | MS_NAMED)) | (MS_PREV_FREE if previous_free else 0)
             if head != want:
                 ms_store(&word(block)[0], want)
             previous_free = False
@@ -413,7 +417,8 @@ cdef int rebuild(ms_bookkeeping_t *bk, object name) except -1:
 cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
     """Check every invariant, derived ones included; return statistics of the heap."""
     cdef uint64_t end = arena_end(bk), block = bk.arena_addr, head, size, candidate, back
-    cdef uint64_t free_bytes = 0, free_blocks = 0, used_blocks = 0, largest = 0, listed = 0
+    cdef uint64_t free_bytes = 0, free_blocks = 0, used_blocks = 0, named_blocks = 0
+    cdef uint64_t largest = 0, listed = 0
     cdef unsigned fl, sl, want_fl, want_sl
     cdef bint previous_free = False
     if not bk.formatted:
@@ -421,7 +426,7 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
         if bk.fl_bitmap:
             raise CorruptBookkeepingError("free lists of an unformatted arena are not empty", name)
         return {"arena_bytes": end - bk.arena_addr, "free_bytes": end - bk.arena_addr,
-                "free_blocks": int(end > bk.arena_addr), "used_blocks": 0,
+                "free_blocks": int(end > bk.arena_addr), "used_blocks": 0, "named_blocks": 0,
                 "largest_free": end - bk.arena_addr}
     while block < end:
         head = word(block)[0]
@@ -434,6 +439,7 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
             if word(block)[1] != check_word(bk, block, size):
                 raise corrupt(block, head, name)
             used_blocks += 1
+            named_blocks += bool(head & MS_NAMED)
             previous_free = False
         else:
             if previous_free:
@@ -474,5 +480,6 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
         "free_bytes": free_bytes,
         "free_blocks": free_blocks,
         "used_blocks": used_blocks,
+        "named_blocks": named_blocks,
         "largest_free": largest,
     }

@@ -24,6 +24,7 @@
 
 #define MS_USED 1ull      /* word 0 flag: the block is allocated */
 #define MS_PREV_FREE 2ull /* word 0 flag: the physically previous block is free */
+#define MS_NAMED 4ull     /* word 0 flag: a used block that a named object owns */
 #define MS_FLAGS 15ull
 
 /* Named-object table. */

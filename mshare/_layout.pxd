@@ -48,6 +48,7 @@ cdef extern from "_layout.h" nogil:
     uint64_t MS_SMALL_LIMIT
     uint64_t MS_USED
     uint64_t MS_PREV_FREE
+    uint64_t MS_NAMED
     uint64_t MS_FLAGS
     unsigned MS_NAME_CAPACITY
     unsigned MS_NAME_BYTES

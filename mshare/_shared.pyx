@@ -70,10 +70,11 @@ cdef int wait_for(pthread_mutex_t *mutex, double timeout) except? -1:
     The uncontended case is one trylock with the GIL held; waiting happens with the GIL
     released, in slices, with signal handlers run between them."""
     cdef int rc = pthread_mutex_trylock(mutex)
-    cdef double deadline = monotonic() + timeout, step, now
+    cdef double deadline, step, now
     cdef timespec until
     if rc != EBUSY:
         return rc
+    deadline = monotonic() + timeout
     while True:
         now = monotonic()
         step = WAIT_SLICE
@@ -356,21 +357,26 @@ cdef class Bookkeeping:
         cdef unsigned i
         bk.repairs += 1
         rebuild(bk, self.name)
-        if bk.pending_alloc and live_block(bk, bk.pending_alloc):
-            release(bk, bk.pending_alloc, self.name)  # its caller never saw the address
-        if bk.pending_free and live_block(bk, bk.pending_free):
-            release(bk, bk.pending_free, self.name)  # its caller asked for exactly this
-        for i in range(MS_NAME_CAPACITY):
-            slot = &bk.slots[i]
-            if not slot.seq & 1 and slot.state != MS_SLOT_CREATING and slot.state != MS_SLOT_DELETING:
-                continue
-            if slot.state != MS_SLOT_LIVE:
-                if slot.addr and live_block(bk, slot.addr):
-                    release(bk, slot.addr, self.name)
-                slot.state = MS_SLOT_EMPTY
-                slot.addr = 0
-            if slot.seq & 1:
-                ms_store32(&slot.seq, slot.seq + 1)
+        try:
+            if bk.pending_alloc and live_block(bk, bk.pending_alloc):
+                release(bk, bk.pending_alloc, False, self.name)  # its caller never saw it
+            if bk.pending_free and live_block(bk, bk.pending_free):
+                release(bk, bk.pending_free, False, self.name)  # its caller asked for this
+            for i in range(MS_NAME_CAPACITY):
+                slot = &bk.slots[i]
+                if (not slot.seq & 1 and slot.state != MS_SLOT_CREATING
+                        and slot.state != MS_SLOT_DELETING):
+                    continue
+                if slot.state != MS_SLOT_LIVE:
+                    if slot.addr and live_block(bk, slot.addr):
+                        release(bk, slot.addr, True, self.name)
+                    slot.state = MS_SLOT_EMPTY
+                    slot.addr = 0
+                if slot.seq & 1:
+                    ms_store32(&slot.seq, slot.seq + 1)
+        except ValueError as error:  # a block's flags contradict the record that led to it
+            raise CorruptBookkeepingError(f"cannot repair the allocator: {error}",
+                                          self.name) from None
         return 0
 
     # The allocator.
@@ -382,7 +388,7 @@ cdef class Bookkeeping:
         size, alignment = check_request(nbytes, align)
         bk = self.begin()
         try:
-            payload = allocate(bk, size, alignment, &bk.pending_alloc, self.name)
+            payload = allocate(bk, size, alignment, &bk.pending_alloc, False, self.name)
         except CorruptBookkeepingError:
             self.end(bk, False)
             raise
@@ -396,7 +402,6 @@ cdef class Bookkeeping:
         """Free an address ``alloc`` returned; ValueError for anything else or a second free."""
         cdef uint64_t payload
         cdef ms_bookkeeping_t *bk
-        cdef unsigned i
         if not isinstance(addr, int) or isinstance(addr, bool):
             raise TypeError(f"addr must be an int, not {type(addr).__name__}")
         if not 0 < addr < 1 << 64:
@@ -404,13 +409,8 @@ cdef class Bookkeeping:
         payload = addr
         bk = self.begin()
         try:
-            for i in range(MS_NAME_CAPACITY):
-                if bk.slots[i].state != MS_SLOT_EMPTY and bk.slots[i].addr == payload:
-                    name = fixed_string(bk.slots[i].name, MS_NAME_BYTES).decode(errors="replace")
-                    raise ValueError(f"0x{payload:x} belongs to the named object {name!r}; "
-                                     f"delete it by name")
             bk.pending_free = payload
-            release(bk, payload, self.name)
+            release(bk, payload, False, self.name)
         except CorruptBookkeepingError:
             self.end(bk, False)
             raise
@@ -436,6 +436,10 @@ cdef class Bookkeeping:
                         raise CorruptBookkeepingError(f"name slot {i} has no block", self.name)
                 elif bk.slots[i].state != MS_SLOT_EMPTY or bk.slots[i].seq & 1:
                     raise CorruptBookkeepingError(f"name slot {i} was left mid-change", self.name)
+            if stats["names"] != stats["named_blocks"]:
+                raise CorruptBookkeepingError(
+                    f"{stats['named_blocks']} blocks are flagged named, {stats['names']} names "
+                    f"are recorded", self.name)
         finally:
             self.end(bk, True)
         return stats
@@ -495,7 +499,7 @@ cdef class Bookkeeping:
                 slot.shape[i] = dims[i] if i < len(dims) else 0
             ms_fence()
             try:
-                allocate(bk, size, alignment, &slot.addr, self.name)
+                allocate(bk, size, alignment, &slot.addr, True, self.name)
             except BaseException:
                 slot.state = MS_SLOT_EMPTY
                 slot.addr = 0
@@ -564,7 +568,7 @@ cdef class Bookkeeping:
             ms_store32(&slot.state, MS_SLOT_DELETING)
             damaged = not used_block(bk, slot.addr)
             if not damaged:
-                release(bk, slot.addr, self.name)
+                release(bk, slot.addr, True, self.name)
             slot.state = MS_SLOT_EMPTY
             slot.addr = 0
             ms_store32(&slot.seq, slot.seq + 1)

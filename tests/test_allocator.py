@@ -181,7 +181,7 @@ def test_bad_frees_and_requests_are_refused_without_damage(registry_path, name):
                   region.addr + region.size + 64, 1, 0, -5, 1 << 70):
         with pytest.raises(ValueError):
             region.free(bogus)
-    with pytest.raises(ValueError, match="named object 'named'"):
+    with pytest.raises(ValueError, match="named object"):
         region.free(named.__array_interface__["data"][0])
     region.free(addr)
     with pytest.raises(ValueError, match="already freed"):
