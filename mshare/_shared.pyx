@@ -19,29 +19,21 @@ Lookups (``find_named``, ``named``) take no lock: each slot is a seqlock, so rea
 attachers, who cannot write the mutexes, still find named objects.
 """
 
-from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EBUSY, EPERM, ETIMEDOUT
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
-from libc.string cimport memchr, memcmp, memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from libc.string cimport memcpy, memset
 
 import errno
-import math
 import os
 
-from mshare._allocator cimport (
-    allocate, live_block, rebuild, release, used_block, verify_allocator,
-)
+from mshare._allocator cimport allocate, live_block, rebuild, release, used_block, verify_allocator
 from mshare._layout cimport (
-    EDEADLK, ENOTRECOVERABLE, EOWNERDEAD, MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_MAGIC, MS_MAX_DIMS, MS_NAME_BYTES,
-    MS_NAME_CAPACITY, MS_SLOT_CREATING, MS_SLOT_EMPTY, MS_SLOT_LIVE, MS_VERSION,
-    PTHREAD_MUTEX_ERRORCHECK, PTHREAD_MUTEX_ROBUST, PTHREAD_PROCESS_SHARED, MS_SLOT_DELETING,
-    ms_bookkeeping_t, ms_fence, ms_load, ms_load32, ms_slot_t, ms_store, ms_store32,
-    pthread_mutex_clocklock, pthread_mutex_consistent, pthread_mutex_init, pthread_mutex_t,
-    pthread_mutex_trylock, pthread_mutex_unlock, pthread_mutexattr_destroy,
-    pthread_mutexattr_init, pthread_mutexattr_setpshared, pthread_mutexattr_setrobust,
-    pthread_mutexattr_settype, pthread_mutexattr_t,
+    EOWNERDEAD, MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_MAGIC, MS_MAX_DIMS, MS_NAME_BYTES,
+    MS_NAME_CAPACITY, MS_SLOT_CREATING, MS_SLOT_DELETING, MS_SLOT_EMPTY, MS_SLOT_LIVE,
+    MS_VERSION, ms_bookkeeping_t, ms_fence, ms_load, ms_slot_t, ms_store, ms_store32,
+    pthread_mutex_consistent, pthread_mutex_unlock,
 )
+from mshare._mutex cimport init_mutex, lock_error, timeout_seconds, wait_for
+from mshare._slots cimport encode_name, fixed_string, holds_name, name_hash, read_slot
 
 from mshare.errors import CorruptBookkeepingError, OwnerDiedError, RegionFullError
 
@@ -51,127 +43,6 @@ NAME_MAX_BYTES = MS_NAME_BYTES - 1
 DTYPE_MAX_BYTES = MS_DTYPE_BYTES - 1
 MAX_DIMS = MS_MAX_DIMS
 MAX_ALIGN = 1 << 30
-
-# A blocked waiter wakes this often (seconds) to run signal handlers, so Ctrl-C works.
-cdef double WAIT_SLICE = 0.05
-# A lock-free reader gives up on a slot that keeps changing under it after this many tries.
-cdef int READ_RETRIES = 1000
-
-
-cdef double monotonic() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec + now.tv_nsec * 1e-9
-
-
-cdef int wait_for(pthread_mutex_t *mutex, double timeout) except? -1:
-    """Take ``mutex`` within ``timeout`` seconds (negative: forever); return a pthread code.
-
-    The uncontended case is one trylock with the GIL held; waiting happens with the GIL
-    released, in slices, with signal handlers run between them."""
-    cdef int rc = pthread_mutex_trylock(mutex)
-    cdef double deadline, step, now
-    cdef timespec until
-    if rc != EBUSY:
-        return rc
-    deadline = monotonic() + timeout
-    while True:
-        now = monotonic()
-        step = WAIT_SLICE
-        if timeout >= 0:
-            if now >= deadline:
-                return ETIMEDOUT
-            step = min(step, deadline - now)
-        now += step
-        until.tv_sec = <long>now
-        until.tv_nsec = <long>((now - until.tv_sec) * 1e9)
-        with nogil:
-            rc = pthread_mutex_clocklock(mutex, CLOCK_MONOTONIC, &until)
-        if rc != ETIMEDOUT:
-            return rc
-        PyErr_CheckSignals()
-
-
-cdef lock_error(int rc, str what, double timeout, object name):
-    if rc == ETIMEDOUT or rc == EBUSY:
-        return TimeoutError(errno.ETIMEDOUT, f"timed out after {timeout} s waiting for {what}", name)
-    if rc == EDEADLK:
-        return RuntimeError(f"this thread already holds {what}; it is not re-entrant")
-    if rc == EPERM:
-        return RuntimeError(f"{what} is not held by this thread")
-    if rc == ENOTRECOVERABLE:
-        return CorruptBookkeepingError(f"{what} was left unrecoverable", name)
-    return OSError(rc, os.strerror(rc), name)
-
-
-cdef int init_mutex(pthread_mutex_t *mutex) except -1:
-    cdef pthread_mutexattr_t attr
-    cdef int rc = pthread_mutexattr_init(&attr)
-    if rc == 0:
-        rc = (pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)
-              or pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)
-              or pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK)
-              or pthread_mutex_init(mutex, &attr))
-        pthread_mutexattr_destroy(&attr)
-    if rc:
-        raise OSError(rc, f"cannot set up a robust process-shared mutex: {os.strerror(rc)}")
-    return 0
-
-
-cdef double timeout_seconds(object timeout) except? -2:
-    """None (wait forever) becomes -1; anything else must be a number of seconds >= 0."""
-    if timeout is None:
-        return -1
-    value = float(timeout)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
-    return -1 if math.isinf(value) else value
-
-
-cdef uint32_t name_hash(bytes name) noexcept:
-    """FNV-1a: a cheap filter so a lookup compares few names."""
-    cdef uint32_t h = 2166136261u
-    cdef unsigned char c
-    for c in name:
-        h = (h ^ c) * 16777619u
-    return h
-
-
-cdef bytes encode_name(object name):
-    if not isinstance(name, str):
-        raise TypeError(f"an object name must be a str, not {type(name).__name__}")
-    encoded = name.encode()
-    if not 1 <= len(encoded) <= NAME_MAX_BYTES or b"\0" in encoded:
-        raise ValueError(f"an object name must be 1-{NAME_MAX_BYTES} bytes of UTF-8 "
-                         f"without NUL, not {name!r}")
-    return encoded
-
-
-cdef bytes fixed_string(const char *field, size_t capacity):
-    """The NUL-terminated string in a fixed-size field, never reading past the field."""
-    cdef const char *stop = <const char *>memchr(field, 0, capacity)
-    return field[:(stop - field) if stop != NULL else capacity]
-
-
-cdef bint holds_name(ms_slot_t *slot, bytes name) noexcept:
-    cdef size_t length = len(name)
-    return (length < MS_NAME_BYTES and slot.name[length] == 0
-            and memcmp(slot.name, <const char *>name, length) == 0)
-
-
-cdef bint read_slot(ms_slot_t *slot, ms_slot_t *copy) noexcept:
-    """Copy a slot that is LIVE and not changing; False if it is neither."""
-    cdef uint32_t seq
-    cdef int attempt
-    for attempt in range(READ_RETRIES):
-        seq = ms_load32(&slot.seq)
-        if seq & 1:
-            return False
-        memcpy(copy, slot, sizeof(ms_slot_t))
-        ms_fence()
-        if ms_load32(&slot.seq) == seq:
-            return copy.state == MS_SLOT_LIVE
-    return False
 
 
 cdef class RegionLock:
