@@ -28,5 +28,5 @@ def pytest_terminal_summary(terminalreporter):
         ours = rows.get("mshare")
         write(f"{group}:")
         for who, seconds in rows.items():
-            ratio = f"  mshare is {seconds / ours:5.2f}x faster" if ours and who != "mshare" else ""
+            ratio = f"  speed-up of mshare: {seconds / ours:5.2f}x" if ours and who != "mshare" else ""
             write(f"    {who:26} {seconds * 1e9:10.1f} ns/op  {1 / seconds:14,.0f} ops/s{ratio}")

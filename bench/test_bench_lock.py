@@ -40,7 +40,7 @@ def _record(benchmark, group, contender, operations):
     RESULTS[(group, contender)] = benchmark.stats.stats.min / operations
 
 
-def _cycles(lock):
+def _with_statements(lock):
     def run():
         for _ in range(LOOP):
             with lock:
@@ -48,12 +48,23 @@ def _cycles(lock):
     return run
 
 
+def _method_calls(lock):
+    acquire, release = lock.acquire, lock.release
+
+    def run():
+        for _ in range(LOOP):
+            acquire()
+            release()
+    return run
+
+
+@pytest.mark.parametrize("style", [_with_statements, _method_calls], ids=["with", "methods"])
 @pytest.mark.parametrize("contender", ["mshare", "multiprocessing.Lock", "posix_ipc.Semaphore"])
-def test_uncontended_acquire_release(benchmark, region, semaphore, contender):
+def test_uncontended_acquire_release(benchmark, region, semaphore, contender, style):
     lock = {"mshare": region.lock(), "multiprocessing.Lock": multiprocessing.Lock(),
             "posix_ipc.Semaphore": semaphore}[contender]
-    benchmark.group = "uncontended acquire+release"
-    benchmark.pedantic(_cycles(lock), rounds=20, warmup_rounds=2)
+    benchmark.group = f"uncontended acquire+release ({style.__name__.strip('_')})"
+    benchmark.pedantic(style(lock), rounds=20, warmup_rounds=2)
     _record(benchmark, benchmark.group, contender, LOOP)
 
 

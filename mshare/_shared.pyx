@@ -24,6 +24,7 @@ from libc.string cimport memcpy, memset
 
 import errno
 import os
+import weakref
 
 from mshare._allocator cimport allocate, live_block, rebuild, release, used_block, verify_allocator
 from mshare._layout cimport (
@@ -95,6 +96,7 @@ cdef class Bookkeeping:
     cdef bint header_checked
     cdef readonly Py_ssize_t locks_held  # user-lock acquisitions by this process
     cdef RegionLock forever
+    cdef object __weakref__
 
     def __cinit__(self, bookkeeping_addr, arena_addr, arena_size, *, name=None, keepalive=None):
         self.keepalive = keepalive
@@ -108,6 +110,7 @@ cdef class Bookkeeping:
                 and self.bookkeeping_addr < self.arena_addr + self.arena_size):
             raise ValueError("the bookkeeping area overlaps the arena")
         self.bk = <ms_bookkeeping_t *><uintptr_t>self.bookkeeping_addr
+        _instances.add(self)
 
     cdef ms_bookkeeping_t *attached(self) except NULL:
         cdef ms_bookkeeping_t *bk = self.bk
@@ -454,6 +457,18 @@ cdef class Bookkeeping:
             self.end(bk, True)
             raise
         self.end(bk, True)
+
+
+_instances = weakref.WeakSet()
+
+
+def _forget_locks_after_fork():
+    # A forked child inherits the counts, not the locks: they stay with the parent's threads.
+    for bookkeeping in _instances:
+        (<Bookkeeping>bookkeeping).locks_held = 0
+
+
+os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
 cdef tuple check_request(object nbytes, object align):

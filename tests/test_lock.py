@@ -192,6 +192,26 @@ def test_misuse_is_refused_clearly(registry_path, name):
     mshare.unlink(name)
 
 
+def test_a_child_forked_by_the_holder_does_not_hold_the_lock(registry_path, name):
+    region = mshare.create(name, 4096)
+    with region.lock():
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                try:
+                    region.lock(timeout=0.1).acquire()
+                except TimeoutError:  # the parent's thread holds it, not this process
+                    region.close()
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    region.close()
+    mshare.unlink(name)
+
+
 def test_each_region_has_its_own_lock(registry_path, name):
     first = mshare.create(name, 4096)
     second = mshare.create(name + "-2", 4096)
