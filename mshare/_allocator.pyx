@@ -22,8 +22,8 @@ from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 
 from mshare._layout cimport (
-    MS_FL_COUNT, MS_FLAGS, MS_HEADER, MS_MIN_BLOCK, MS_NAMED, MS_PREV_FREE, MS_SL_COUNT, MS_SL_LOG2,
-    MS_SMALL_LIMIT, MS_USED, ms_bookkeeping_t, ms_ctz32, ms_ctz64, ms_load, ms_mix, ms_msb64,
+    MS_FL_COUNT, MS_FLAGS, MS_HEADER, MS_MIN_BLOCK, MS_NAMED, MS_PREV_FREE, MS_SL_COUNT,
+    MS_SL_LOG2, MS_SMALL_LIMIT, MS_USED, ms_bookkeeping_t, ms_ctz32, ms_ctz64, ms_mix, ms_msb64,
     ms_store,
 )
 
