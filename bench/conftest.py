@@ -1,4 +1,5 @@
-"""Fixtures shared by every figure: a private registry, the sizes, backends, resident regions.
+"""Fixtures shared by every benchmark: a private registry, the sizes, backends, resident
+regions, and the table of ratios that the lock and allocator benchmarks print at the end.
 
 Set MSHARE_BENCH_SMOKE=1 (or run `python -m bench --smoke`) for tiny sizes and few
 processes: the whole suite then runs in seconds, so CI keeps it from rotting.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
+import uuid
 
 import pytest
 
@@ -25,6 +28,7 @@ SMOKE = os.environ.get("MSHARE_BENCH_SMOKE") == "1"
 SIZES = plan_sizes(SMOKE)
 _names = itertools.count()
 _unavailable: dict[tuple[str, int], str | None] = {}
+RESULTS: dict[tuple[str, str], float] = {}  # (group, contender) -> seconds per operation
 
 
 def pytest_report_header(config):
@@ -100,3 +104,27 @@ def resident_region(backend: Backend, size: int, touched: bool = True, mapped: b
 @pytest.fixture(params=[backend.name for backend in all_backends()])
 def backend(request) -> Backend:
     return by_name(request.param)
+
+
+@pytest.fixture
+def registry_path(monkeypatch):
+    """A registry of this test's own (the lock and allocator benchmarks)."""
+    os.makedirs("/tmp/mshare-bench", exist_ok=True)
+    path = os.path.join("/tmp/mshare-bench", uuid.uuid4().hex)
+    monkeypatch.setenv("MSHARE_ROOT", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("mshare against its peers (time per operation, lower is better)")
+    for group in dict.fromkeys(group for group, _ in RESULTS):
+        rows = {who: seconds for (g, who), seconds in RESULTS.items() if g == group}
+        ours = rows.get("mshare")
+        write(f"{group}:")
+        for who, seconds in rows.items():
+            ratio = f"  speed-up of mshare: {seconds / ours:5.2f}x" if ours and who != "mshare" else ""
+            write(f"    {who:26} {seconds * 1e9:10.1f} ns/op  {1 / seconds:14,.0f} ops/s{ratio}")

@@ -182,6 +182,22 @@ def skipped_section(skipped: list[str]) -> list[str]:
     return ["## Not measured", ""] + [f"- {reason}" for reason in sorted(set(skipped))] + [""]
 
 
+def other_groups(data: dict) -> list[str]:
+    """Benchmarks outside the figures (the lock and the allocator): median per round."""
+    known = {figure.group for figure in FIGURES}
+    records = [record for record in data["benchmarks"] if record["group"] not in known]
+    if not records:
+        return []
+    lines = ["## Other benchmarks", "",
+             "Median time of one benchmark round (each round loops many operations; see the "
+             "benchmark's source for how many).", "", "| group | benchmark | median (ms) |",
+             "|---|---|---|"]
+    for record in sorted(records, key=lambda record: (record["group"] or "", record["name"])):
+        lines.append(f"| {record['group']} | {record['name']} | "
+                     f"{record['stats']['median'] * 1e3:.3g} |")
+    return lines + [""]
+
+
 def render(data: dict, plots: list[Path] = ()) -> str:
     lines = ["# mshare benchmark results", "",
              "Every figure below was measured for mshare and for each peer in the same run.", ""]
@@ -192,6 +208,7 @@ def render(data: dict, plots: list[Path] = ()) -> str:
             continue
         lines += [f"## {figure.title}", "", figure.explanation, ""]
         lines += figure_tables(figure, records) + [""]
+    lines += other_groups(data)
     if plots:
         lines += ["## 6. Scale curves", ""]
         lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]

@@ -20,6 +20,11 @@ def shm_objects_of(registry_id):
     return sorted(f for f in os.listdir(SHM) if f"-{registry_id}-" in f)
 
 
+def child_python_path():
+    """PYTHONPATH that makes children import the very mshare this suite tests."""
+    return os.pathsep.join([os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)])
+
+
 def start_python(code, **popen_options):
     """Start ``code`` in a fresh interpreter without waiting (for races and kills).
 
@@ -36,9 +41,6 @@ def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True
     environment = dict(os.environ if env is None else env)
     if user is None:
         interpreter = sys.executable
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)]
-        )
     else:
         interpreter = SYSTEM_PYTHON
         environment["PYTHONPATH"] = WORLD_READABLE_SITE
