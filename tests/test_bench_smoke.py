@@ -32,7 +32,7 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     data = json.loads((tmp_path / "benchmark.json").read_text())
-    measured = {(record["group"], record["extra_info"]["backend"])
+    measured = {(record["group"], record["extra_info"].get("backend"))
                 for record in data["benchmarks"]}
     for group in GROUPS:
         for backend in ("mshare-shm", "shared_memory", "posix_ipc", "SharedArray"):
