@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -107,6 +108,17 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def source_revision() -> str:
+    """The commit the measured mshare was built from ("+changes" when the tree differs)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        revision = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty=+changes"],
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        revision = ""
+    return revision or "unknown (not a git checkout)"
+
+
 def describe() -> dict:
     """The facts a reader needs to judge the numbers, stored next to them."""
     info = meminfo()
@@ -124,6 +136,7 @@ def describe() -> dict:
         "tmpfs_mounts": _mounts("tmpfs"),
         "thp_shmem_enabled": _read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
         "dev_shm_free_gib": round(shm_free_bytes() / GiB, 1),
+        "source": source_revision(),
         "versions": {name: _version(name) for name in
                      ("mshare", "numpy", "posix_ipc", "SharedArray", "pytest-benchmark")},
     }

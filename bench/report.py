@@ -163,6 +163,7 @@ def machine_section(data: dict) -> list[str]:
              f"{', '.join(machine['hugetlbfs_mounts']) or 'none'}",
              f"- THP for shmem: `{machine['thp_shmem_enabled']}`; /dev/shm free: "
              f"{machine['dev_shm_free_gib']} GiB",
+             f"- mshare source: {machine.get('source', 'unknown')}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
              f"- Run: {data['datetime']}" + (" — SMOKE MODE, tiny sizes: not figures to quote"
                                              if bench["smoke"] else ""),
