@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 
 class SkipReasons:
-    """A pytest plugin that keeps why a backend was not measured, for the report."""
+    """A pytest plugin that keeps why a figure was not measured, for the report."""
 
     def __init__(self):
         self.reasons: list[str] = []
@@ -28,6 +28,9 @@ class SkipReasons:
     def pytest_runtest_logreport(self, report):
         if report.skipped and isinstance(report.longrepr, tuple):
             self.reasons.append(report.longrepr[2].removeprefix("Skipped: "))
+        elif report.failed:
+            message = getattr(report.longrepr, "reprcrash", None)
+            self.reasons.append(f"{report.nodeid} FAILED: {message.message if message else ''}")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--benchmark-warmup=off"]
     skips = SkipReasons()
     code = pytest.main(pytest_args + arguments.pytest_args, plugins=[skips])
-    if code != 0 or not raw.exists():
+    if not raw.exists():
         return int(code) or 1
 
     # Imported late: matplotlib is only needed once there are numbers to draw.
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     drawn = plots.draw(data, output)
     (output / "results.md").write_text(report.render(data, drawn))
     print(f"results: {output / 'results.md'}, {raw}, {len(drawn)} plots")
-    return 0
+    return int(code)
 
 
 if __name__ == "__main__":
