@@ -89,13 +89,17 @@ def records_of(data: dict, group: str) -> list[dict]:
     return [record for record in data["benchmarks"] if record["group"] == group]
 
 
+ORDER = ["mshare-hugetlb", "mshare-thp", "mshare-shm", "shared_memory", "posix_ipc",
+         "SharedArray"]
+
+
+def _order(backend: str) -> int:
+    return ORDER.index(backend) if backend in ORDER else len(ORDER)
+
+
 def _backends(records: list[dict], family: str) -> list[str]:
-    names = []
-    for record in records:
-        extra = record["extra_info"]
-        if extra["family"] == family and extra["backend"] not in names:
-            names.append(extra["backend"])
-    return names
+    names = {r["extra_info"]["backend"] for r in records if r["extra_info"]["family"] == family}
+    return sorted(names, key=_order)
 
 
 def _number(value: float) -> str:
@@ -183,6 +187,43 @@ def skipped_section(skipped: list[str]) -> list[str]:
     return ["## Not measured", ""] + [f"- {reason}" for reason in sorted(set(skipped))] + [""]
 
 
+# The headline rows: (label, figure index in FIGURES, extra_info that picks the column).
+SUMMARY = [
+    ("round trip (µs)", 0, {}),
+    ("attach alone (µs)", 1, {}),
+    ("new process attaches + touches 1 GiB (ms)", 2, {"size": 1 << 30}),
+    ("new process attaches + touches 4 GiB (ms)", 2, {"size": 4 << 30}),
+    ("page tables, 64 processes (KiB per process per GiB)", 3, {"processes": 64}),
+    ("parallel scan, repeat pass, most workers (GB/s)", 6, {"scan_pass": "repeat"}),
+]
+
+
+def summary(data: dict) -> list[str]:
+    """One table of the headline figures, each backend a column, for the README."""
+    picked = []
+    for label, index, where in SUMMARY:
+        figure = FIGURES[index]
+        records = [r for r in records_of(data, figure.group)
+                   if all(r["extra_info"].get(k) == v for k, v in where.items())]
+        if figure.parameter == "workers" and records:
+            most = max(r["extra_info"]["workers"] for r in records)
+            records = [r for r in records if r["extra_info"]["workers"] == most]
+        if records:
+            picked.append((label, figure, {r["extra_info"]["backend"]: r for r in records}))
+    if not picked:
+        return []
+    backends = []
+    for _, _, by_backend in picked:
+        backends += [name for name in by_backend if name not in backends]
+    backends.sort(key=_order)
+    lines = ["| figure | " + " | ".join(backends) + " |", "|---" * (len(backends) + 1) + "|"]
+    for label, figure, by_backend in picked:
+        cells = [_number(figure.value(by_backend[name])) if name in by_backend else "—"
+                 for name in backends]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def other_groups(data: dict) -> list[str]:
     """Benchmarks outside the figures (the lock and the allocator): median per round."""
     known = {figure.group for figure in FIGURES}
@@ -202,6 +243,10 @@ def other_groups(data: dict) -> list[str]:
 def render(data: dict, plots: list[Path] = ()) -> str:
     lines = ["# mshare benchmark results", "",
              "Every figure below was measured for mshare and for each peer in the same run.", ""]
+    headline = summary(data)
+    if headline:
+        lines += ["## Summary", "", "Ratios against each peer are in the sections below.", ""]
+        lines += headline + [""]
     lines += machine_section(data) + [""] + skipped_section(data.get("mshare_bench_skipped", []))
     for figure in FIGURES:
         records = records_of(data, figure.group)
