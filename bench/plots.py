@@ -42,6 +42,8 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
         yscale = "linear"  # one decade: a log axis would show no labels at all
     # Page tables of shared mappings can be zero or, within noise, below it.
     axes.set_yscale(yscale, **({"linthresh": 1.0} if yscale == "symlog" else {}))
+    if yscale != "log" and min(ys) >= 0:
+        axes.set_ylim(bottom=0)
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")

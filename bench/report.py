@@ -41,7 +41,8 @@ class Figure:
     def column(self, record: dict) -> str:
         extra = record["extra_info"]
         if self.parameter == "workers":
-            return f"{extra['workers']} workers, {extra['scan_pass']} pass"
+            workers = extra["workers"]
+            return f"{workers} worker{'s' if workers != 1 else ''}, {extra['scan_pass']} pass"
         key = extra[self.parameter]
         if self.parameter == "size":
             return human(key)
@@ -193,7 +194,7 @@ SUMMARY = [
     ("attach alone (µs)", 1, {}),
     ("new process attaches + touches 1 GiB (ms)", 2, {"size": 1 << 30}),
     ("new process attaches + touches 4 GiB (ms)", 2, {"size": 4 << 30}),
-    ("page tables, 64 processes (KiB per process per GiB)", 3, {"processes": 64}),
+    ("page tables, most processes (KiB per process per GiB)", 3, {}),
     ("parallel scan, repeat pass, most workers (GB/s)", 6, {"scan_pass": "repeat"}),
 ]
 
@@ -205,9 +206,10 @@ def summary(data: dict) -> list[str]:
         figure = FIGURES[index]
         records = [r for r in records_of(data, figure.group)
                    if all(r["extra_info"].get(k) == v for k, v in where.items())]
-        if figure.parameter == "workers" and records:
-            most = max(r["extra_info"]["workers"] for r in records)
-            records = [r for r in records if r["extra_info"]["workers"] == most]
+        if figure.parameter in ("workers", "processes") and records:
+            most = max(r["extra_info"][figure.parameter] for r in records)
+            records = [r for r in records if r["extra_info"][figure.parameter] == most]
+            label = label.replace("most", str(most))
         if records:
             picked.append((label, figure, {r["extra_info"]["backend"]: r for r in records}))
     if not picked:
