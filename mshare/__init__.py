@@ -6,10 +6,18 @@
 >>> mshare.unlink("cache")
 """
 
-from mshare.errors import AddressConflictError, CorruptEntryError, MshareError, UnsafeRegistryError
+from mshare.errors import (
+    AddressConflictError,
+    CorruptEntryError,
+    HugePagesFallbackWarning,
+    HugePagesUnavailableError,
+    MshareError,
+    UnsafeRegistryError,
+)
 from mshare.info import RegionInfo
 from mshare.operations import attach, create, info, unlink
 from mshare.operations import list_regions as list
+from mshare.pagetables import PageTableStats, RegionStats, pagetable_stats
 from mshare.region import Region
 
 __version__ = "0.1.0"
@@ -17,13 +25,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AddressConflictError",
     "CorruptEntryError",
+    "HugePagesFallbackWarning",
+    "HugePagesUnavailableError",
     "MshareError",
+    "PageTableStats",
     "Region",
     "RegionInfo",
+    "RegionStats",
     "UnsafeRegistryError",
     "attach",
     "create",
     "info",
     "list",
+    "pagetable_stats",
     "unlink",
 ]

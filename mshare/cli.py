@@ -1,4 +1,4 @@
-"""The ``mshare`` command: ``ls``, ``info``, ``create``, ``rm``, ``demo``.
+"""The ``mshare`` command: ``ls``, ``info``, ``create``, ``rm``, ``demo``, ``mount``, ``umount``, ``doctor``.
 
 Errors print one line to stderr and exit non-zero (2 for usage, 1 for failures).
 """
@@ -11,6 +11,8 @@ import stat
 import sys
 
 import mshare
+from mshare import doctor, mounts
+from mshare.backends.selection import CHOICES
 from mshare.registry import registry_root
 from mshare.units import format_size, parse_size
 
@@ -65,9 +67,9 @@ def command_info(args):
 
 
 def command_create(args):
-    with mshare.create(args.name, args.size, mode=args.mode) as region:
+    with mshare.create(args.name, args.size, mode=args.mode, hugepages=args.hugepages) as region:
         print(f"created {region.name}: {format_size(region.size)} at {region.addr:#x} "
-              f"({region.backend}, mode {region.mode:04o})")
+              f"({region.backend}, {format_size(region.page_size)} pages, mode {region.mode:04o})")
 
 
 def command_rm(args):
@@ -112,6 +114,8 @@ def build_parser():
     create.add_argument("name")
     create.add_argument("size", type=_size, help="bytes, or with a unit: 64M, 2G")
     create.add_argument("--mode", type=_octal_mode, default=0o600, help="permission bits (default 0600)")
+    create.add_argument("--hugepages", choices=CHOICES, default="auto",
+                        help="backend: auto (default: the best available), hugetlb, thp, off")
     create.set_defaults(handler=command_create)
 
     rm = commands.add_parser("rm", help="unlink regions (mappings stay valid until closed)")
@@ -123,6 +127,9 @@ def build_parser():
 
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=command_demo)
+
+    mounts.add_parser(commands)
+    doctor.add_parser(commands)
     return parser
 
 

@@ -32,3 +32,14 @@ class UnsafeRegistryError(MshareError):
 
     def __init__(self, message, path=None):
         super().__init__(errno.EPERM, message, path)
+
+
+class HugePagesUnavailableError(MshareError):
+    """A demanded huge-page backend cannot hold the region: nothing is mounted where it
+    needs a mount (``ENODEV``), the hugetlb pool is short (``ENOMEM``) or the huge-page
+    tmpfs is full (``ENOSPC``). The message names what is missing and the fixing command."""
+
+
+class HugePagesFallbackWarning(RuntimeWarning):
+    """``hugepages="auto"`` found huge pages set up but unable to hold a region, and used
+    the next backend instead."""

@@ -16,6 +16,7 @@ from mshare import addresses, attachments
 from mshare._core import Mapping
 from mshare.attachments import Attachment
 from mshare.backends import get_backend
+from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
 from mshare.info import RegionInfo
@@ -35,13 +36,17 @@ def initialize_bookkeeping(mapping, entry):
 
 
 def create(
-    name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False
+    name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False,
+    hugepages: str = "auto",
 ) -> Region:
     """Create the region ``name`` of exactly ``size`` bytes and map it.
 
     ``mode`` is applied exactly (no umask) to the registry entry and the data object.
     ``addr`` chooses the start address (1 GiB aligned, inside the arena); by default the
     registry picks the lowest free one. ``FileExistsError`` if the name is taken.
+    ``hugepages`` picks the backend: ``"auto"`` the best available (hugetlb, thp, shm),
+    ``"hugetlb"``/``"thp"`` demand one (``HugePagesUnavailableError`` says what is
+    missing), ``"off"`` is 4 KiB pages in ``/dev/shm``.
 
     >>> region = mshare.create("frames", 64 << 20, mode=0o640)
     """
@@ -49,7 +54,8 @@ def create(
     validate_size(size)
     validate_mode(mode)
     _require_bool(populate, "populate")
-    backend = get_backend("shm")
+    validate_hugepages(hugepages)
+    backend = choose_backend(hugepages, size, bookkeeping_length)
     page_size = backend.page_size()
     data_length = addresses.round_up(size, page_size)
     map_length = data_length + bookkeeping_length(page_size)

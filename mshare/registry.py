@@ -169,10 +169,10 @@ class Registry:
             raise CorruptEntryError(f"registry entry {name!r}: {error.strerror}", name) from None
         except ValueError as error:
             raise CorruptEntryError(f"registry entry {name!r}: {error}", name) from None
-        if not backend.owns_location(found.location, self.registry_id):
+        problem = backend.location_problem(found.location, self.registry_id)
+        if problem is not None:
             raise CorruptEntryError(
-                f"registry entry {name!r} points at {found.location!r}, "
-                "which is not a data object of this registry", name
+                f"registry entry {name!r} points at {found.location!r}, {problem}", name
             )
         return found
 

@@ -20,12 +20,34 @@ def shm_objects_of(registry_id):
     return sorted(f for f in os.listdir(SHM) if f"-{registry_id}-" in f)
 
 
+def huge_page_objects_of(registry_id):
+    """Data objects on hugetlbfs and tmpfs mounts (other than /dev/shm) that belong to the
+    registry with this id, as paths."""
+    from mshare import machine
+
+    found = []
+    for mount in machine.visible_mounts(machine.HUGETLBFS) + machine.visible_mounts(machine.TMPFS):
+        if mount.mount_point == SHM:
+            continue
+        try:
+            names = os.listdir(mount.mount_point)
+        except OSError:
+            continue
+        found += [os.path.join(mount.mount_point, f) for f in names if f"-{registry_id}-" in f]
+    return sorted(found)
+
+
 def start_python(code, **popen_options):
     """Start ``code`` in a fresh interpreter without waiting (for races and kills).
 
     It runs from ``/`` so that a source checkout in the working directory never shadows
-    the installed package."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/", **popen_options)
+    the package under test, which it imports from where this process did."""
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)]
+    )
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/",
+                            env=environment, **popen_options)
 
 
 def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True, env=None):

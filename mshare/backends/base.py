@@ -27,6 +27,13 @@ class Backend:
         """
         raise NotImplementedError
 
+    def location_problem(self, location, registry_id):
+        """Why ``location`` is not one this backend would make for ``registry_id`` (a phrase
+        read after "points at LOCATION, "), or ``None`` when it is one."""
+        if self.owns_location(location, registry_id):
+            return None
+        return "which is not a data object of this registry"
+
     def path(self, location):
         """The file-system path of a location (for ``stat`` and messages)."""
         raise NotImplementedError
