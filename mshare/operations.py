@@ -55,12 +55,15 @@ def create(
     validate_mode(mode)
     _require_bool(populate, "populate")
     validate_hugepages(hugepages)
+    arena_start, arena_end = addresses.arena()
+    # Checked before a backend is chosen too, so none is asked to hold the impossible.
+    if size > arena_end - arena_start:
+        raise ValueError(f"size {size} is larger than the whole address arena")
     backend = choose_backend(hugepages, size, bookkeeping_length)
     page_size = backend.page_size()
     data_length = addresses.round_up(size, page_size)
     map_length = data_length + bookkeeping_length(page_size)
     reserved_length = addresses.round_up(map_length, addresses.ALIGNMENT)
-    arena_start, arena_end = addresses.arena()
     if reserved_length > arena_end - arena_start:
         raise ValueError(f"size {size} is larger than the whole address arena")
     if addr is not None:

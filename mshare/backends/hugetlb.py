@@ -14,7 +14,7 @@ from mshare import machine
 from mshare.addresses import round_up
 from mshare.backends.files import FileBackend, Unavailable
 from mshare.errors import HugePagesUnavailableError
-from mshare.units import format_size
+from mshare.units import format_exact_size, format_size
 
 ENVIRONMENT = "MSHARE_HUGETLBFS"
 
@@ -116,7 +116,7 @@ def _remount_advice(mount_point, pages):
     """The command that raises a hugetlbfs ``size=`` limit enough for ``pages`` more."""
     info = os.statvfs(mount_point)
     used = info.f_blocks - info.f_bavail
-    return f"mount -o remount,size={format_size((used + pages) * info.f_bsize)} {mount_point}"
+    return f"mount -o remount,size={format_exact_size((used + pages) * info.f_bsize)} {mount_point}"
 
 
 def grow_pool_advice(pool, pages):
@@ -124,7 +124,7 @@ def grow_pool_advice(pool, pages):
     deficit = max(pages - pool.available, 1)
     size_option = "" if pool.page_size == machine.default_huge_page_size() else (
         f" --page-size {format_size(pool.page_size)}")
-    return (f"mshare mount{size_option} --hugepages {format_size(pages * pool.page_size)} "
+    return (f"mshare mount{size_option} --hugepages {format_exact_size(pages * pool.page_size)} "
             f"(or: echo {pool.total + deficit} > {machine.pool_directory(pool.page_size)}/nr_hugepages)")
 
 
@@ -137,5 +137,5 @@ def mount_advice(size, tail_length):
     """The command that sets up hugetlbfs and a pool for a region of ``size`` bytes."""
     page_size = machine.default_huge_page_size() or 2 << 20
     pages = pages_for(size, tail_length, page_size)
-    return (f"mshare mount --hugepages {format_size(pages * page_size)} (or: mkdir -p /dev/hugepages; "
+    return (f"mshare mount --hugepages {format_exact_size(pages * page_size)} (or: mkdir -p /dev/hugepages; "
             f"mount -t hugetlbfs -o mode=1777 none /dev/hugepages; sysctl vm.nr_hugepages={pages})")

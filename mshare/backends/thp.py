@@ -13,7 +13,7 @@ import os
 from mshare import machine
 from mshare.addresses import round_up
 from mshare.backends.files import FileBackend, Unavailable, no_space
-from mshare.units import format_size
+from mshare.units import format_exact_size, format_size
 
 ENVIRONMENT = "MSHARE_THP_ROOT"
 SHMEM_ENABLED = os.path.join(machine.THP_SYSFS, "shmem_enabled")
@@ -121,4 +121,4 @@ def _free_bytes(directory):
 def _enlarge_advice(directory, length):
     info = os.statvfs(directory)
     used = (info.f_blocks - info.f_bavail) * info.f_frsize
-    return f"mount -o remount,size={format_size(round_up(used + length, 1 << 20))} {directory}"
+    return f"mount -o remount,size={format_exact_size(round_up(used + length, 1 << 20))} {directory}"
