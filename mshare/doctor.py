@@ -14,12 +14,11 @@ from mshare._core import kernel_features
 from mshare.backends import hugetlb, thp
 from mshare.backends.files import Unavailable
 from mshare.backends.selection import candidates
+from mshare.backends.shm import SHM_DIRECTORY
 from mshare.mounts import size_argument
 from mshare.operations import bookkeeping_length
 from mshare.registry import registry_root
 from mshare.units import format_size
-
-SHM_DIRECTORY = "/dev/shm"
 
 
 def _owner(uid):
@@ -65,10 +64,14 @@ def hugetlbfs_section():
     lines = ["hugetlbfs mounts:"]
     found = machine.visible_mounts(machine.HUGETLBFS)
     for mount in found:
-        room = machine.hugetlbfs_room(mount.mount_point)
-        limit = "no size limit" if room is None else f"size limit admits {room} more pages"
-        lines.append(f"  {mount.mount_point}: {format_size(machine.hugetlbfs_page_size(mount.mount_point))} "
-                     f"pages, {_directory(mount.mount_point)}, {limit}")
+        try:
+            room = machine.hugetlbfs_room(mount.mount_point)
+            limit = "no size limit" if room is None else f"size limit admits {room} more pages"
+            lines.append(f"  {mount.mount_point}: "
+                         f"{format_size(machine.hugetlbfs_page_size(mount.mount_point))} pages, "
+                         f"{_directory(mount.mount_point)}, {limit}")
+        except OSError as error:
+            lines.append(f"  {mount.mount_point}: {error.strerror}")
     return lines + ([] if found else ["  none"])
 
 

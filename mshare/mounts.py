@@ -243,8 +243,8 @@ def _run(command):
 def _require_root(what):
     if os.geteuid() != 0:
         raise PermissionError(
-            errno.EPERM, f"mshare {what} needs root: it mounts file systems and sizes the kernel's "
-               f"huge page pool (run it with sudo)")
+            errno.EPERM, "only root may mount file systems and size the kernel's huge page "
+                         f"pool (run: sudo mshare {what})")
 
 
 # -- command line -----------------------------------------------------------------------

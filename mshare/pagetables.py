@@ -17,12 +17,13 @@ size whenever the kernel maps the region's pages with PMDs.
 from dataclasses import dataclass
 from typing import Dict, NamedTuple
 
-from mshare import machine
+from mshare import addresses, machine
 from mshare._core import PAGE_SIZE
 
 # Processes share the PMD table of a hugetlb mapping per whole 1 GiB-aligned range: the
-# range one PMD table maps (512 entries of 2 MiB) on x86-64 and arm64 with 4 KiB pages.
-SHARING_UNIT = 512 * (2 << 20)
+# range one PMD table maps (512 entries of 2 MiB) on x86-64 and arm64 with 4 KiB pages,
+# and the alignment of every region's start.
+SHARING_UNIT = addresses.ALIGNMENT
 
 
 class PageTableStats(NamedTuple):
@@ -143,8 +144,9 @@ def region_stats(backend, addr) -> RegionStats:
     """``RegionStats`` of the mapping at ``addr`` of a region in ``backend``."""
     fields = mapping_smaps(addr)
     span = 0
-    # PMD sharing: a shared hugetlb mapping whose PMD entries map 2 MiB pages.
-    if fields.get("KernelPageSize") == SHARING_UNIT // 512 and "sh" in fields.get("VmFlags", ()):
+    # Only PMD entries that map huge pages of a shared hugetlb mapping share their table.
+    pmd_mapped_hugetlb = fields.get("KernelPageSize") == machine.pmd_page_size()
+    if pmd_mapped_hugetlb and "sh" in fields.get("VmFlags", ()):
         span = shared_span(addr, fields["Size"])
     return RegionStats(
         backend=backend, page_size=page_size_of(fields), mapped=fields["Size"], resident=resident(fields),

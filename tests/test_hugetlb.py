@@ -94,8 +94,7 @@ def test_pool_too_small_is_an_error_at_create(registry_path, name, hugetlbfs):
     assert _contents(hugetlbfs) == [] and _registry_files(registry_path) == []
 
 
-def test_a_short_pool_while_reserving_is_a_clean_error_not_sigbus(registry_path, private_mount,
-                                                                  hugetlb_pool):
+def test_a_short_pool_while_reserving_is_a_clean_error_not_sigbus(private_mount, hugetlb_pool):
     # A mount limited to 4 pages runs short exactly where a pool taken by another process
     # would: while the file's pages are reserved, before anything is mapped.
     limited = private_mount("hugetlbfs", "mode=1777,pagesize=2M,size=8M")

@@ -119,7 +119,8 @@ def test_mount_and_umount_need_root(user_site):
             sys.exit(main([{command!r}]))
         """, user="nobody", check=False)
         assert result.returncode == 1
-        assert f"mshare {command}: mshare {command} needs root" in result.stderr
+        assert f"mshare {command}: only root may mount file systems" in result.stderr
+        assert f"(run: sudo mshare {command})" in result.stderr
 
 
 def _described(monkeypatch, table):

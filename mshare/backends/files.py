@@ -6,7 +6,8 @@ it has that exact shape for this registry *and* its directory is, right now, a m
 the backend's file system (from ``/proc/self/mountinfo``, never from the environment, so
 an attacher whose environment differs checks the same thing). Opening checks once more,
 on the open descriptor, that the file lives on such a file system: a tampered entry can
-lead at most to another mshare data object of the same kind, never to an arbitrary file.
+lead at most to another data object of this registry on such a file system, never to an
+arbitrary file.
 """
 
 import errno
@@ -44,7 +45,8 @@ class FileBackend(Backend):
     """A backend whose data objects are files on mounts of ``fstype``.
 
     The registered instance (no ``directory``) opens, checks and removes existing data
-    objects; ``plan`` functions return instances bound to one mount, which also create.
+    objects; ``plan`` functions return instances bound to one mount and its page size,
+    which also place new ones.
     """
 
     fstype = ""
@@ -52,11 +54,6 @@ class FileBackend(Backend):
     def __init__(self, directory=None, page_size=None):
         self.directory = directory
         self._page_size = page_size
-
-    def page_size(self):
-        if self._page_size is None:
-            raise ValueError(f"the {self.name} backend needs a mount to tell its page size")
-        return self._page_size
 
     def location_for(self, registry_id, region_id):
         if self.directory is None:

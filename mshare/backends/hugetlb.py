@@ -80,8 +80,9 @@ def plan(size, tail_length, auto):
             bool(override),
         )
     problems = []
-    for mount in sorted(usable, key=lambda mount: machine.hugetlbfs_page_size(mount.mount_point)):
-        page_size = machine.hugetlbfs_page_size(mount.mount_point)
+    by_page_size = sorted((machine.hugetlbfs_page_size(mount.mount_point), mount.mount_point)
+                          for mount in usable)
+    for page_size, mount_point in by_page_size:
         if auto and size < page_size:
             problems.append(Unavailable(
                 errno.EINVAL, f"the region is smaller than one {format_size(page_size)} huge page",
@@ -90,9 +91,9 @@ def plan(size, tail_length, auto):
             continue
         pages = pages_for(size, tail_length, page_size)
         pool = machine.pool(page_size)
-        room = machine.hugetlbfs_room(mount.mount_point)
+        room = machine.hugetlbfs_room(mount_point)
         if pages <= pool.available and (room is None or pages <= room):
-            return HugetlbBackend(mount.mount_point, page_size)
+            return HugetlbBackend(mount_point, page_size)
         if pages > pool.available:
             problems.append(Unavailable(
                 errno.ENOMEM,
@@ -104,9 +105,9 @@ def plan(size, tail_length, auto):
         else:
             problems.append(Unavailable(
                 errno.ENOSPC,
-                f"hugetlbfs at {mount.mount_point} was mounted with a size= limit that admits "
+                f"hugetlbfs at {mount_point} was mounted with a size= limit that admits "
                 f"{room} more {format_size(page_size)} pages, the region needs {pages}",
-                _remount_advice(mount.mount_point, pages), True,
+                _remount_advice(mount_point, pages), True,
             ))
     # The most telling reason: a pool or mount that is set up but short beats "too small".
     return max(problems, key=lambda problem: problem.configured)
