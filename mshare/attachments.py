@@ -10,6 +10,7 @@ import fcntl
 import os
 import threading
 
+from mshare import faults
 from mshare.registry import Registry
 
 table_lock = threading.RLock()
@@ -31,6 +32,7 @@ class Attachment:
     def detach(self):
         """Unmap (``BufferError`` while views are alive) and drop the attach mark."""
         self.mapping.unmap()
+        faults.point("close:unmapped")
         self.forget()
 
     def forget(self):
@@ -41,6 +43,7 @@ class Attachment:
         if self.mark_fd >= 0:
             os.close(self.mark_fd)
             self.mark_fd = -1
+            faults.point("close:unmarked")
         self._release_range_if_unlinked()
 
     def _release_range_if_unlinked(self):

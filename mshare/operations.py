@@ -11,7 +11,7 @@ import stat
 import time
 from contextlib import ExitStack
 
-from mshare import addresses, attachments
+from mshare import addresses, attachments, faults
 from mshare._core import Mapping
 from mshare.attachments import Attachment
 from mshare.backends import get_backend
@@ -67,16 +67,20 @@ def create(name, size, *, mode=0o600, addr=None, populate=False):
                 pass
             else:
                 raise registry._exists(name)
+            faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)
             range_file = registry.claim_range(start, start + reserved_length, backend.name, location)
             undo.callback(os.unlink, range_file, dir_fd=registry.dir_fd)
+            faults.point("create:range-claimed")
             fd = backend.create(location, map_length, mode)
             undo.callback(backend.unlink, location)
+            faults.point("create:data-created")
             try:
                 mapping = Mapping.map_fixed(fd, start, map_length, True, f"region {name!r}")
             finally:
                 os.close(fd)
             undo.callback(mapping.unmap)
+            faults.point("create:mapped")
             backend.after_map(mapping)
             entry = Entry(
                 addr=start, size=size, data_length=data_length, map_length=map_length,
@@ -87,8 +91,10 @@ def create(name, size, *, mode=0o600, addr=None, populate=False):
             initialize_bookkeeping(mapping, entry)
             registry.publish(name, entry.pack(), mode, region_id)
             undo.callback(registry.remove_entry, name)
+            faults.point("create:published")
             mark_fd = registry.hold_range(range_file)
             undo.pop_all()
+            faults.point("create:marked")
         entry_stat = registry.stat_entry(name)
         with attachments.table_lock:
             attachment = Attachment((registry.identity, region_id), registry.path, entry,
@@ -128,7 +134,9 @@ def attach_by_pickle(name, readonly, registry_path):
 def _attach(name, readonly, populate, root):
     with Registry(root) as registry:
         with registry.locked(exclusive=False):
+            faults.point("attach:locked")
             entry, entry_stat = registry.read_entry(name, writable=not readonly)
+            faults.point("attach:entry-read")
             with attachments.table_lock:
                 attachment = attachments.find((registry.identity, entry.region_id))
                 if attachment is None:
@@ -168,15 +176,18 @@ def _map_entry(registry, name, entry, entry_stat, writable):
                 f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
                 f"says {entry.map_length}", name,
             )
+        faults.point("attach:data-opened")
         range_file = range_file_name(entry.addr, entry.end)
         try:
             mark_fd = registry.hold_range(range_file)
+            faults.point("attach:marked")
         except FileNotFoundError:
             raise CorruptEntryError(
                 f"region {name!r}: its address range is not recorded in the registry", name
             ) from None
         try:
             mapping = Mapping.map_fixed(fd, entry.addr, entry.map_length, writable, f"region {name!r}")
+            faults.point("attach:mapped")
             backend.after_map(mapping)
         except BaseException:
             os.close(mark_fd)
@@ -223,6 +234,7 @@ def unlink(name):
     """
     validate_name(name)
     with Registry() as registry, registry.locked():
+        faults.point("unlink:locked")
         entry_stat = registry.stat_entry(name)
         user = os.geteuid()
         if user != 0 and entry_stat.st_uid != user:
@@ -233,8 +245,10 @@ def unlink(name):
             )
         entry = _readable_entry(registry, name, entry_stat)
         registry.remove_entry(name)
+        faults.point("unlink:entry-removed")
         if entry is not None:
             get_backend(entry.backend).unlink(entry.location)
+            faults.point("unlink:data-removed")
             registry.release_range_if_unused(RangeClaim(
                 entry.addr, entry.end, range_file_name(entry.addr, entry.end),
                 entry.backend, entry.location,

@@ -30,7 +30,7 @@ import stat
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from mshare import addresses, entry as entry_format
+from mshare import addresses, entry as entry_format, faults
 from mshare.backends import BACKENDS, get_backend
 from mshare.errors import CorruptEntryError, UnsafeRegistryError
 
@@ -182,6 +182,7 @@ class Registry:
                 os.fchmod(fd, mode)
             finally:
                 os.close(fd)
+            faults.point("create:entry-written")
             try:
                 os.link(temp_name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
                         follow_symlinks=False)
@@ -238,6 +239,7 @@ class Registry:
             PUBLIC_READ, dir_fd=self.dir_fd,
         )
         try:
+            faults.point("create:range-opened")
             _write_all(fd, f"{backend} {location}\n".encode())
             os.fchmod(fd, PUBLIC_READ)
         except BaseException:
