@@ -37,7 +37,11 @@ class Backend:
         raise NotImplementedError
 
     def open(self, location, writable):
-        """Open an existing data object; the kernel checks its owner and mode."""
+        """Open an existing data object; the kernel checks its owner and mode.
+
+        Anyone may plant files where data objects live: never follow a symbolic link
+        and never block (``O_NOFOLLOW | O_NONBLOCK``, so a FIFO cannot hang the caller).
+        """
         raise NotImplementedError
 
     def unlink(self, location):
