@@ -11,7 +11,7 @@ import stat
 import time
 from contextlib import ExitStack
 
-from mshare import addresses, attachments, faults
+from mshare import addresses, attachments, binding, faults
 from mshare._core import Mapping
 from mshare.attachments import Attachment
 from mshare.backends import get_backend
@@ -21,7 +21,7 @@ from mshare.info import RegionInfo
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import RangeClaim, Registry, range_file_name
+from mshare.registry import Registry, range_file_name
 
 
 def bookkeeping_length(page_size):
@@ -143,7 +143,7 @@ def _attach(name, readonly, populate, root):
                     attachment = _map_entry(registry, name, entry, entry_stat, not readonly)
                     attachments.add(attachment)
                 elif not readonly and not attachment.mapping.writable:
-                    fd = get_backend(entry.backend).open(entry.location, True)
+                    fd = binding.open_data(name, entry, entry_stat, True)
                     try:
                         attachment.mapping.remap_writable(fd)
                     finally:
@@ -156,26 +156,8 @@ def _attach(name, readonly, populate, root):
 
 def _map_entry(registry, name, entry, entry_stat, writable):
     backend = get_backend(entry.backend)
+    fd = binding.open_data(name, entry, entry_stat, writable)
     try:
-        fd = backend.open(entry.location, writable)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            errno.ENOENT,
-            f"the data of region {name!r} ({backend.path(entry.location)}) is gone; "
-            "the entry is stale (run: mshare gc)", name,
-        ) from None
-    try:
-        data_stat = os.fstat(fd)
-        if data_stat.st_uid != entry_stat.st_uid:
-            raise CorruptEntryError(
-                f"region {name!r}: entry owned by uid {entry_stat.st_uid} but its data by uid "
-                f"{data_stat.st_uid}; refusing to map it", name,
-            )
-        if data_stat.st_size < entry.map_length:
-            raise CorruptEntryError(
-                f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
-                f"says {entry.map_length}", name,
-            )
         faults.point("attach:data-opened")
         range_file = range_file_name(entry.addr, entry.end)
         try:
@@ -247,12 +229,7 @@ def unlink(name):
         registry.remove_entry(name)
         faults.point("unlink:entry-removed")
         if entry is not None:
-            get_backend(entry.backend).unlink(entry.location)
-            faults.point("unlink:data-removed")
-            registry.release_range_if_unused(RangeClaim(
-                entry.addr, entry.end, range_file_name(entry.addr, entry.end),
-                entry.backend, entry.location,
-            ))
+            binding.remove_data(registry, entry, entry_stat)
 
 
 def _readable_entry(registry, name, entry_stat):

@@ -217,19 +217,34 @@ class Registry:
                 start, end = int(start_text, 16), int(end_text, 16)
             except ValueError:
                 continue
-            backend, location = "", ""
-            try:
-                fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=self.dir_fd)
-                try:
-                    if stat.S_ISREG(os.fstat(fd).st_mode):
-                        backend, _, location = _read_at_most(fd, 8192).decode().partition(" ")
-                finally:
-                    os.close(fd)
-            except (OSError, UnicodeDecodeError):
-                pass
-            claims.append(RangeClaim(start, end, file_name, backend, location.strip()))
+            claims.append(self._read_range(file_name, start, end)[0])
         return claims
+
+    def recorded_range(self, start, end):
+        """``(RangeClaim, owner uid)`` of the range file for ``[start, end)``;
+        ``(None, None)`` when there is none. Whoever made the file owns it, so the owner
+        tells a region's own range from one planted under its address by someone else."""
+        file_name = range_file_name(start, end)
+        claim, owner = self._read_range(file_name, start, end)
+        if owner is None:
+            return None, None
+        return claim, owner
+
+    def _read_range(self, file_name, start, end):
+        backend, location, owner = "", "", None
+        try:
+            fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.dir_fd)
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode):
+                    owner = info.st_uid
+                    backend, _, location = _read_at_most(fd, 8192).decode().partition(" ")
+            finally:
+                os.close(fd)
+        except (OSError, UnicodeDecodeError):
+            pass
+        return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
     def claim_range(self, start, end, backend, location):
         """Record ``[start, end)`` as taken by a region's data object."""
