@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from mshare import addresses, entry as entry_format, faults
 from mshare.backends import BACKENDS, get_backend
-from mshare.errors import CorruptEntryError, UnsafeRegistryError
+from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
 
 DEFAULT_ROOT = "/dev/shm/mshare"
 INFO_FILE = "mshare_info"
@@ -267,12 +267,28 @@ class Registry:
     def hold_range(self, file_name):
         """Open a range file and take a shared ``flock`` on it: this process maps it.
         Returns the descriptor; closing it (or dying) drops the mark."""
-        fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=self.dir_fd)
+        try:
+            fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.dir_fd)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):
+                raise CorruptEntryError(
+                    f"address range file {file_name!r} is not a regular file") from None
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                # Never wait: mshare takes this lock exclusively only for an instant and
+                # under the registry lock, which the caller holds, so an exclusive holder
+                # now is someone blocking the region on purpose.
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MshareError(
+                    errno.EAGAIN,
+                    f"address range file {file_name!r} is locked exclusively by another "
+                    "process, which blocks the region (find it in /proc/locks)",
+                ) from None
         except BaseException:
             os.close(fd)
             raise
