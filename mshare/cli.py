@@ -29,6 +29,12 @@ def _group(gid):
         return str(gid)
 
 
+def _printable(name):
+    """``name`` with control characters and undecodable bytes escaped, as ``ls -b``
+    does: anyone can name an entry, and the name must not drive the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
+
+
 def command_ls(args):
     regions = mshare.list()
     print(f"registry {registry_root()}: {len(regions)} region(s)")
@@ -36,11 +42,13 @@ def command_ls(args):
         mode = stat.filemode(stat.S_IFREG | region.mode)
         owner = f"{_user(region.uid)} {_group(region.gid)}"
         if region.status != "ok":
-            print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} {region.name}  ({region.status})")
+            print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} "
+                  f"{_printable(region.name)}  ({_printable(region.status)})")
             continue
         print(
             f"{mode} {owner:>16} {format_size(region.size):>7} {region.addr:#018x} "
-            f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} {region.name}"
+            f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} "
+            f"{_printable(region.name)}"
         )
 
 
@@ -48,7 +56,7 @@ def command_info(args):
     region = mshare.info(args.name)
     created = datetime.datetime.fromtimestamp(region.created).isoformat(timespec="seconds")
     rows = [
-        ("name", region.name),
+        ("name", _printable(region.name)),
         ("address", f"{region.addr:#x}"),
         ("size", f"{region.size} ({format_size(region.size)})"),
         ("mode", f"{region.mode:04o} ({stat.filemode(stat.S_IFREG | region.mode)})"),
