@@ -11,7 +11,8 @@ import os
 import threading
 
 from mshare import faults
-from mshare.registry import Registry
+from mshare.backends import get_backend
+from mshare.registry import RangeClaim, Registry
 
 table_lock = threading.RLock()
 _attachments = {}
@@ -44,14 +45,12 @@ class Attachment:
             os.close(self.mark_fd)
             self.mark_fd = -1
             faults.point("close:unmarked")
-        self._release_range_if_unlinked()
 
-    def _release_range_if_unlinked(self):
+    def release_range_if_unlinked(self):
+        """Call after ``detach``/``forget``, outside ``table_lock``: it takes the registry
+        lock, and attach takes the two in the other order."""
         # After unlink the range stays reserved until the last process lets go of it;
         # the last one out frees it so the address space is not leaked.
-        from mshare.backends import get_backend
-        from mshare.registry import RangeClaim
-
         entry = self.entry
         backend = get_backend(entry.backend)
         if backend.exists(entry.location):

@@ -10,6 +10,7 @@ import os
 import stat
 import time
 from contextlib import ExitStack
+from typing import List, Optional
 
 from mshare import addresses, attachments, binding, faults
 from mshare._core import Mapping
@@ -33,7 +34,9 @@ def initialize_bookkeeping(mapping, entry):
     """Prepare the bookkeeping area of a new region before anyone else can see it."""
 
 
-def create(name, size, *, mode=0o600, addr=None, populate=False):
+def create(
+    name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False
+) -> Region:
     """Create the region ``name`` of exactly ``size`` bytes and map it.
 
     ``mode`` is applied exactly (no umask) to the registry entry and the data object.
@@ -61,12 +64,7 @@ def create(name, size, *, mode=0o600, addr=None, populate=False):
         region_id = os.urandom(8).hex()
         location = backend.location_for(registry.registry_id, region_id)
         with registry.locked(), ExitStack() as undo:
-            try:
-                registry.stat_entry(name)
-            except FileNotFoundError:
-                pass
-            else:
-                raise registry._exists(name)
+            registry.refuse_existing(name)
             faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)
             range_file = registry.claim_range(start, start + reserved_length, backend.name, location)
@@ -93,14 +91,17 @@ def create(name, size, *, mode=0o600, addr=None, populate=False):
             undo.callback(registry.remove_entry, name)
             faults.point("create:published")
             mark_fd = registry.hold_range(range_file)
+            undo.callback(os.close, mark_fd)
+            entry_stat = registry.stat_entry(name)
+            # Registered before the registry lock is released, so that a concurrent
+            # attach from another thread shares this mapping instead of mapping again.
+            with attachments.table_lock:
+                attachment = Attachment((registry.identity, region_id), registry.path, entry,
+                                        mapping, mark_fd, range_file)
+                attachments.add(attachment)
+                region = Region(attachment, name, False, entry_stat)
             undo.pop_all()
             faults.point("create:marked")
-        entry_stat = registry.stat_entry(name)
-        with attachments.table_lock:
-            attachment = Attachment((registry.identity, region_id), registry.path, entry,
-                                    mapping, mark_fd, range_file)
-            attachments.add(attachment)
-            region = Region(attachment, name, False, entry_stat)
     if populate:
         try:
             region.populate()
@@ -111,7 +112,7 @@ def create(name, size, *, mode=0o600, addr=None, populate=False):
     return region
 
 
-def attach(name, *, readonly=False, populate=False):
+def attach(name: str, *, readonly: bool = False, populate: bool = False) -> Region:
     """Map the existing region ``name`` at its address.
 
     Needs read permission (``readonly=True``, mapped ``PROT_READ``) or read and write
@@ -209,7 +210,7 @@ def _allocate(registry, length, requested):
     return start
 
 
-def unlink(name):
+def unlink(name: str) -> None:
     """Remove the name and its data object; existing mappings stay valid until closed.
 
     Only the owner or root may unlink; others get ``PermissionError``.
@@ -244,7 +245,7 @@ def _readable_entry(registry, name, entry_stat):
         return None
 
 
-def info(name):
+def info(name: str) -> RegionInfo:
     """The ``RegionInfo`` of ``name``; needs read permission on it."""
     validate_name(name)
     with Registry() as registry:
@@ -253,7 +254,7 @@ def info(name):
                                      registry.attach_count(entry.addr, entry.end))
 
 
-def list_regions():
+def list_regions() -> List[RegionInfo]:
     """Every region of the registry, sorted by name; never fails because of one entry."""
     with Registry() as registry:
         found = []

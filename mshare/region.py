@@ -31,52 +31,52 @@ class Region:
     # -- what the region is ------------------------------------------------------------
 
     @property
-    def name(self):
+    def name(self) -> str:
         return self._name
 
     @property
-    def addr(self):
+    def addr(self) -> int:
         """Start address: the same number in every process."""
         return self._attachment.entry.addr
 
     @property
-    def size(self):
+    def size(self) -> int:
         """Exactly the bytes asked for at create, never rounded."""
         return self._attachment.entry.size
 
     @property
-    def mode(self):
+    def mode(self) -> int:
         return self._mode
 
     @property
-    def readonly(self):
+    def readonly(self) -> bool:
         return self._readonly
 
     @property
-    def page_size(self):
+    def page_size(self) -> int:
         return self._attachment.entry.page_size
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         return self._attachment.entry.backend
 
     @property
-    def registry_path(self):
+    def registry_path(self) -> str:
         return self._attachment.registry_path
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
     @property
-    def buf(self):
+    def buf(self) -> memoryview:
         if self._closed:
             raise ValueError(f"region {self._name!r} is closed")
         return self._buf
 
     # -- using it ------------------------------------------------------------------------
 
-    def ndarray(self, dtype, shape=None, offset=0):
+    def ndarray(self, dtype, shape=None, offset: int = 0) -> "numpy.ndarray":
         """A zero-copy numpy array over the region's bytes from ``offset``.
 
         Without ``shape`` the array is 1-D and fills the rest of the region. Writable
@@ -105,13 +105,13 @@ class Region:
             )
         return numpy.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
-    def populate(self):
+    def populate(self) -> None:
         """Pre-fault every page now (``MADV_POPULATE_*``, the GIL released)."""
         self._attachment.mapping.populate(self.page_size, write=not self._readonly)
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         """Release this handle; idempotent.
 
         Raises ``BufferError`` (and stays open) while numpy arrays or memoryviews made
@@ -136,10 +136,13 @@ class Region:
                 )
             attachment.users -= 1
             self._closed = True
-            if attachment.users == 0:
+            last = attachment.users == 0
+            if last:
                 attachment.detach()
+        if last:
+            attachment.release_range_if_unlinked()
 
-    def __enter__(self):
+    def __enter__(self) -> "Region":
         return self
 
     def __exit__(self, *exc):
@@ -154,6 +157,7 @@ class Region:
             self._attachment.users -= 1
             if self._attachment.users == 0:
                 self._attachment.forget()
+                self._attachment.release_range_if_unlinked()
         except Exception:
             pass
 

@@ -118,6 +118,14 @@ class Registry:
         except FileNotFoundError:
             raise self._missing(name) from None
 
+    def refuse_existing(self, name):
+        """``FileExistsError`` if an entry (of any kind) is called ``name``."""
+        try:
+            os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        raise self._exists(name)
+
     def read_entry(self, name, *, writable=False):
         """Open, read and validate an entry; the kernel checks read (and write) permission
         on it exactly as ``open(2)`` does. Returns ``(Entry, stat_result)``."""
@@ -295,7 +303,10 @@ class Registry:
         return fd
 
     def range_in_use(self, claim):
-        """True while the range's data object exists or any process maps it."""
+        """True while the range's data object exists or any process maps it.
+
+        A range file that now records another data object (the range was freed and
+        given to a new region meanwhile) counts as in use: it is not this claim's."""
         backend = BACKENDS.get(claim.backend)
         if backend is None or not claim.location or backend.exists(claim.location):
             return True
@@ -305,6 +316,9 @@ class Registry:
         except FileNotFoundError:
             return False
         try:
+            recorded = _read_at_most(fd, 8192).decode(errors="replace").partition(" ")[2].strip()
+            if recorded != claim.location:
+                return True
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
@@ -313,13 +327,16 @@ class Registry:
         return False
 
     def release_range_if_unused(self, claim):
-        """Remove a range nobody maps any more; ranges of other users that the sticky
-        directory will not let us remove stay until their owner (or ``gc``) does."""
+        """Remove a range nobody maps any more (call with the registry locked); ranges of
+        other users that the sticky directory will not let us remove stay until their
+        owner (or ``gc``) does."""
         if self.range_in_use(claim):
             return False
         try:
             os.unlink(claim.file_name, dir_fd=self.dir_fd)
-        except (FileNotFoundError, PermissionError):
+        except FileNotFoundError:
+            return True
+        except PermissionError:
             return False
         return True
 
@@ -408,7 +425,8 @@ def _open_directory(path):
             pass
         fd = os.open(path, flags)
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        # O_DIRECTORY | O_NOFOLLOW on a symbolic link answers ENOTDIR or ELOOP.
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise UnsafeRegistryError(
                 f"registry {path} is a symbolic link; mshare refuses it. "
                 "Point MSHARE_ROOT at the real directory.", path

@@ -20,6 +20,14 @@ def shm_objects_of(registry_id):
     return sorted(f for f in os.listdir(SHM) if f"-{registry_id}-" in f)
 
 
+def start_python(code, **popen_options):
+    """Start ``code`` in a fresh interpreter without waiting (for races and kills).
+
+    It runs from ``/`` so that a source checkout in the working directory never shadows
+    the installed package."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/", **popen_options)
+
+
 def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True, env=None):
     """Run ``code`` in a fresh interpreter; as ``user``/``group`` when given (root only).
 
