@@ -16,19 +16,28 @@ SHM_DIRECTORY = "/dev/shm"
 def reserve(fd, length, path):
     """Allocate ``length`` bytes now, so a full file system fails here and never as a
     ``SIGBUS`` on first touch."""
+    directory = os.path.dirname(path)
+    # tmpfs refuses up front only a request beyond its whole size; a smaller one that
+    # does not fit is allocated page by page until ENOSPC, and where tmpfs may grow as
+    # large as RAM the OOM killer strikes first. So what cannot fit is refused unseen.
+    if length > shutil.disk_usage(directory).free:
+        raise _no_space(directory, length, path)
     try:
         os.posix_fallocate(fd, 0, length)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        directory = os.path.dirname(path)
-        free = shutil.disk_usage(directory).free
-        raise OSError(
-            errno.ENOSPC,
-            f"not enough space in {directory} for {length} bytes ({free} bytes free); "
-            f"free some space or enlarge it (mount -o remount,size=... {directory})",
-            path,
-        ) from None
+        raise _no_space(directory, length, path) from None
+
+
+def _no_space(directory, length, path):
+    free = shutil.disk_usage(directory).free
+    return OSError(
+        errno.ENOSPC,
+        f"not enough space in {directory} for {length} bytes ({free} bytes free); "
+        f"free some space or enlarge it (mount -o remount,size=... {directory})",
+        path,
+    )
 
 
 class ShmBackend(Backend):
