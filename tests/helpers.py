@@ -1,5 +1,6 @@
 """Test utilities: child interpreters (optionally as another user) and /dev/shm views."""
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -10,7 +11,9 @@ import textwrap
 import mshare
 
 SHM = "/dev/shm"
-WORLD_READABLE_SITE = "/tmp/mshare-tests/site"
+# One copy per checkout, so that test sessions of different checkouts can run side by side.
+WORLD_READABLE_SITE = "/tmp/mshare-tests/site-" + hashlib.blake2b(
+    os.path.dirname(mshare.__file__).encode(), digest_size=4).hexdigest()
 # The default interpreter may live under a 0700 home; this one any user can run.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
