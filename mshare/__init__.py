@@ -7,6 +7,7 @@
 """
 
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError, UnsafeRegistryError
+from mshare.garbage import GcReport, gc
 from mshare.info import RegionInfo
 from mshare.operations import attach, create, info, unlink
 from mshare.operations import list_regions as list
@@ -17,12 +18,14 @@ __version__ = "0.1.0"
 __all__ = [
     "AddressConflictError",
     "CorruptEntryError",
+    "GcReport",
     "MshareError",
     "Region",
     "RegionInfo",
     "UnsafeRegistryError",
     "attach",
     "create",
+    "gc",
     "info",
     "list",
     "unlink",

@@ -11,6 +11,7 @@ import stat
 import sys
 
 import mshare
+from mshare import garbage
 from mshare.registry import registry_root
 from mshare.units import format_size, parse_size
 
@@ -29,7 +30,7 @@ def _group(gid):
         return str(gid)
 
 
-def _printable(name):
+def printable(name):
     """``name`` with control characters and undecodable bytes escaped, as ``ls -b``
     does: anyone can name an entry, and the name must not drive the terminal."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
@@ -43,12 +44,12 @@ def command_ls(args):
         owner = f"{_user(region.uid)} {_group(region.gid)}"
         if region.status != "ok":
             print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} "
-                  f"{_printable(region.name)}  ({_printable(region.status)})")
+                  f"{printable(region.name)}  ({printable(region.status)})")
             continue
         print(
             f"{mode} {owner:>16} {format_size(region.size):>7} {region.addr:#018x} "
             f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} "
-            f"{_printable(region.name)}"
+            f"{printable(region.name)}"
         )
 
 
@@ -56,7 +57,7 @@ def command_info(args):
     region = mshare.info(args.name)
     created = datetime.datetime.fromtimestamp(region.created).isoformat(timespec="seconds")
     rows = [
-        ("name", _printable(region.name)),
+        ("name", printable(region.name)),
         ("address", f"{region.addr:#x}"),
         ("size", f"{region.size} ({format_size(region.size)})"),
         ("mode", f"{region.mode:04o} ({stat.filemode(stat.S_IFREG | region.mode)})"),
@@ -131,6 +132,8 @@ def build_parser():
 
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=command_demo)
+
+    garbage.add_parser(commands)
     return parser
 
 

@@ -27,6 +27,22 @@ class Backend:
         """
         raise NotImplementedError
 
+    def locations(self, registry_id):
+        """Every data object of the registry ``registry_id`` that exists now, as
+        locations (``mshare gc`` looks for orphans among them).
+
+        Works for backends whose location ends in the data object's file name, as
+        every backend here does; override otherwise.
+        """
+        sample = self.location_for(registry_id, "0" * 16)
+        directory = os.path.dirname(self.path(sample))
+        try:
+            file_names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        found = (os.path.join(os.path.dirname(sample), file_name) for file_name in file_names)
+        return sorted(location for location in found if self.owns_location(location, registry_id))
+
     def path(self, location):
         """The file-system path of a location (for ``stat`` and messages)."""
         raise NotImplementedError
