@@ -39,7 +39,11 @@ def open_data(name, entry, entry_stat, writable):
     hold every byte the entry maps. The kernel checks permission on the open itself."""
     backend = get_backend(entry.backend)
     path = backend.path(entry.location)
+    # Looked at before opening, so that a redirected entry is named as such rather
+    # than reported as the permission error the kernel would give; checked again on
+    # the open descriptor, which is what counts.
     try:
+        _refuse_foreign(name, entry_stat, os.stat(path, follow_symlinks=False))
         fd = backend.open(entry.location, writable)
     except FileNotFoundError:
         raise FileNotFoundError(
@@ -55,16 +59,21 @@ def open_data(name, entry, entry_stat, writable):
         raise
     try:
         data_stat = os.fstat(fd)
-        problem = foreign(entry_stat, data_stat)
-        if problem is None and data_stat.st_size < entry.map_length:
-            problem = (f"data object holds {data_stat.st_size} bytes, the entry says "
-                       f"{entry.map_length}")
-        if problem is not None:
-            raise CorruptEntryError(f"region {name!r}: {problem}; refusing to map it", name)
+        _refuse_foreign(name, entry_stat, data_stat)
+        if data_stat.st_size < entry.map_length:
+            raise CorruptEntryError(
+                f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
+                f"says {entry.map_length}; refusing to map it", name)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _refuse_foreign(name, entry_stat, data_stat):
+    problem = foreign(entry_stat, data_stat)
+    if problem is not None:
+        raise CorruptEntryError(f"region {name!r}: {problem}; refusing to map it", name)
 
 
 def remove_data(registry, entry, entry_stat):
