@@ -59,7 +59,13 @@ class ShmBackend(Backend):
         path = self.path(location)
         with _translated(path):
             memory = posix_ipc.SharedMemory(location, posix_ipc.O_CREX, mode=mode)
-        fd = os.dup(memory.fd)
+        try:
+            fd = os.dup(memory.fd)
+        except BaseException:
+            # Out of descriptors (EMFILE) right after shm_open: undo both.
+            memory.close_fd()
+            self.unlink(location)
+            raise
         memory.close_fd()
         try:
             # shm_open applies the umask; the registry promises the mode exactly.
