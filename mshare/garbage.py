@@ -165,19 +165,22 @@ class _Sweep:
             except FileNotFoundError:
                 continue
             backend = BACKENDS.get(claim.backend)
-            if (backend is not None and claim.location and backend.exists(claim.location)
-                    and (claim.backend, claim.location) not in self.gone):
+            if backend is None or not claim.location:
+                # Empty when a create was killed before writing it.
+                stale, held = "empty or unreadable", "empty or unreadable"
+            elif (claim.backend, claim.location) in self.gone or not backend.exists(claim.location):
+                stale, held = "its data object is gone", "data object gone"
+            elif _owner(backend.path(claim.location)) != owner:
+                # One creator makes both; a range naming another's data blocks addresses.
+                stale = held = "it records another user's data object"
+            else:
                 continue  # a region's, or an orphan's that was kept above
             if not _unmarked_regular_file(registry, claim.file_name):
                 attached = registry.attach_count(claim.start, claim.end)
-                reason = (f"data object gone, still mapped by {attached} process(es)" if attached
-                          else "not a regular file, so not made by mshare")
-                self._keep("range", path, reason)
+                self._keep("range", path, f"{held}, still mapped by {attached} process(es)" if attached
+                           else "not a regular file, so not made by mshare")
                 continue
-            # Empty when a create was killed before writing it.
-            reason = ("its data object is gone and nobody maps it" if backend is not None
-                      else "empty or unreadable, and nobody maps it")
-            self._remove("range", path, reason, owner,
+            self._remove("range", path, f"{stale}, and nobody maps it", owner,
                          lambda file_name=claim.file_name: os.unlink(file_name, dir_fd=registry.dir_fd))
 
     def _remove(self, kind, path, reason, owner, action):
@@ -206,6 +209,13 @@ def _alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def _owner(path):
+    try:
+        return os.stat(path, follow_symlinks=False).st_uid
+    except FileNotFoundError:
+        return None
 
 
 def _unmarked_regular_file(registry, file_name):

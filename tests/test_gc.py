@@ -1,17 +1,22 @@
 """mshare gc: removes exactly what crashed processes left behind, reports it, and never
 touches a complete or attached region, another user's files, or another registry."""
 
+import fcntl
 import os
 import shutil
 
 import pytest
 
 import mshare
+from forge import Forger
 from helpers import run_python
 from leftovers import crash, state
+from mshare import addresses
 from mshare.backends.shm import SHM_DIRECTORY
-from mshare.registry import Registry
-from people import OWNER, as_member, as_owner
+from mshare.registry import Registry, range_file_name
+from people import OWNER, STRANGER, STRANGER_GROUP, as_member, as_owner
+
+GiB = 1 << 30
 
 CREATE = "import mshare; mshare.create({name!r}, 8192)"
 
@@ -168,3 +173,29 @@ def test_gc_command_reports_and_dry_runs(registry_path, complete, name):
     assert "no entry refers to it" in real.stdout
     with pytest.raises(TypeError):
         mshare.gc(dry_run="yes")
+
+
+def test_root_sweeps_ranges_planted_to_block_addresses(registry_path, complete):
+    # Another user claims address ranges by planting range files: one naming the
+    # survivor's data object, one with garbage. Root's gc frees both once unheld.
+    with Registry(registry_path) as registry:
+        victim = registry.read_entry(complete)[0]
+    forger = Forger(registry_path, STRANGER, STRANGER_GROUP)
+    start = addresses.arena()[0] + 600 * GiB
+    named = forger.plant_range(start, start + GiB, victim.location)
+    garbage = forger.file(os.path.join(registry_path, range_file_name(start + GiB, start + 2 * GiB)),
+                          b"\xff\xfe junk")
+    holder = os.open(named, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    try:
+        report = mshare.gc()
+        assert [(finding.path, finding.reason) for finding in report.removed] == [
+            (garbage, "empty or unreadable, and nobody maps it")]
+        assert [(finding.path, finding.reason) for finding in report.kept] == [
+            (named, "it records another user's data object, still mapped by 1 process(es)")]
+    finally:
+        os.close(holder)
+    assert [(finding.path, finding.reason) for finding in mshare.gc().removed] == [
+        (named, "it records another user's data object, and nobody maps it")]
+    assert_intact(complete)
+    forger.made.clear()
