@@ -142,7 +142,7 @@ def run_step(step, target, size, iteration):
 
 
 def test_kill_at_every_step(registry_path, survivor, watcher):
-    iterations = scaled(5)
+    iterations = scaled(10)
     for iteration in range(iterations):
         for step in STEPS:
             target = f"target-{iteration}"
