@@ -6,7 +6,15 @@
 >>> mshare.unlink("cache")
 """
 
-from mshare.errors import AddressConflictError, CorruptEntryError, MshareError, UnsafeRegistryError
+from mshare.errors import (
+    AddressConflictError,
+    CorruptBookkeepingError,
+    CorruptEntryError,
+    MshareError,
+    OwnerDiedError,
+    RegionFullError,
+    UnsafeRegistryError,
+)
 from mshare.garbage import GcReport, gc
 from mshare.info import RegionInfo
 from mshare.operations import attach, create, info, unlink
@@ -17,10 +25,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddressConflictError",
+    "CorruptBookkeepingError",
     "CorruptEntryError",
     "GcReport",
     "MshareError",
+    "OwnerDiedError",
     "Region",
+    "RegionFullError",
     "RegionInfo",
     "UnsafeRegistryError",
     "attach",

@@ -32,3 +32,32 @@ class UnsafeRegistryError(MshareError):
 
     def __init__(self, message, path=None):
         super().__init__(errno.EPERM, message, path)
+
+
+class OwnerDiedError(MshareError):
+    """The previous holder of a region's lock died while holding it.
+
+    The lock has been made consistent again and is *not* held by the caller: whatever it
+    protected may be half-updated. Repair or re-check that data, then take the lock again.
+    """
+
+    def __init__(self, message, name=None):
+        super().__init__(errno.EOWNERDEAD, message, name)
+
+
+class RegionFullError(MshareError, MemoryError):
+    """The region's allocator has no free block large enough, or its name table is full."""
+
+    def __init__(self, message, name=None):
+        super().__init__(errno.ENOMEM, message, name)
+
+
+class CorruptBookkeepingError(MshareError):
+    """A region's lock, allocator or name table is damaged or of an unknown format.
+
+    Raised instead of following a bad pointer, e.g. when a program overwrote the
+    allocator's block headers by writing past the end of an allocation.
+    """
+
+    def __init__(self, message, name=None):
+        super().__init__(errno.EBADMSG, message, name)

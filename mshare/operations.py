@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from mshare import addresses, attachments, binding, faults
 from mshare._core import Mapping
+from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.attachments import Attachment
 from mshare.backends import get_backend
 from mshare.entry import Entry
@@ -27,11 +28,13 @@ from mshare.registry import Registry, range_file_name
 
 def bookkeeping_length(page_size):
     """Bytes after the user's data reserved for the region's own bookkeeping."""
-    return 0
+    return addresses.round_up(BOOKKEEPING_SIZE, page_size)
 
 
 def initialize_bookkeeping(mapping, entry):
     """Prepare the bookkeeping area of a new region before anyone else can see it."""
+    Bookkeeping(entry.addr + entry.data_length, entry.addr, entry.size,
+                name=mapping.label).initialize()
 
 
 def create(

@@ -23,22 +23,17 @@ def shm_objects_of(registry_id):
     return sorted(f for f in os.listdir(SHM) if f"-{registry_id}-" in f)
 
 
-def session_path():
-    """``PYTHONPATH`` for children: the mshare this session imported (installed or built
-    in place), then these helpers."""
-    return os.pathsep.join(
-        [os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)]
-    )
+def child_python_path():
+    """PYTHONPATH that makes children import the very mshare this suite tests."""
+    return os.pathsep.join([os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)])
 
 
 def start_python(code, **popen_options):
     """Start ``code`` in a fresh interpreter without waiting (for races and kills).
 
-    It runs from ``/``, so that a source checkout in the working directory never shadows
-    the package, and imports the same mshare as the tests themselves."""
-    environment = dict(popen_options.pop("env", None) or os.environ, PYTHONPATH=session_path())
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/",
-                            env=environment, **popen_options)
+    It runs from ``/`` so that a source checkout in the working directory never shadows
+    the installed package."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/", **popen_options)
 
 
 def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True, env=None):
@@ -49,7 +44,6 @@ def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True
     environment = dict(os.environ if env is None else env)
     if user is None:
         interpreter = sys.executable
-        environment["PYTHONPATH"] = session_path()
     else:
         interpreter = SYSTEM_PYTHON
         environment["PYTHONPATH"] = WORLD_READABLE_SITE

@@ -15,29 +15,52 @@ SHM_DIRECTORY = "/dev/shm"
 
 def reserve(fd, length, path):
     """Allocate ``length`` bytes now, so a full file system fails here and never as a
-    ``SIGBUS`` on first touch."""
+    ``SIGBUS`` on first touch.
+
+    Checked first against the free space and the memory the kernel could give: on a
+    tmpfs as large as RAM, filling it would wake the OOM killer before ``ENOSPC``."""
     directory = os.path.dirname(path)
-    # tmpfs refuses up front only a request beyond its whole size; a smaller one that
-    # does not fit is allocated page by page until ENOSPC, and where tmpfs may grow as
-    # large as RAM the OOM killer strikes first. So what cannot fit is refused unseen.
-    if length > shutil.disk_usage(directory).free:
-        raise _no_space(directory, length, path)
+    free = shutil.disk_usage(directory).free
+    if length > free:
+        raise _no_space(length, free, directory, path)
+    available = memory_available()
+    if available is not None and length > available:
+        raise OSError(
+            errno.ENOMEM,
+            f"{length} bytes is more than the memory available for shared memory "
+            f"({available} bytes: MemAvailable + SwapFree); choose a smaller size or free memory",
+            path,
+        )
     try:
         os.posix_fallocate(fd, 0, length)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        raise _no_space(directory, length, path) from None
+        raise _no_space(length, shutil.disk_usage(directory).free, directory, path) from None
 
 
-def _no_space(directory, length, path):
-    free = shutil.disk_usage(directory).free
+def _no_space(length, free, directory, path):
     return OSError(
         errno.ENOSPC,
         f"not enough space in {directory} for {length} bytes ({free} bytes free); "
         f"free some space or enlarge it (mount -o remount,size=... {directory})",
         path,
     )
+
+
+def memory_available():
+    """MemAvailable + SwapFree from /proc/meminfo in bytes, or None if unreadable."""
+    fields = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                key, _, value = line.partition(":")
+                fields[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0)
 
 
 class ShmBackend(Backend):
