@@ -16,6 +16,7 @@ import struct
 import pytest
 
 import mshare
+from figures import record
 from forge import ADDR_AT, CREATED_AT, FIXED_SIZE, Forger, patched, recrc
 from helpers import run_python
 from mshare import addresses
@@ -168,7 +169,8 @@ def plant_entries(forger, victim_name):
 def test_malformed_entries_give_clear_errors(forger, victim, name):
     cases = plant_entries(forger, name)
     outcomes = probe(cases, ENTRY_OPS)
-    check_outcomes(outcomes, {(name, op): cases[name] for name in cases for op in ENTRY_OPS})
+    check_outcomes(outcomes, {(case, op): cases[case] for case in cases for op in ENTRY_OPS})
+    record("malformed entries", entries=len(cases), probes=len(outcomes))
 
 
 def test_malformed_entries_seen_by_another_user(forger, victim, name, user_site):
@@ -223,6 +225,7 @@ def test_entries_with_hostile_data_or_ranges(forger, victim, name):
     cases = plant_bad_data(forger, victim)
     outcomes = probe(cases, DATA_OPS, check_victim=name)
     check_outcomes(outcomes, {(case, op): cases[case] for case in cases for op in DATA_OPS})
+    record("hostile data objects and ranges", entries=len(cases), probes=len(outcomes))
 
 
 def test_range_held_exclusively_by_an_attacker_fails_instead_of_hanging(forger):
