@@ -8,12 +8,16 @@
 
 from mshare.errors import (
     AddressConflictError,
+    CorruptBookkeepingError,
     CorruptEntryError,
     HugePagesFallbackWarning,
     HugePagesUnavailableError,
     MshareError,
+    OwnerDiedError,
+    RegionFullError,
     UnsafeRegistryError,
 )
+from mshare.garbage import GcReport, gc
 from mshare.info import RegionInfo
 from mshare.operations import attach, create, info, unlink
 from mshare.operations import list_regions as list
@@ -24,17 +28,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddressConflictError",
+    "CorruptBookkeepingError",
     "CorruptEntryError",
+    "GcReport",
     "HugePagesFallbackWarning",
     "HugePagesUnavailableError",
     "MshareError",
+    "OwnerDiedError",
     "PageTableStats",
     "Region",
+    "RegionFullError",
     "RegionInfo",
     "RegionStats",
     "UnsafeRegistryError",
     "attach",
     "create",
+    "gc",
     "info",
     "list",
     "pagetable_stats",

@@ -10,6 +10,8 @@ import fcntl
 import os
 import threading
 
+from mshare import faults
+from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.backends import get_backend
 from mshare.registry import RangeClaim, Registry
 
@@ -28,10 +30,25 @@ class Attachment:
         self.mark_fd = mark_fd
         self.range_file = range_file
         self.users = 0
+        self.bookkeeping = None
+        if entry.map_length - entry.data_length >= BOOKKEEPING_SIZE:
+            self.bookkeeping = Bookkeeping(entry.addr + entry.data_length, entry.addr,
+                                           entry.size, name=mapping.label, keepalive=mapping)
+
+    def check_lock_released(self):
+        """Unmapping a robust mutex this process holds would leave the C library's list of
+        held mutexes pointing into unmapped memory."""
+        if self.bookkeeping is not None and self.bookkeeping.locks_held:
+            raise RuntimeError(f"{self.mapping.label} cannot be closed while this process holds "
+                               "its lock; leave the `with region.lock():` block first")
 
     def detach(self):
         """Unmap (``BufferError`` while views are alive) and drop the attach mark."""
+        self.check_lock_released()
         self.mapping.unmap()
+        if self.bookkeeping is not None:
+            self.bookkeeping.detach()
+        faults.point("close:unmapped")
         self.forget()
 
     def forget(self):
@@ -42,6 +59,7 @@ class Attachment:
         if self.mark_fd >= 0:
             os.close(self.mark_fd)
             self.mark_fd = -1
+            faults.point("close:unmarked")
 
     def release_range_if_unlinked(self):
         """Call after ``detach``/``forget``, outside ``table_lock``: it takes the registry

@@ -11,7 +11,7 @@ import stat
 import sys
 
 import mshare
-from mshare import doctor, mounts
+from mshare import doctor, garbage, mounts
 from mshare.backends.selection import CHOICES
 from mshare.registry import registry_root
 from mshare.units import format_size, parse_size
@@ -31,6 +31,12 @@ def _group(gid):
         return str(gid)
 
 
+def printable(name):
+    """``name`` with control characters and undecodable bytes escaped, as ``ls -b``
+    does: anyone can name an entry, and the name must not drive the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
+
+
 def command_ls(args):
     regions = mshare.list()
     print(f"registry {registry_root()}: {len(regions)} region(s)")
@@ -38,11 +44,13 @@ def command_ls(args):
         mode = stat.filemode(stat.S_IFREG | region.mode)
         owner = f"{_user(region.uid)} {_group(region.gid)}"
         if region.status != "ok":
-            print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} {region.name}  ({region.status})")
+            print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} "
+                  f"{printable(region.name)}  ({printable(region.status)})")
             continue
         print(
             f"{mode} {owner:>16} {format_size(region.size):>7} {region.addr:#018x} "
-            f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} {region.name}"
+            f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} "
+            f"{printable(region.name)}"
         )
 
 
@@ -50,7 +58,7 @@ def command_info(args):
     region = mshare.info(args.name)
     created = datetime.datetime.fromtimestamp(region.created).isoformat(timespec="seconds")
     rows = [
-        ("name", region.name),
+        ("name", printable(region.name)),
         ("address", f"{region.addr:#x}"),
         ("size", f"{region.size} ({format_size(region.size)})"),
         ("mode", f"{region.mode:04o} ({stat.filemode(stat.S_IFREG | region.mode)})"),
@@ -128,6 +136,7 @@ def build_parser():
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=command_demo)
 
+    garbage.add_parser(commands)
     mounts.add_parser(commands)
     doctor.add_parser(commands)
     return parser

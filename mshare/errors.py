@@ -43,3 +43,31 @@ class HugePagesUnavailableError(MshareError):
 class HugePagesFallbackWarning(RuntimeWarning):
     """``hugepages="auto"`` found huge pages set up but unable to hold a region, and used
     the next backend instead."""
+
+class OwnerDiedError(MshareError):
+    """The previous holder of a region's lock died while holding it.
+
+    The lock has been made consistent again and is *not* held by the caller: whatever it
+    protected may be half-updated. Repair or re-check that data, then take the lock again.
+    """
+
+    def __init__(self, message, name=None):
+        super().__init__(errno.EOWNERDEAD, message, name)
+
+
+class RegionFullError(MshareError, MemoryError):
+    """The region's allocator has no free block large enough, or its name table is full."""
+
+    def __init__(self, message, name=None):
+        super().__init__(errno.ENOMEM, message, name)
+
+
+class CorruptBookkeepingError(MshareError):
+    """A region's lock, allocator or name table is damaged or of an unknown format.
+
+    Raised instead of following a bad pointer, e.g. when a program overwrote the
+    allocator's block headers by writing past the end of an allocation.
+    """
+
+    def __init__(self, message, name=None):
+        super().__init__(errno.EBADMSG, message, name)

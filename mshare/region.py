@@ -4,9 +4,11 @@ import stat
 
 from mshare import attachments, pagetables
 from mshare._core import PAGE_SIZE, MappedBuffer
+from mshare.errors import CorruptEntryError
+from mshare.managed import ManagedMemory
 
 
-class Region:
+class Region(ManagedMemory):
     """A named shared-memory region, mapped at ``addr`` in every process.
 
     ``buf`` is a zero-copy ``memoryview`` of exactly ``size`` bytes (read-only when
@@ -85,6 +87,15 @@ class Region:
             raise ValueError(f"region {self._name!r} is closed")
         return self._buf
 
+    @property
+    def _bookkeeping(self):
+        """The lock, allocator and name table behind ``ManagedMemory``."""
+        if self._closed:
+            raise ValueError(f"region {self._name!r} is closed")
+        if self._attachment.bookkeeping is None:
+            raise CorruptEntryError(f"region {self._name!r} has no bookkeeping area", self._name)
+        return self._attachment.bookkeeping
+
     # -- using it ------------------------------------------------------------------------
 
     def ndarray(self, dtype, shape=None, offset: int = 0) -> "numpy.ndarray":
@@ -135,6 +146,8 @@ class Region:
             return
         with attachments.table_lock:
             attachment = self._attachment
+            if attachment.users == 1:
+                attachment.check_lock_released()
             try:
                 self._buf.release()
             except BufferError:

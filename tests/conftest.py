@@ -10,6 +10,7 @@ import pytest
 
 from helpers import (
     WORLD_READABLE_SITE,
+    child_python_path,
     huge_page_objects_of,
     prepare_world_readable_site,
     shm_objects_of,
@@ -25,6 +26,19 @@ def _base_directory():
     os.makedirs(BASE, exist_ok=True)
     os.chmod(BASE, 0o755)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _children_import_this_mshare():
+    # Every child interpreter (subprocess, spawn, forkserver) imports the package under
+    # test, whether it is installed or built in place.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = child_python_path()
+    yield
+    if saved is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = saved
 
 
 @pytest.fixture

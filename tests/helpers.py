@@ -1,5 +1,6 @@
 """Test utilities: child interpreters (optionally as another user) and /dev/shm views."""
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -10,7 +11,9 @@ import textwrap
 import mshare
 
 SHM = "/dev/shm"
-WORLD_READABLE_SITE = "/tmp/mshare-tests/site"
+# One copy per checkout, so that test sessions of different checkouts can run side by side.
+WORLD_READABLE_SITE = "/tmp/mshare-tests/site-" + hashlib.blake2b(
+    os.path.dirname(mshare.__file__).encode(), digest_size=4).hexdigest()
 # The default interpreter may live under a 0700 home; this one any user can run.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -37,17 +40,17 @@ def huge_page_objects_of(registry_id):
     return sorted(found)
 
 
+def child_python_path():
+    """PYTHONPATH that makes children import the very mshare this suite tests."""
+    return os.pathsep.join([os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)])
+
+
 def start_python(code, **popen_options):
     """Start ``code`` in a fresh interpreter without waiting (for races and kills).
 
     It runs from ``/`` so that a source checkout in the working directory never shadows
-    the package under test, which it imports from where this process did."""
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)]
-    )
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/",
-                            env=environment, **popen_options)
+    the installed package."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/", **popen_options)
 
 
 def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True, env=None):
@@ -58,9 +61,6 @@ def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True
     environment = dict(os.environ if env is None else env)
     if user is None:
         interpreter = sys.executable
-        environment["PYTHONPATH"] = os.pathsep.join(
-            [os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)]
-        )
     else:
         interpreter = SYSTEM_PYTHON
         environment["PYTHONPATH"] = WORLD_READABLE_SITE

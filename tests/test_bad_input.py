@@ -1,12 +1,15 @@
 """Bad input: a clear error naming the problem, and nothing left behind."""
 
+import errno
 import os
+import shutil
 
 import pytest
 
 import mshare
 from mshare.addresses import ALIGNMENT, arena
 
+from mshare.backends.shm import memory_available
 from mshare.registry import Registry
 
 from helpers import SHM, shm_objects_of
@@ -97,10 +100,23 @@ def test_flags_must_be_bool(registry_path, name, flag):
 
 def test_size_beyond_shared_memory_is_a_clear_error_at_create(registry_path, name):
     before = snapshot(registry_path)
-    free = os.statvfs(SHM).f_bavail * os.statvfs(SHM).f_frsize
+    free = shutil.disk_usage(SHM).free
+    # Refused before anything is allocated: nothing fills /dev/shm.
     with pytest.raises(OSError, match="not enough space") as raised:
         mshare.create(name, free + (1 << 30))
-    assert raised.value.errno == 28  # ENOSPC
+    assert raised.value.errno == errno.ENOSPC
+    assert snapshot(registry_path) == before
+
+
+def test_size_beyond_available_memory_is_a_clear_error_at_create(registry_path, name):
+    available = memory_available()
+    free = shutil.disk_usage(SHM).free
+    if available >= free:
+        pytest.skip(f"/dev/shm ({free} bytes free) is smaller than available memory here")
+    before = snapshot(registry_path)
+    with pytest.raises(OSError, match="memory available") as raised:
+        mshare.create(name, (available + free) // 2)
+    assert raised.value.errno == errno.ENOMEM
     assert snapshot(registry_path) == before
 
 

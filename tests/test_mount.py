@@ -19,11 +19,9 @@ from helpers import run_python
 MiB = 1 << 20
 
 
-def mshare_command(*args, env=None):
-    environment = dict(os.environ if env is None else env)
-    environment["PYTHONPATH"] = os.path.dirname(os.path.dirname(mshare.__file__))
+def mshare_command(*args):
     return subprocess.run([sys.executable, "-m", "mshare", *args], capture_output=True, text=True,
-                          timeout=120, cwd="/", env=environment)
+                          timeout=120, cwd="/")
 
 
 @pytest.fixture

@@ -122,9 +122,13 @@ def test_demanded_thp_when_the_kernel_denies_it(monkeypatch):
         choose("thp")
 
 
-def test_force_makes_every_tmpfs_huge(monkeypatch):
+def test_force_makes_every_tmpfs_huge_but_dev_shm_stays_shm(monkeypatch):
+    other_tmpfs = ("/srv/scratch", ("tmpfs", {}, 4096, True))
+    Machine(monkeypatch, mounts=[PLAIN_TMPFS, other_tmpfs], shmem_enabled="force")
+    assert choose("thp").directory == "/srv/scratch"
     Machine(monkeypatch, mounts=[PLAIN_TMPFS], shmem_enabled="force")
-    assert choose("thp").directory == "/dev/shm"
+    with pytest.raises(mshare.HugePagesUnavailableError):
+        choose("thp")
 
 
 @pytest.mark.parametrize("value, error", [(True, TypeError), (None, TypeError), ("on", ValueError),

@@ -81,6 +81,20 @@ class FileBackend(Backend):
         """True when ``mount`` is the kind of file system this backend's data lives on."""
         return mount.fstype == self.fstype
 
+    def locations(self, registry_id):
+        # Data objects may be on any mount of the kind (MSHARE_* overrides differ between
+        # processes), so every one is searched.
+        found = []
+        for mount in machine.visible_mounts(self.fstype):
+            if not self.suits(mount):
+                continue
+            try:
+                names = os.listdir(mount.mount_point)
+            except OSError:
+                continue
+            found += [os.path.join(mount.mount_point, name) for name in names]
+        return sorted(location for location in found if self.owns_location(location, registry_id))
+
     def path(self, location):
         return location
 

@@ -15,20 +15,52 @@ SHM_DIRECTORY = "/dev/shm"
 
 def reserve(fd, length, path):
     """Allocate ``length`` bytes now, so a full file system fails here and never as a
-    ``SIGBUS`` on first touch."""
+    ``SIGBUS`` on first touch.
+
+    Checked first against the free space and the memory the kernel could give: on a
+    tmpfs as large as RAM, filling it would wake the OOM killer before ``ENOSPC``."""
+    directory = os.path.dirname(path)
+    free = shutil.disk_usage(directory).free
+    if length > free:
+        raise _no_space(length, free, directory, path)
+    available = memory_available()
+    if available is not None and length > available:
+        raise OSError(
+            errno.ENOMEM,
+            f"{length} bytes is more than the memory available for shared memory "
+            f"({available} bytes: MemAvailable + SwapFree); choose a smaller size or free memory",
+            path,
+        )
     try:
         os.posix_fallocate(fd, 0, length)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        directory = os.path.dirname(path)
-        free = shutil.disk_usage(directory).free
-        raise OSError(
-            errno.ENOSPC,
-            f"not enough space in {directory} for {length} bytes ({free} bytes free); "
-            f"free some space or enlarge it (mount -o remount,size=... {directory})",
-            path,
-        ) from None
+        raise _no_space(length, shutil.disk_usage(directory).free, directory, path) from None
+
+
+def _no_space(length, free, directory, path):
+    return OSError(
+        errno.ENOSPC,
+        f"not enough space in {directory} for {length} bytes ({free} bytes free); "
+        f"free some space or enlarge it (mount -o remount,size=... {directory})",
+        path,
+    )
+
+
+def memory_available():
+    """MemAvailable + SwapFree from /proc/meminfo in bytes, or None if unreadable."""
+    fields = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                key, _, value = line.partition(":")
+                fields[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0)
 
 
 class ShmBackend(Backend):
@@ -50,7 +82,13 @@ class ShmBackend(Backend):
         path = self.path(location)
         with _translated(path):
             memory = posix_ipc.SharedMemory(location, posix_ipc.O_CREX, mode=mode)
-        fd = os.dup(memory.fd)
+        try:
+            fd = os.dup(memory.fd)
+        except BaseException:
+            # Out of descriptors (EMFILE) right after shm_open: undo both.
+            memory.close_fd()
+            self.unlink(location)
+            raise
         memory.close_fd()
         try:
             # shm_open applies the umask; the registry promises the mode exactly.
@@ -64,17 +102,16 @@ class ShmBackend(Backend):
         return fd
 
     def open(self, location, writable):
-        path = self.path(location)
-        with _translated(path):
-            memory = posix_ipc.SharedMemory(location, 0, read_only=not writable)
-        fd = os.dup(memory.fd)
-        memory.close_fd()
-        return fd
+        # shm_open is exactly this open(2) but without O_NONBLOCK, and a FIFO planted
+        # under the name would block it forever.
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(self.path(location), flags)
 
     def unlink(self, location):
         try:
-            posix_ipc.unlink_shared_memory(location)
-        except posix_ipc.ExistentialError:
+            with _translated(self.path(location)):
+                posix_ipc.unlink_shared_memory(location)
+        except FileNotFoundError:
             pass
 
 
@@ -93,6 +130,7 @@ class _translated:
         if isinstance(error, posix_ipc.PermissionsError):
             raise PermissionError(errno.EACCES, "permission denied", self.path) from None
         if isinstance(error, posix_ipc.ExistentialError):
-            code = errno.EEXIST if "exists" in str(error).lower() else errno.ENOENT
+            # "No shared memory exists with ..." versus "... already exists".
+            code = errno.EEXIST if "already exists" in str(error).lower() else errno.ENOENT
             raise OSError(code, os.strerror(code), self.path) from None
         raise OSError(errno.EIO, str(error), self.path) from None

@@ -13,6 +13,7 @@ import os
 from mshare import machine
 from mshare.addresses import round_up
 from mshare.backends.files import FileBackend, Unavailable, no_space
+from mshare.backends.shm import SHM_DIRECTORY
 from mshare.units import format_exact_size, format_size
 
 ENVIRONMENT = "MSHARE_THP_ROOT"
@@ -45,14 +46,23 @@ class ThpBackend(FileBackend):
             raise no_space(location, length, _free_bytes(directory),
                            f"as root: {_enlarge_advice(directory, length)}") from None
 
+    def suits(self, mount):
+        return thp_place(mount)
+
     def after_map(self, mapping):
         # Needed where the mount says huge=advise; harmless under within_size and always.
         mapping.advise_hugepages()
 
 
+def thp_place(mount):
+    """True when thp data objects may live on ``mount``: a tmpfs, but never /dev/shm,
+    which is the shm backend's (a file there is never taken for a thp region's)."""
+    return mount.fstype == machine.TMPFS and mount.mount_point != SHM_DIRECTORY
+
+
 def huge_mount(mount, shmem_enabled):
-    """True when files on ``mount`` get transparent huge pages."""
-    if mount.fstype != machine.TMPFS:
+    """True when files on ``mount`` get transparent huge pages and it may hold thp regions."""
+    if not thp_place(mount):
         return False
     return mount.huge_policy in machine.HUGE_TMPFS_POLICIES or shmem_enabled == "force"
 

@@ -1,0 +1,171 @@
+"""Objects inside a region: its lock, its allocator and named numpy arrays.
+
+``ManagedMemory`` is mixed into ``Region``; every region made by ``mshare.create`` has
+them, with no extra argument. Their bookkeeping lives in a tail mapped after the user's
+``size`` bytes, so ``buf`` is unchanged. The allocator, though, hands out addresses inside
+``[addr, addr + size)`` and keeps a 16-byte header before each block it hands out: a
+program uses a region's bytes either raw (``buf``, ``ndarray``) or through the allocator
+(``alloc``, ``array``), never both.
+
+Because the region sits at one address in every process, an address from ``alloc`` is
+valid everywhere: ``ctypes`` structures allocated there can point at each other.
+
+>>> region = mshare.create("jobs", 1 << 20)
+>>> queue = region.array("queue", (1024,), "int64")      # in one process
+>>> queue = region.array("queue")                        # in any other: same memory
+>>> with region.lock():
+...     queue[0] += 1
+"""
+
+import errno
+import math
+import operator
+
+from mshare._shared import DTYPE_MAX_BYTES, MAX_DIMS
+from mshare.errors import CorruptBookkeepingError
+
+
+class ManagedMemory:
+    """The lock, allocator and named arrays of a region.
+
+    Needs ``addr``, ``size``, ``readonly``, ``name``, ``buf`` and ``_bookkeeping``
+    (a ``mshare._shared.Bookkeeping``) from the class it is mixed into. Changing anything
+    (``lock``, ``alloc``, ``free``, creating or deleting arrays) needs a region attached
+    read-write; finding arrays works read-only too.
+    """
+
+    def lock(self, timeout=None):
+        """The region's lock: robust, shared by every process, not re-entrant.
+
+        A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
+        ``TimeoutError`` when it passes. If the previous holder died holding the lock,
+        taking it raises ``mshare.OwnerDiedError`` and leaves the lock *free*: the data it
+        guarded may be half-updated, so check or repair it, then take the lock again. A
+        lock is never left held by a dead process. The allocator has a lock of its own, so
+        ``alloc`` and ``array`` may be called while holding this one.
+
+        >>> with region.lock(timeout=5):
+        ...     counter[0] += 1
+        """
+        return self._writable("lock()").lock(timeout)
+
+    def alloc(self, nbytes: int, align: int = 64) -> int:
+        """Allocate ``nbytes`` inside the region; return the address (valid in every process).
+
+        ``align`` is a power of two. O(1) while a comfortably large free block exists;
+        raises ``mshare.RegionFullError`` (a ``MemoryError``) when no free block can hold
+        the request. Free blocks are merged as soon as they are freed.
+
+        >>> node = Node.from_address(region.alloc(ctypes.sizeof(Node)))
+        """
+        return self._writable("alloc()").alloc(nbytes, align)
+
+    def free(self, addr: int) -> None:
+        """Return a block from ``alloc`` to the region.
+
+        ``ValueError`` for an address ``alloc`` did not return, a second free, or the
+        address of a named array (use ``delete``); nothing is changed then.
+        """
+        self._writable("free()").free(addr)
+
+    def array(self, name: str, shape=None, dtype=None, *, exist_ok: bool = False):
+        """A named numpy array inside the region, zero copy, at one address everywhere.
+
+        With ``shape`` it is created (zero-filled when the region is new, ``dtype``
+        defaulting to float64) and ``FileExistsError`` means the name is taken, unless
+        ``exist_ok`` is true and the existing array has this shape and dtype. With only
+        ``name`` it is found, from any process; ``FileNotFoundError`` if absent. A
+        ``dtype`` given with a name only is checked against the stored one. Names are
+        1-63 bytes of UTF-8; a region holds at most 256 of them. Arrays of Python objects
+        and structured dtypes cannot be named arrays.
+
+        >>> weights = region.array("weights", (1024, 1024), "float32")   # creator
+        >>> weights = region.array("weights")                            # everyone else
+        """
+        import numpy
+
+        if shape is None:
+            found = self._bookkeeping.find_named(name)
+            if found is None:
+                raise FileNotFoundError(errno.ENOENT, f"no array named {name!r}", self.name)
+            return self._view(name, found, dtype, None)
+        dtype = numpy.dtype(float if dtype is None else dtype)
+        shape = _shape(shape)
+        _check_storable(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        bookkeeping = self._writable("creating an array")
+        try:
+            addr = bookkeeping.create_named(name, nbytes, dtype.str, shape,
+                                            max(64, dtype.alignment))
+        except FileExistsError:
+            found = bookkeeping.find_named(name) if exist_ok else None
+            if found is None:
+                raise
+            return self._view(name, found, dtype, shape)
+        return self._view(name, (addr, nbytes, dtype.str, shape), None, None)
+
+    def names(self) -> list:
+        """Names of the region's arrays, sorted."""
+        return self._bookkeeping.named()
+
+    def delete(self, name: str) -> None:
+        """Free the array ``name``; ``FileNotFoundError`` if there is none.
+
+        The memory is reused by later allocations: views of the array still alive in any
+        process then see that new data. Delete an array only once no one uses it.
+        """
+        self._writable("delete()").delete_named(name)
+
+    def _writable(self, what):
+        bookkeeping = self._bookkeeping
+        if self.readonly:
+            raise PermissionError(errno.EACCES, f"{what} needs the region attached read-write",
+                                  self.name)
+        return bookkeeping
+
+    def _view(self, name, found, dtype, shape):
+        import numpy
+
+        addr, nbytes, stored_dtype, stored_shape = found
+        try:
+            stored = numpy.dtype(stored_dtype)
+        except TypeError:
+            raise CorruptBookkeepingError(
+                f"array {name!r} has an unreadable dtype {stored_dtype!r}", self.name) from None
+        count = math.prod(stored_shape)
+        if count * stored.itemsize != nbytes:
+            raise CorruptBookkeepingError(
+                f"array {name!r}: {stored_shape} x {stored} does not fill its {nbytes} bytes",
+                self.name)
+        if dtype is not None and numpy.dtype(dtype) != stored:
+            raise ValueError(f"array {name!r} has dtype {stored}, not {numpy.dtype(dtype)}")
+        if shape is not None and tuple(shape) != stored_shape:
+            raise ValueError(f"array {name!r} has shape {stored_shape}, not {tuple(shape)}")
+        view = numpy.frombuffer(self.buf, dtype=stored, count=count, offset=addr - self.addr)
+        return view.reshape(stored_shape)
+
+
+def _shape(shape):
+    try:
+        dims = (operator.index(shape),)
+    except TypeError:
+        dims = tuple(shape)
+    if len(dims) > MAX_DIMS:
+        raise ValueError(f"a named array has at most {MAX_DIMS} dimensions, not {len(dims)}")
+    if any(isinstance(extent, bool) for extent in dims):
+        raise TypeError(f"shape sizes must be ints, not {shape!r}")
+    dims = tuple(operator.index(extent) for extent in dims)
+    if any(extent < 0 for extent in dims):
+        raise ValueError(f"shape sizes must be >= 0, not {shape!r}")
+    return dims
+
+
+def _check_storable(dtype):
+    import numpy
+
+    if dtype.hasobject:
+        raise TypeError("arrays of Python objects cannot be shared: they hold pointers into "
+                        "one process's heap")
+    if len(dtype.str) > DTYPE_MAX_BYTES or numpy.dtype(dtype.str) != dtype:
+        raise TypeError(f"dtype {dtype} cannot be a named array: only dtypes described by "
+                        f"their .str (numbers, bytes, strings, datetimes) can")
