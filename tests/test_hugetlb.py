@@ -190,3 +190,17 @@ def test_auto_uses_hugetlb_only_for_at_least_one_huge_page(registry_path, name, 
             assert (big.backend, big.page_size) == ("hugetlb", 2 * MiB)
     mshare.unlink(name)
     mshare.unlink(name + "-big")
+
+
+def test_gc_removes_what_a_crashed_create_left_on_hugetlbfs(registry_path, name, hugetlbfs):
+    # The creator dies once its data object exists and its pages are reserved.
+    result = run_python(f"""
+        import mshare
+        mshare.create({name!r}, 4 * (1 << 20), hugepages="hugetlb")
+    """, env=dict(os.environ, MSHARE_FAULT="create:data-created"), check=False)
+    assert result.returncode == -9
+    (orphan,) = _contents(hugetlbfs)
+    report = mshare.gc()
+    removed = {(finding.kind, finding.path) for finding in report.removed}
+    assert ("data object", os.path.join(hugetlbfs, orphan)) in removed
+    assert _contents(hugetlbfs) == [] and mshare.list() == []

@@ -93,7 +93,7 @@ def test_mount_grows_the_pool_and_umount_gives_back_what_it_added(places):
     assert f"at least {wanted} wanted: left as it is" in enough.stdout
     undone = mshare_command("umount")
     assert undone.returncode == 0, undone.stderr
-    assert f"(the 4 mshare mount added)" in undone.stdout
+    assert "(the 4 mshare mount added)" in undone.stdout
     assert machine.pool(2 * MiB).total == before.total
 
 
