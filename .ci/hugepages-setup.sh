@@ -39,10 +39,11 @@ mount_once() {  # FSTYPE OPTIONS PATH
         echo "hugepages-setup: $3 is already mounted, left as it is"
         return
     fi
-    made=no
-    [ -d "$3" ] || { mkdir -p "$3"; made=yes; }
+    # Every directory made on the way is recorded before the mount, so that the
+    # teardown, reading the record backwards, unmounts first and removes them after.
+    LC_ALL=C mkdir -pv "$3" | sed -n "s/^mkdir: created directory '\(.*\)'$/directory \1/p" >> "$state"
     mount -t "$1" -o "$2" none "$3"
-    echo "mount $3 $made" >> "$state"
+    echo "mount $3" >> "$state"
     echo "hugepages-setup: mount -t $1 -o $2 none $3"
 }
 mount_once hugetlbfs mode=1777,pagesize=2M /dev/hugepages

@@ -9,17 +9,19 @@ if [ ! -e "$state" ]; then
     echo "hugepages-teardown: nothing to undo"
     exit 0
 fi
-tac "$state" | while read -r what first second; do
+tac "$state" | while read -r what value; do
     case "$what" in
         mount)
             # A region a crashed test left mapped keeps the mount busy: detach it anyway.
-            umount "$first" 2>/dev/null || umount --lazy "$first"
-            [ "$second" = yes ] && rmdir "$first" 2>/dev/null || true
-            echo "hugepages-teardown: umount $first"
+            umount "$value" 2>/dev/null || umount --lazy "$value"
+            echo "hugepages-teardown: umount $value"
+            ;;
+        directory)
+            rmdir "$value" 2>/dev/null || echo "hugepages-teardown: $value is not empty, kept"
             ;;
         pool_pages)
             now=$(cat "$pool")
-            echo $(( now > first ? now - first : 0 )) > "$pool"
+            echo $(( now > value ? now - value : 0 )) > "$pool"
             echo "hugepages-teardown: 2 MiB pool $now -> $(cat "$pool") pages"
             ;;
     esac
