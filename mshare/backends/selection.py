@@ -32,8 +32,8 @@ def validate_hugepages(hugepages):
 
 def choose_backend(hugepages, size, tail_length):
     """The backend, bound to a mount where it needs one, for a region of ``size`` bytes
-    followed by ``tail_length(page_size)`` bytes of bookkeeping."""
-    validate_hugepages(hugepages)
+    followed by ``tail_length(page_size)`` bytes of bookkeeping; ``hugepages`` is one of
+    ``CHOICES`` (``validate_hugepages``)."""
     if hugepages == "off":
         return get_backend("shm")
     if hugepages in PLANNERS:
