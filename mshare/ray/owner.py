@@ -1,0 +1,138 @@
+"""What runs on a node: the owner of one region (a detached Ray actor) and the two small
+chores used when no owner is there to ask (look a region up, unlink it).
+
+Everything here runs with ``MSHARE_ROOT`` set to the caller's registry by the runtime
+environment (see ``cluster.on_node``), so plain ``mshare`` calls reach the right registry.
+"""
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+
+import mshare
+from mshare.info import RegionInfo
+
+
+@dataclass(frozen=True)
+class RegionStats:
+    """One node's region, as its owner sees it."""
+
+    node_id: str
+    name: str            # the node-scoped name in that node's registry
+    registry: str
+    owner_pid: int
+    info: RegionInfo     # ``info.attached``: processes on the node mapping it now
+    resident_bytes: int  # bytes of the region in the node's memory (``mincore``)
+
+
+class RegionOwner:
+    """Creates one node's region when it starts, keeps it mapped, answers for it and
+    finally unlinks it.
+
+    A region already in the registry (left by an owner that was killed) is adopted with
+    its data, not replaced: processes that still map it keep seeing what newcomers see.
+    A failure to start is kept and raised by every call rather than by ``__init__``,
+    because Ray reports a failed ``__init__`` only as text, and callers deserve the real
+    exception (``FileNotFoundError``, ``ValueError``, ``OSError(ENOSPC)``, ...).
+    """
+
+    def __init__(self, name, size, mode):
+        self._name = name
+        self._region = None
+        self._failure = None
+        try:
+            self._region = _create_or_adopt(name, size, mode)
+        except Exception as error:
+            self._failure = error
+
+    def check(self, size):
+        """The region's ``RegionInfo``; ``ValueError`` if it is not ``size`` bytes."""
+        region = self._started()
+        if size is not None and size != region.size:
+            raise ValueError(
+                f"region {self._name!r} exists with {region.size} bytes, not {size}; "
+                "destroy it first to change its size"
+            )
+        return mshare.info(self._name)
+
+    def holds_region(self):
+        return self._region is not None
+
+    def stats(self):
+        import ray
+
+        region = self._started()
+        return RegionStats(
+            node_id=ray.get_runtime_context().get_node_id(), name=self._name,
+            registry=region.registry_path, owner_pid=os.getpid(),
+            info=mshare.info(self._name), resident_bytes=resident_bytes(region),
+        )
+
+    def destroy(self):
+        """Unlink the region and unmap it here; True if this call removed the name.
+
+        The caller kills the actor afterwards. Processes still mapping the region keep
+        valid memory until they close it, as with ``mshare.unlink``.
+        """
+        if self._region is None:
+            return False
+        self._region.close()
+        self._region = None
+        self._failure = FileNotFoundError(errno.ENOENT, "region was destroyed", self._name)
+        return unlink_local(self._name)
+
+    def _started(self):
+        if self._region is None:
+            raise self._failure
+        return self._region
+
+
+def _create_or_adopt(name, size, mode):
+    if size is None:
+        return mshare.attach(name)
+    try:
+        return mshare.create(name, size, mode=mode)
+    except FileExistsError:
+        pass
+    region = mshare.attach(name)
+    if region.size != size:
+        region.close()
+        raise ValueError(f"region {name!r} exists with {region.size} bytes, not {size}; "
+                         "destroy it first to change its size")
+    return region
+
+
+def local_info(name):
+    """The region's ``RegionInfo`` on this node, or None."""
+    try:
+        return mshare.info(name)
+    except FileNotFoundError:
+        return None
+
+
+def unlink_local(name):
+    """Unlink the region on this node; True if it was there."""
+    try:
+        mshare.unlink(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def resident_bytes(region):
+    """Bytes of the region in memory now, whoever touched them.
+
+    ``mincore`` on a shared file mapping asks the page cache, so it counts pages that
+    any process on the node faulted in, not only this one's.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = -(-region.size // page)
+    vector = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    if libc.mincore(region.addr, pages * page, vector) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), region.name)
+    # Only bit 0 of each byte has a meaning (resident); the others are zero.
+    return (pages - bytes(vector).count(0)) * page
