@@ -162,19 +162,22 @@ def test_attach_from_the_driver_and_readonly(cluster, name):
         mshare.ray.attach(name, 2 * SIZE)
 
 
-def test_stats_report_owner_and_resident_memory(cluster, nodes, name):
-    worker = nodes[1]
+def test_stats_report_owner_and_memory(cluster, nodes, name):
+    head, worker = nodes
     mshare.ray.ensure(name, 8 * SIZE)
     stats = mshare.ray.stats(name, worker)
-    assert stats.resident_bytes == 0
+    assert stats.memory_bytes == 8 * SIZE         # reserved in full when created
     assert stats.registry == cluster.registry
     assert stats.name == mshare.ray.region_name(name, worker)
-    run_on(worker, _fill, name, 8 * SIZE, 1.0)
-    assert mshare.ray.stats(name, worker).resident_bytes == 8 * SIZE
-    assert mshare.ray.stats(name, nodes[0]).resident_bytes == 0   # the head's was not touched
+    assert stats.info.attached == 1               # the owner
+    fill = ray.remote(num_cpus=0)(_fill)
+    ray.get([fill.options(**on(worker)).remote(name, 8 * SIZE, 1.0) for _ in range(3)],
+            timeout=60)
+    assert mshare.ray.stats(name, worker).memory_bytes == 8 * SIZE   # no copies
     assert mshare.ray.info(name, worker).size == 8 * SIZE
     handle = mshare.ray.owner(name, worker)
     assert ray.get(handle.stats.remote(), timeout=30).owner_pid == stats.owner_pid
+    assert mshare.ray.stats(name, head).owner_pid != stats.owner_pid
 
 
 def _count_under_lock(name, rounds):

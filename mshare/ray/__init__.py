@@ -104,12 +104,17 @@ def ensure(name: str, size: int, *, mode: int = 0o600, timeout: float = DEFAULT_
     ray = cluster.import_ray()
     started = {node_id: _start_owner(ray, node_id, name, size, mode)
                for node_id in cluster.alive_nodes(ray)}
-    found = {}
+    found, failures = {}, []
     for node_id, (handle, reply) in started.items():
+        # Settle every node before raising, so that each owner that failed is stopped.
         try:
             found[node_id] = _settle_owner(ray, node_id, name, size, mode, handle, reply, deadline)
         except NodeDiedError:
             continue
+        except Exception as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
     return found
 
 
@@ -173,7 +178,7 @@ def destroy(name: str, node_id: str = None, *, all_nodes: bool = False,
         targets = [_node(ray, node_id)]
     registry = registry_root()
     started = {target: _start_removal(ray, target, name, registry) for target in targets}
-    removed = []
+    removed, failures = [], []
     for target, removal in started.items():
         try:
             if _finish_removal(ray, target, name, registry, removal, deadline):
@@ -181,6 +186,10 @@ def destroy(name: str, node_id: str = None, *, all_nodes: bool = False,
         except NodeDiedError:
             if not all_nodes:
                 raise
+        except Exception as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
     return sorted(removed)
 
 

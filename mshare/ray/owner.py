@@ -5,13 +5,14 @@ Everything here runs with ``MSHARE_ROOT`` set to the caller's registry by the ru
 environment (see ``cluster.on_node``), so plain ``mshare`` calls reach the right registry.
 """
 
-import ctypes
 import errno
 import os
 from dataclasses import dataclass
 
 import mshare
+from mshare.backends import get_backend
 from mshare.info import RegionInfo
+from mshare.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class RegionStats:
     registry: str
     owner_pid: int
     info: RegionInfo     # ``info.attached``: processes on the node mapping it now
-    resident_bytes: int  # bytes of the region in the node's memory (``mincore``)
+    memory_bytes: int    # memory its data holds on the node, however many processes map it
 
 
 class RegionOwner:
@@ -66,7 +67,7 @@ class RegionOwner:
         return RegionStats(
             node_id=ray.get_runtime_context().get_node_id(), name=self._name,
             registry=region.registry_path, owner_pid=os.getpid(),
-            info=mshare.info(self._name), resident_bytes=resident_bytes(region),
+            info=mshare.info(self._name), memory_bytes=memory_bytes(self._name),
         )
 
     def destroy(self):
@@ -120,19 +121,12 @@ def unlink_local(name):
     return True
 
 
-def resident_bytes(region):
-    """Bytes of the region in memory now, whoever touched them.
+def memory_bytes(name):
+    """Bytes of memory the region's data object holds: its allocated blocks.
 
-    ``mincore`` on a shared file mapping asks the page cache, so it counts pages that
-    any process on the node faulted in, not only this one's.
+    One number for the node, whoever touched the pages, and the proof that attaching
+    copies nothing. A region is reserved in full when it is created.
     """
-    page = os.sysconf("SC_PAGE_SIZE")
-    pages = -(-region.size // page)
-    vector = (ctypes.c_ubyte * pages)()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
-    if libc.mincore(region.addr, pages * page, vector) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error), region.name)
-    # Only bit 0 of each byte has a meaning (resident); the others are zero.
-    return (pages - bytes(vector).count(0)) * page
+    with Registry() as registry:
+        entry, _ = registry.read_entry(name)
+    return os.stat(get_backend(entry.backend).path(entry.location)).st_blocks * 512
