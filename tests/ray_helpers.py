@@ -26,6 +26,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 import mshare.ray  # noqa: E402
+from mshare.addresses import round_up  # noqa: E402
+from mshare.operations import bookkeeping_length  # noqa: E402
 from mshare.registry import Registry  # noqa: E402
 
 BASE = "/tmp/mshare-tests"
@@ -92,6 +94,11 @@ def assert_nothing_left(registry):
                if not name.startswith(".") and name != "mshare_info"]
     assert not entries, f"registry entries left behind: {entries}"
     assert not objects, f"data objects left in /dev/shm: {objects}"
+
+
+def region_memory(size, page_size):
+    """The memory one region of ``size`` bytes holds: its pages and its bookkeeping tail."""
+    return round_up(size, page_size) + bookkeeping_length(page_size)
 
 
 def on(node_id):

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from ray_helpers import assert_nothing_left, on, ray, ray_cluster, run_on
+from ray_helpers import assert_nothing_left, on, ray, ray_cluster, region_memory, run_on
 
 import mshare
 import mshare.ray
@@ -166,14 +166,15 @@ def test_stats_report_owner_and_memory(cluster, nodes, name):
     head, worker = nodes
     mshare.ray.ensure(name, 8 * SIZE)
     stats = mshare.ray.stats(name, worker)
-    assert stats.memory_bytes == 8 * SIZE         # reserved in full when created
+    one_region = region_memory(8 * SIZE, stats.info.page_size)
+    assert stats.memory_bytes == one_region       # reserved in full when created
     assert stats.registry == cluster.registry
     assert stats.name == mshare.ray.region_name(name, worker)
     assert stats.info.attached == 1               # the owner
     fill = ray.remote(num_cpus=0)(_fill)
     ray.get([fill.options(**on(worker)).remote(name, 8 * SIZE, 1.0) for _ in range(3)],
             timeout=60)
-    assert mshare.ray.stats(name, worker).memory_bytes == 8 * SIZE   # no copies
+    assert mshare.ray.stats(name, worker).memory_bytes == one_region   # no copies
     assert mshare.ray.info(name, worker).size == 8 * SIZE
     handle = mshare.ray.owner(name, worker)
     assert ray.get(handle.stats.remote(), timeout=30).owner_pid == stats.owner_pid
