@@ -25,7 +25,6 @@ ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip ins
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-import mshare.ray  # noqa: E402
 from mshare.addresses import round_up  # noqa: E402
 from mshare.operations import bookkeeping_length  # noqa: E402
 from mshare.registry import Registry  # noqa: E402

@@ -5,7 +5,6 @@ racing to create. Each gives a clear error or recovers correctly, fast, leaving 
 
 import contextlib
 import errno
-import os
 import subprocess
 import sys
 import textwrap

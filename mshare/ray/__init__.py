@@ -18,6 +18,7 @@ killed owner ``OwnerLostError``; nothing waits forever.
 """
 
 import errno
+from typing import Dict, List, Optional
 
 import mshare
 from mshare.names import validate_mode, validate_name, validate_size
@@ -46,7 +47,7 @@ __all__ = [
 _NODE_SEPARATOR = "@"
 
 
-def region_name(name: str, node_id: str = None) -> str:
+def region_name(name: str, node_id: Optional[str] = None) -> str:
     """The node-scoped name of region ``name`` in a node's registry: ``name@NODE_ID``.
 
     Nodes of a one-machine Ray cluster share ``/dev/shm``; the node id in the name keeps
@@ -60,8 +61,8 @@ def region_name(name: str, node_id: str = None) -> str:
     return scoped
 
 
-def attach(name: str, size: int = None, *, mode: int = 0o600, readonly: bool = False,
-           populate: bool = False, timeout: float = DEFAULT_TIMEOUT):
+def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, readonly: bool = False,
+           populate: bool = False, timeout: float = DEFAULT_TIMEOUT) -> mshare.Region:
     """Attach region ``name`` of the current node, creating it first if ``size`` is given.
 
     Call it from any task, actor or driver; it returns an ordinary ``mshare.Region``
@@ -84,14 +85,15 @@ def attach(name: str, size: int = None, *, mode: int = 0o600, readonly: bool = F
     if size is None and local_info(scoped) is None:
         # Fail fast and clearly instead of starting an owner that can only fail.
         raise FileNotFoundError(
-            errno.ENOENT, f"no region {name!r} on this Ray node ({node_id}) yet: pass size= to create "
-            "it, or call mshare.ray.ensure() first", name,
+            errno.ENOENT, f"no region {name!r} on this Ray node ({node_id}) yet: pass size= "
+            "to create it, or call mshare.ray.ensure() first", name,
         )
     _open_owner(ray, node_id, name, size, mode, deadline)
     return mshare.attach(scoped, readonly=readonly, populate=populate)
 
 
-def ensure(name: str, size: int, *, mode: int = 0o600, timeout: float = DEFAULT_TIMEOUT) -> dict:
+def ensure(name: str, size: int, *, mode: int = 0o600,
+           timeout: float = DEFAULT_TIMEOUT) -> Dict[str, mshare.RegionInfo]:
     """Make sure region ``name`` of ``size`` bytes exists on every alive node.
 
     Returns ``{node_id: RegionInfo}``. Owners start on all nodes at once. A node that
@@ -118,7 +120,7 @@ def ensure(name: str, size: int, *, mode: int = 0o600, timeout: float = DEFAULT_
     return found
 
 
-def owner(name: str, node_id: str = None, *, timeout: float = DEFAULT_TIMEOUT):
+def owner(name: str, node_id: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT):
     """The Ray actor handle of region ``name``'s owner on a node (default: this one).
 
     ``FileNotFoundError`` if there is no such region, ``OwnerLostError`` if the region
@@ -130,7 +132,8 @@ def owner(name: str, node_id: str = None, *, timeout: float = DEFAULT_TIMEOUT):
     return _owner_or_raise(ray, node_id, name, deadline)
 
 
-def stats(name: str, node_id: str = None, *, timeout: float = DEFAULT_TIMEOUT) -> RegionStats:
+def stats(name: str, node_id: Optional[str] = None, *,
+          timeout: float = DEFAULT_TIMEOUT) -> RegionStats:
     """``RegionStats`` of region ``name`` on a node (default: this one), from its owner:
     owner pid, processes attached, bytes resident in the node's memory."""
     deadline = Deadline(timeout)
@@ -141,12 +144,13 @@ def stats(name: str, node_id: str = None, *, timeout: float = DEFAULT_TIMEOUT) -
                          what=f"stats of region {name!r}", node_id=node_id)
 
 
-def info(name: str, node_id: str = None, *, timeout: float = DEFAULT_TIMEOUT):
+def info(name: str, node_id: Optional[str] = None, *,
+         timeout: float = DEFAULT_TIMEOUT) -> mshare.RegionInfo:
     """The ``mshare.RegionInfo`` of region ``name`` on a node (default: this one)."""
     return stats(name, node_id, timeout=timeout).info
 
 
-def nodes(name: str) -> list:
+def nodes(name: str) -> List[str]:
     """Ids of the alive nodes where region ``name`` has an owner, sorted."""
     ray = cluster.import_ray()
     validate_name(name)
@@ -157,8 +161,8 @@ def nodes(name: str) -> list:
     return sorted(owned.intersection(cluster.alive_nodes(ray)))
 
 
-def destroy(name: str, node_id: str = None, *, all_nodes: bool = False,
-            timeout: float = DEFAULT_TIMEOUT) -> list:
+def destroy(name: str, node_id: Optional[str] = None, *, all_nodes: bool = False,
+            timeout: float = DEFAULT_TIMEOUT) -> List[str]:
     """Unlink region ``name`` and stop its owner on one node (default: this one) or on
     every alive node; returns the ids of the nodes where a region was removed.
 
