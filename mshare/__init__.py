@@ -10,14 +10,18 @@ from mshare.errors import (
     AddressConflictError,
     CorruptBookkeepingError,
     CorruptEntryError,
+    HugePagesFallbackWarning,
+    HugePagesUnavailableError,
     MshareError,
     OwnerDiedError,
     RegionFullError,
     UnsafeRegistryError,
 )
+from mshare.garbage import GcReport, gc
 from mshare.info import RegionInfo
 from mshare.operations import attach, create, info, unlink
 from mshare.operations import list_regions as list
+from mshare.pagetables import PageTableStats, RegionStats, pagetable_stats
 from mshare.region import Region
 
 __version__ = "0.1.0"
@@ -26,15 +30,22 @@ __all__ = [
     "AddressConflictError",
     "CorruptBookkeepingError",
     "CorruptEntryError",
+    "GcReport",
+    "HugePagesFallbackWarning",
+    "HugePagesUnavailableError",
     "MshareError",
     "OwnerDiedError",
+    "PageTableStats",
     "Region",
     "RegionFullError",
     "RegionInfo",
+    "RegionStats",
     "UnsafeRegistryError",
     "attach",
     "create",
+    "gc",
     "info",
     "list",
+    "pagetable_stats",
     "unlink",
 ]

@@ -1,5 +1,7 @@
 PAGE_SIZE: int
 
+def kernel_features() -> dict[str, bool]: ...
+
 class Mapping:
     addr: int
     length: int

@@ -191,3 +191,28 @@ cdef class MappedBuffer:
 
     def __releasebuffer__(self, Py_buffer *view):
         self.mapping.exports -= 1
+
+
+def kernel_features():
+    """Which mapping features of recent kernels this one has, found by trying them on a
+    page of anonymous memory rather than trusting the version number (distributions
+    backport): ``{"MAP_FIXED_NOREPLACE": bool, "MADV_POPULATE": bool}``.
+    """
+    cdef size_t length = PAGE_SIZE
+    cdef void *page = mmap(NULL, length, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    cdef void *second
+    cdef int err
+    if page == MAP_FAILED:
+        raise_errno(errno)
+    try:
+        # Asking for an address that is taken: EEXIST where the flag is known; older
+        # kernels take it for a hint and answer with another address.
+        second = mmap(page, length, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        err = errno
+        if second != MAP_FAILED:
+            munmap(second, length)
+        noreplace = second == MAP_FAILED and err == EEXIST
+        populate = madvise(page, length, MADV_POPULATE_READ) == 0
+    finally:
+        munmap(page, length)
+    return {"MAP_FIXED_NOREPLACE": noreplace, "MADV_POPULATE": populate}

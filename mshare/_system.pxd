@@ -49,6 +49,8 @@ cdef extern from "<sys/mman.h>" nogil:
     int PROT_READ
     int PROT_WRITE
     int MAP_SHARED
+    int MAP_PRIVATE
+    int MAP_ANONYMOUS
     int MAP_FIXED
 
 cdef extern from "<unistd.h>" nogil:

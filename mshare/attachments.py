@@ -10,6 +10,7 @@ import fcntl
 import os
 import threading
 
+from mshare import faults
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.backends import get_backend
 from mshare.registry import RangeClaim, Registry
@@ -47,6 +48,7 @@ class Attachment:
         self.mapping.unmap()
         if self.bookkeeping is not None:
             self.bookkeeping.detach()
+        faults.point("close:unmapped")
         self.forget()
 
     def forget(self):
@@ -57,6 +59,7 @@ class Attachment:
         if self.mark_fd >= 0:
             os.close(self.mark_fd)
             self.mark_fd = -1
+            faults.point("close:unmarked")
 
     def release_range_if_unlinked(self):
         """Call after ``detach``/``forget``, outside ``table_lock``: it takes the registry

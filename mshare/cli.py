@@ -1,4 +1,4 @@
-"""The ``mshare`` command: ``ls``, ``info``, ``create``, ``rm``, ``demo``.
+"""The ``mshare`` command: ``ls``, ``info``, ``create``, ``rm``, ``demo``, ``mount``, ``umount``, ``doctor``.
 
 Errors print one line to stderr and exit non-zero (2 for usage, 1 for failures).
 """
@@ -11,6 +11,8 @@ import stat
 import sys
 
 import mshare
+from mshare import doctor, garbage, mounts
+from mshare.backends.selection import CHOICES
 from mshare.registry import registry_root
 from mshare.units import format_size, parse_size
 
@@ -29,6 +31,12 @@ def _group(gid):
         return str(gid)
 
 
+def printable(name):
+    """``name`` with control characters and undecodable bytes escaped, as ``ls -b``
+    does: anyone can name an entry, and the name must not drive the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
+
+
 def command_ls(args):
     regions = mshare.list()
     print(f"registry {registry_root()}: {len(regions)} region(s)")
@@ -36,11 +44,13 @@ def command_ls(args):
         mode = stat.filemode(stat.S_IFREG | region.mode)
         owner = f"{_user(region.uid)} {_group(region.gid)}"
         if region.status != "ok":
-            print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} {region.name}  ({region.status})")
+            print(f"{mode} {owner:>16} {'?':>7} {'?':>18} {'?':>6} {'?':>7} {'?':>3} "
+                  f"{printable(region.name)}  ({printable(region.status)})")
             continue
         print(
             f"{mode} {owner:>16} {format_size(region.size):>7} {region.addr:#018x} "
-            f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} {region.name}"
+            f"{format_size(region.page_size):>6} {region.backend:>7} {region.attached:>3} "
+            f"{printable(region.name)}"
         )
 
 
@@ -48,7 +58,7 @@ def command_info(args):
     region = mshare.info(args.name)
     created = datetime.datetime.fromtimestamp(region.created).isoformat(timespec="seconds")
     rows = [
-        ("name", region.name),
+        ("name", printable(region.name)),
         ("address", f"{region.addr:#x}"),
         ("size", f"{region.size} ({format_size(region.size)})"),
         ("mode", f"{region.mode:04o} ({stat.filemode(stat.S_IFREG | region.mode)})"),
@@ -65,9 +75,9 @@ def command_info(args):
 
 
 def command_create(args):
-    with mshare.create(args.name, args.size, mode=args.mode) as region:
+    with mshare.create(args.name, args.size, mode=args.mode, hugepages=args.hugepages) as region:
         print(f"created {region.name}: {format_size(region.size)} at {region.addr:#x} "
-              f"({region.backend}, mode {region.mode:04o})")
+              f"({region.backend}, {format_size(region.page_size)} pages, mode {region.mode:04o})")
 
 
 def command_rm(args):
@@ -112,6 +122,8 @@ def build_parser():
     create.add_argument("name")
     create.add_argument("size", type=_size, help="bytes, or with a unit: 64M, 2G")
     create.add_argument("--mode", type=_octal_mode, default=0o600, help="permission bits (default 0600)")
+    create.add_argument("--hugepages", choices=CHOICES, default="auto",
+                        help="backend: auto (default: the best available), hugetlb, thp, off")
     create.set_defaults(handler=command_create)
 
     rm = commands.add_parser("rm", help="unlink regions (mappings stay valid until closed)")
@@ -123,6 +135,10 @@ def build_parser():
 
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=command_demo)
+
+    garbage.add_parser(commands)
+    mounts.add_parser(commands)
+    doctor.add_parser(commands)
     return parser
 
 

@@ -29,6 +29,7 @@ Every field is checked before anything is mapped; a bad entry raises
 ``CorruptEntryError`` naming the field.
 """
 
+import math
 import re
 import struct
 import zlib
@@ -43,6 +44,8 @@ _CRC = struct.Struct("<I")
 MAX_LOCATION_BYTES = 4096
 MAX_ENTRY_BYTES = _FIXED.size + MAX_LOCATION_BYTES + _CRC.size
 _REGION_ID = re.compile(r"[0-9a-f]{16}\Z")
+# Creation times are shown as dates; a forged one must not overflow the conversion.
+_LATEST_CREATION = 32503680000.0
 
 
 @dataclass(frozen=True)
@@ -140,3 +143,5 @@ def _check_geometry(entry, alignment, arena):
         )
     if not entry.location or "\0" in entry.location:
         raise CorruptEntryError("entry has no valid data location")
+    if not (math.isfinite(entry.created) and 0 <= entry.created < _LATEST_CREATION):
+        raise CorruptEntryError(f"entry creation time {entry.created!r} is not a plausible date")

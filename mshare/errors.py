@@ -34,6 +34,16 @@ class UnsafeRegistryError(MshareError):
         super().__init__(errno.EPERM, message, path)
 
 
+class HugePagesUnavailableError(MshareError):
+    """A demanded huge-page backend cannot hold the region: nothing is mounted where it
+    needs a mount (``ENODEV``), the hugetlb pool is short (``ENOMEM``) or the huge-page
+    tmpfs is full (``ENOSPC``). The message names what is missing and the fixing command."""
+
+
+class HugePagesFallbackWarning(RuntimeWarning):
+    """``hugepages="auto"`` found huge pages set up but unable to hold a region, and used
+    the next backend instead."""
+
 class OwnerDiedError(MshareError):
     """The previous holder of a region's lock died while holding it.
 

@@ -12,18 +12,19 @@ import time
 from contextlib import ExitStack
 from typing import List, Optional
 
-from mshare import addresses, attachments
+from mshare import addresses, attachments, binding, faults
 from mshare._core import Mapping
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.attachments import Attachment
 from mshare.backends import get_backend
+from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
 from mshare.info import RegionInfo
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import RangeClaim, Registry, range_file_name
+from mshare.registry import Registry, range_file_name
 
 
 def bookkeeping_length(page_size):
@@ -38,13 +39,17 @@ def initialize_bookkeeping(mapping, entry):
 
 
 def create(
-    name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False
+    name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False,
+    hugepages: str = "auto",
 ) -> Region:
     """Create the region ``name`` of exactly ``size`` bytes and map it.
 
     ``mode`` is applied exactly (no umask) to the registry entry and the data object.
     ``addr`` chooses the start address (1 GiB aligned, inside the arena); by default the
     registry picks the lowest free one. ``FileExistsError`` if the name is taken.
+    ``hugepages`` picks the backend: ``"auto"`` the best available (hugetlb, thp, shm),
+    ``"hugetlb"``/``"thp"`` demand one (``HugePagesUnavailableError`` says what is
+    missing), ``"off"`` is 4 KiB pages in ``/dev/shm``.
 
     >>> region = mshare.create("frames", 64 << 20, mode=0o640)
     """
@@ -52,12 +57,16 @@ def create(
     validate_size(size)
     validate_mode(mode)
     _require_bool(populate, "populate")
-    backend = get_backend("shm")
+    validate_hugepages(hugepages)
+    arena_start, arena_end = addresses.arena()
+    # Checked before a backend is chosen too, so none is asked to hold the impossible.
+    if size > arena_end - arena_start:
+        raise ValueError(f"size {size} is larger than the whole address arena")
+    backend = choose_backend(hugepages, size, bookkeeping_length)
     page_size = backend.page_size()
     data_length = addresses.round_up(size, page_size)
     map_length = data_length + bookkeeping_length(page_size)
     reserved_length = addresses.round_up(map_length, addresses.ALIGNMENT)
-    arena_start, arena_end = addresses.arena()
     if reserved_length > arena_end - arena_start:
         raise ValueError(f"size {size} is larger than the whole address arena")
     if addr is not None:
@@ -68,16 +77,20 @@ def create(
         location = backend.location_for(registry.registry_id, region_id)
         with registry.locked(), ExitStack() as undo:
             registry.refuse_existing(name)
+            faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)
             range_file = registry.claim_range(start, start + reserved_length, backend.name, location)
             undo.callback(os.unlink, range_file, dir_fd=registry.dir_fd)
+            faults.point("create:range-claimed")
             fd = backend.create(location, map_length, mode)
             undo.callback(backend.unlink, location)
+            faults.point("create:data-created")
             try:
                 mapping = Mapping.map_fixed(fd, start, map_length, True, f"region {name!r}")
             finally:
                 os.close(fd)
             undo.callback(mapping.unmap)
+            faults.point("create:mapped")
             backend.after_map(mapping)
             entry = Entry(
                 addr=start, size=size, data_length=data_length, map_length=map_length,
@@ -88,6 +101,7 @@ def create(
             initialize_bookkeeping(mapping, entry)
             registry.publish(name, entry.pack(), mode, region_id)
             undo.callback(registry.remove_entry, name)
+            faults.point("create:published")
             mark_fd = registry.hold_range(range_file)
             undo.callback(os.close, mark_fd)
             entry_stat = registry.stat_entry(name)
@@ -99,6 +113,7 @@ def create(
                 attachments.add(attachment)
                 region = Region(attachment, name, False, entry_stat)
             undo.pop_all()
+            faults.point("create:marked")
     if populate:
         try:
             region.populate()
@@ -132,14 +147,16 @@ def attach_by_pickle(name, readonly, registry_path):
 def _attach(name, readonly, populate, root):
     with Registry(root) as registry:
         with registry.locked(exclusive=False):
+            faults.point("attach:locked")
             entry, entry_stat = registry.read_entry(name, writable=not readonly)
+            faults.point("attach:entry-read")
             with attachments.table_lock:
                 attachment = attachments.find((registry.identity, entry.region_id))
                 if attachment is None:
                     attachment = _map_entry(registry, name, entry, entry_stat, not readonly)
                     attachments.add(attachment)
                 elif not readonly and not attachment.mapping.writable:
-                    fd = get_backend(entry.backend).open(entry.location, True)
+                    fd = binding.open_data(name, entry, entry_stat, True)
                     try:
                         attachment.mapping.remap_writable(fd)
                     finally:
@@ -152,35 +169,20 @@ def _attach(name, readonly, populate, root):
 
 def _map_entry(registry, name, entry, entry_stat, writable):
     backend = get_backend(entry.backend)
+    fd = binding.open_data(name, entry, entry_stat, writable)
     try:
-        fd = backend.open(entry.location, writable)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            errno.ENOENT,
-            f"the data of region {name!r} ({backend.path(entry.location)}) is gone; "
-            "the entry is stale (run: mshare gc)", name,
-        ) from None
-    try:
-        data_stat = os.fstat(fd)
-        if data_stat.st_uid != entry_stat.st_uid:
-            raise CorruptEntryError(
-                f"region {name!r}: entry owned by uid {entry_stat.st_uid} but its data by uid "
-                f"{data_stat.st_uid}; refusing to map it", name,
-            )
-        if data_stat.st_size < entry.map_length:
-            raise CorruptEntryError(
-                f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
-                f"says {entry.map_length}", name,
-            )
+        faults.point("attach:data-opened")
         range_file = range_file_name(entry.addr, entry.end)
         try:
             mark_fd = registry.hold_range(range_file)
+            faults.point("attach:marked")
         except FileNotFoundError:
             raise CorruptEntryError(
                 f"region {name!r}: its address range is not recorded in the registry", name
             ) from None
         try:
             mapping = Mapping.map_fixed(fd, entry.addr, entry.map_length, writable, f"region {name!r}")
+            faults.point("attach:mapped")
             backend.after_map(mapping)
         except BaseException:
             os.close(mark_fd)
@@ -227,6 +229,7 @@ def unlink(name: str) -> None:
     """
     validate_name(name)
     with Registry() as registry, registry.locked():
+        faults.point("unlink:locked")
         entry_stat = registry.stat_entry(name)
         user = os.geteuid()
         if user != 0 and entry_stat.st_uid != user:
@@ -237,12 +240,9 @@ def unlink(name: str) -> None:
             )
         entry = _readable_entry(registry, name, entry_stat)
         registry.remove_entry(name)
+        faults.point("unlink:entry-removed")
         if entry is not None:
-            get_backend(entry.backend).unlink(entry.location)
-            registry.release_range_if_unused(RangeClaim(
-                entry.addr, entry.end, range_file_name(entry.addr, entry.end),
-                entry.backend, entry.location,
-            ))
+            binding.remove_data(registry, entry, entry_stat)
 
 
 def _readable_entry(registry, name, entry_stat):

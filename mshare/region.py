@@ -2,8 +2,8 @@
 
 import stat
 
-from mshare import attachments
-from mshare._core import MappedBuffer
+from mshare import attachments, pagetables
+from mshare._core import PAGE_SIZE, MappedBuffer
 from mshare.errors import CorruptEntryError
 from mshare.managed import ManagedMemory
 
@@ -56,7 +56,18 @@ class Region(ManagedMemory):
 
     @property
     def page_size(self) -> int:
-        return self._attachment.entry.page_size
+        """The page size the kernel really maps the region with in this process (from
+        ``/proc/self/smaps``), which may differ from the one its backend asked for; once
+        closed, the one recorded in the registry."""
+        if self._closed:
+            return self._attachment.entry.page_size
+        return pagetables.page_size_of(pagetables.mapping_smaps(self.addr))
+
+    def stats(self) -> "pagetables.RegionStats":
+        """Backend, page size, bytes resident, and whether page tables are shared."""
+        if self._closed:
+            raise ValueError(f"region {self._name!r} is closed")
+        return pagetables.region_stats(self.backend, self.addr)
 
     @property
     def backend(self) -> str:
@@ -118,7 +129,10 @@ class Region(ManagedMemory):
 
     def populate(self) -> None:
         """Pre-fault every page now (``MADV_POPULATE_*``, the GIL released)."""
-        self._attachment.mapping.populate(self.page_size, write=not self._readonly)
+        # Touching (on kernels without MADV_POPULATE_*) steps by the page size the page
+        # tables use, which for transparent huge pages is 4 KiB until they are assembled.
+        kernel_page_size = pagetables.mapping_smaps(self.addr).get("KernelPageSize", PAGE_SIZE)
+        self._attachment.mapping.populate(kernel_page_size, write=not self._readonly)
 
     # -- lifetime ------------------------------------------------------------------------
 

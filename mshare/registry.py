@@ -30,9 +30,9 @@ import stat
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from mshare import addresses, entry as entry_format
+from mshare import addresses, entry as entry_format, faults
 from mshare.backends import BACKENDS, get_backend
-from mshare.errors import CorruptEntryError, UnsafeRegistryError
+from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
 
 DEFAULT_ROOT = "/dev/shm/mshare"
 INFO_FILE = "mshare_info"
@@ -169,10 +169,10 @@ class Registry:
             raise CorruptEntryError(f"registry entry {name!r}: {error.strerror}", name) from None
         except ValueError as error:
             raise CorruptEntryError(f"registry entry {name!r}: {error}", name) from None
-        if not backend.owns_location(found.location, self.registry_id):
+        problem = backend.location_problem(found.location, self.registry_id)
+        if problem is not None:
             raise CorruptEntryError(
-                f"registry entry {name!r} points at {found.location!r}, "
-                "which is not a data object of this registry", name
+                f"registry entry {name!r} points at {found.location!r}, {problem}", name
             )
         return found
 
@@ -190,6 +190,7 @@ class Registry:
                 os.fchmod(fd, mode)
             finally:
                 os.close(fd)
+            faults.point("create:entry-written")
             try:
                 os.link(temp_name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
                         follow_symlinks=False)
@@ -224,19 +225,34 @@ class Registry:
                 start, end = int(start_text, 16), int(end_text, 16)
             except ValueError:
                 continue
-            backend, location = "", ""
-            try:
-                fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=self.dir_fd)
-                try:
-                    if stat.S_ISREG(os.fstat(fd).st_mode):
-                        backend, _, location = _read_at_most(fd, 8192).decode().partition(" ")
-                finally:
-                    os.close(fd)
-            except (OSError, UnicodeDecodeError):
-                pass
-            claims.append(RangeClaim(start, end, file_name, backend, location.strip()))
+            claims.append(self._read_range(file_name, start, end)[0])
         return claims
+
+    def recorded_range(self, start, end):
+        """``(RangeClaim, owner uid)`` of the range file for ``[start, end)``;
+        ``(None, None)`` when there is none. Whoever made the file owns it, so the owner
+        tells a region's own range from one planted under its address by someone else."""
+        file_name = range_file_name(start, end)
+        claim, owner = self._read_range(file_name, start, end)
+        if owner is None:
+            return None, None
+        return claim, owner
+
+    def _read_range(self, file_name, start, end):
+        backend, location, owner = "", "", None
+        try:
+            fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.dir_fd)
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode):
+                    owner = info.st_uid
+                    backend, _, location = _read_at_most(fd, 8192).decode().partition(" ")
+            finally:
+                os.close(fd)
+        except (OSError, UnicodeDecodeError):
+            pass
+        return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
     def claim_range(self, start, end, backend, location):
         """Record ``[start, end)`` as taken by a region's data object."""
@@ -246,6 +262,7 @@ class Registry:
             PUBLIC_READ, dir_fd=self.dir_fd,
         )
         try:
+            faults.point("create:range-opened")
             _write_all(fd, f"{backend} {location}\n".encode())
             os.fchmod(fd, PUBLIC_READ)
         except BaseException:
@@ -258,12 +275,28 @@ class Registry:
     def hold_range(self, file_name):
         """Open a range file and take a shared ``flock`` on it: this process maps it.
         Returns the descriptor; closing it (or dying) drops the mark."""
-        fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=self.dir_fd)
+        try:
+            fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self.dir_fd)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):
+                raise CorruptEntryError(
+                    f"address range file {file_name!r} is not a regular file") from None
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                # Never wait: mshare takes this lock exclusively only for an instant and
+                # under the registry lock, which the caller holds, so an exclusive holder
+                # now is someone blocking the region on purpose.
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MshareError(
+                    errno.EAGAIN,
+                    f"address range file {file_name!r} is locked exclusively by another "
+                    "process, which blocks the region (find it in /proc/locks)",
+                ) from None
         except BaseException:
             os.close(fd)
             raise

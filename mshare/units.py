@@ -26,3 +26,12 @@ def format_size(size):
             value = size / multiplier
             return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
     return str(size)
+
+
+def format_exact_size(size):
+    """``size`` bytes in the largest binary unit that divides it (``3074M``): what a
+    command suggested to the user must read back as exactly that many bytes."""
+    for unit in ("P", "T", "G", "M", "K"):
+        if size and size % _MULTIPLIERS[unit] == 0:
+            return f"{size // _MULTIPLIERS[unit]}{unit}"
+    return str(size)

@@ -8,9 +8,16 @@ import uuid
 
 import pytest
 
-from helpers import WORLD_READABLE_SITE, child_python_path, prepare_world_readable_site, shm_objects_of
+from helpers import (
+    WORLD_READABLE_SITE,
+    child_python_path,
+    huge_page_objects_of,
+    prepare_world_readable_site,
+    shm_objects_of,
+)
 
 BASE = "/tmp/mshare-tests"
+pytest_plugins = ["hugepage_fixtures"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,9 +72,9 @@ def _assert_clean(path):
     from mshare.registry import Registry
 
     with Registry(path) as registry:
-        leftovers = shm_objects_of(registry.registry_id)
+        leftovers = shm_objects_of(registry.registry_id) + huge_page_objects_of(registry.registry_id)
         files = sorted(set(os.listdir(path)) - {"mshare_info", ".lock"})
-    assert not leftovers, f"data objects left in /dev/shm: {leftovers}"
+    assert not leftovers, f"data objects left behind: {leftovers}"
     assert not files, f"registry entries left behind: {files}"
 
 

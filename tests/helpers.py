@@ -1,5 +1,6 @@
 """Test utilities: child interpreters (optionally as another user) and /dev/shm views."""
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -10,7 +11,9 @@ import textwrap
 import mshare
 
 SHM = "/dev/shm"
-WORLD_READABLE_SITE = "/tmp/mshare-tests/site"
+# One copy per checkout, so that test sessions of different checkouts can run side by side.
+WORLD_READABLE_SITE = "/tmp/mshare-tests/site-" + hashlib.blake2b(
+    os.path.dirname(mshare.__file__).encode(), digest_size=4).hexdigest()
 # The default interpreter may live under a 0700 home; this one any user can run.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -18,6 +21,23 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def shm_objects_of(registry_id):
     """Data objects in /dev/shm that belong to the registry with this id."""
     return sorted(f for f in os.listdir(SHM) if f"-{registry_id}-" in f)
+
+
+def huge_page_objects_of(registry_id):
+    """Data objects on hugetlbfs and tmpfs mounts (other than /dev/shm) that belong to the
+    registry with this id, as paths."""
+    from mshare import machine
+
+    found = []
+    for mount in machine.visible_mounts(machine.HUGETLBFS) + machine.visible_mounts(machine.TMPFS):
+        if mount.mount_point == SHM:
+            continue
+        try:
+            names = os.listdir(mount.mount_point)
+        except OSError:
+            continue
+        found += [os.path.join(mount.mount_point, f) for f in names if f"-{registry_id}-" in f]
+    return sorted(found)
 
 
 def child_python_path():

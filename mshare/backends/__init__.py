@@ -6,9 +6,11 @@ never collide in the data objects they use.
 """
 
 from mshare.backends.base import Backend
+from mshare.backends.hugetlb import HugetlbBackend
 from mshare.backends.shm import ShmBackend
+from mshare.backends.thp import ThpBackend
 
-BACKENDS = {backend.name: backend for backend in (ShmBackend(),)}
+BACKENDS = {backend.name: backend for backend in (ShmBackend(), HugetlbBackend(), ThpBackend())}
 
 
 def get_backend(name):

@@ -27,6 +27,29 @@ class Backend:
         """
         raise NotImplementedError
 
+    def location_problem(self, location, registry_id):
+        """Why ``location`` is not one this backend would make for ``registry_id`` (a phrase
+        read after "points at LOCATION, "), or ``None`` when it is one."""
+        if self.owns_location(location, registry_id):
+            return None
+        return "which is not a data object of this registry"
+
+    def locations(self, registry_id):
+        """Every data object of the registry ``registry_id`` that exists now, as
+        locations (``mshare gc`` looks for orphans among them).
+
+        Works for backends whose location ends in the data object's file name, as
+        every backend here does; override otherwise.
+        """
+        sample = self.location_for(registry_id, "0" * 16)
+        directory = os.path.dirname(self.path(sample))
+        try:
+            file_names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        found = (os.path.join(os.path.dirname(sample), file_name) for file_name in file_names)
+        return sorted(location for location in found if self.owns_location(location, registry_id))
+
     def path(self, location):
         """The file-system path of a location (for ``stat`` and messages)."""
         raise NotImplementedError
@@ -37,7 +60,11 @@ class Backend:
         raise NotImplementedError
 
     def open(self, location, writable):
-        """Open an existing data object; the kernel checks its owner and mode."""
+        """Open an existing data object; the kernel checks its owner and mode.
+
+        Anyone may plant files where data objects live: never follow a symbolic link
+        and never block (``O_NOFOLLOW | O_NONBLOCK``, so a FIFO cannot hang the caller).
+        """
         raise NotImplementedError
 
     def unlink(self, location):

@@ -82,7 +82,13 @@ class ShmBackend(Backend):
         path = self.path(location)
         with _translated(path):
             memory = posix_ipc.SharedMemory(location, posix_ipc.O_CREX, mode=mode)
-        fd = os.dup(memory.fd)
+        try:
+            fd = os.dup(memory.fd)
+        except BaseException:
+            # Out of descriptors (EMFILE) right after shm_open: undo both.
+            memory.close_fd()
+            self.unlink(location)
+            raise
         memory.close_fd()
         try:
             # shm_open applies the umask; the registry promises the mode exactly.
@@ -96,17 +102,16 @@ class ShmBackend(Backend):
         return fd
 
     def open(self, location, writable):
-        path = self.path(location)
-        with _translated(path):
-            memory = posix_ipc.SharedMemory(location, 0, read_only=not writable)
-        fd = os.dup(memory.fd)
-        memory.close_fd()
-        return fd
+        # shm_open is exactly this open(2) but without O_NONBLOCK, and a FIFO planted
+        # under the name would block it forever.
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(self.path(location), flags)
 
     def unlink(self, location):
         try:
-            posix_ipc.unlink_shared_memory(location)
-        except posix_ipc.ExistentialError:
+            with _translated(self.path(location)):
+                posix_ipc.unlink_shared_memory(location)
+        except FileNotFoundError:
             pass
 
 
@@ -125,6 +130,7 @@ class _translated:
         if isinstance(error, posix_ipc.PermissionsError):
             raise PermissionError(errno.EACCES, "permission denied", self.path) from None
         if isinstance(error, posix_ipc.ExistentialError):
-            code = errno.EEXIST if "exists" in str(error).lower() else errno.ENOENT
+            # "No shared memory exists with ..." versus "... already exists".
+            code = errno.EEXIST if "already exists" in str(error).lower() else errno.ENOENT
             raise OSError(code, os.strerror(code), self.path) from None
         raise OSError(errno.EIO, str(error), self.path) from None

@@ -1,0 +1,95 @@
+"""What ties a registry entry to its data object and to its address range.
+
+Anyone may create files in the registry and in ``/dev/shm``, and whoever may write a
+region may also rewrite its entry (the entry's mode is the region's). So the data
+object behind an entry is only mapped, or removed, when it demonstrably belongs to the
+entry: a regular file with the entry's owner, group and mode. A forged or rewritten
+entry can then only lead to a data object that exactly the same users could already
+open with exactly the same rights, never to somebody else's region; and removing a
+planted entry (as root, say) never removes a victim's data or address range.
+"""
+
+import errno
+import os
+import stat
+
+from mshare import faults
+from mshare.backends import get_backend
+from mshare.errors import CorruptEntryError
+
+
+def foreign(entry_stat, data_stat):
+    """Why ``data_stat`` is not the data object of the entry ``entry_stat`` describes,
+    or ``None`` when owner, group and mode all match."""
+    if not stat.S_ISREG(data_stat.st_mode):
+        return "its data object is not a regular file"
+    if data_stat.st_uid != entry_stat.st_uid:
+        return f"entry owned by uid {entry_stat.st_uid} but its data by uid {data_stat.st_uid}"
+    if data_stat.st_gid != entry_stat.st_gid:
+        return f"entry belongs to gid {entry_stat.st_gid} but its data to gid {data_stat.st_gid}"
+    entry_mode, data_mode = stat.S_IMODE(entry_stat.st_mode), stat.S_IMODE(data_stat.st_mode)
+    if entry_mode != data_mode:
+        return (f"entry mode {entry_mode:04o} differs from its data's {data_mode:04o} "
+                "(a chmod must be applied to both)")
+    return None
+
+
+def open_data(name, entry, entry_stat, writable):
+    """Open the data object of ``entry`` once it is shown to belong to the entry and to
+    hold every byte the entry maps. The kernel checks permission on the open itself."""
+    backend = get_backend(entry.backend)
+    path = backend.path(entry.location)
+    # Looked at before opening, so that a redirected entry is named as such rather
+    # than reported as the permission error the kernel would give; checked again on
+    # the open descriptor, which is what counts.
+    try:
+        _refuse_foreign(name, entry_stat, os.stat(path, follow_symlinks=False))
+        fd = backend.open(entry.location, writable)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"the data of region {name!r} ({path}) is gone; the entry is stale (run: mshare gc)",
+            name,
+        ) from None
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise CorruptEntryError(
+                f"region {name!r}: its data object {path} is not a regular file", name
+            ) from None
+        raise
+    try:
+        data_stat = os.fstat(fd)
+        _refuse_foreign(name, entry_stat, data_stat)
+        if data_stat.st_size < entry.map_length:
+            raise CorruptEntryError(
+                f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
+                f"says {entry.map_length}; refusing to map it", name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_foreign(name, entry_stat, data_stat):
+    problem = foreign(entry_stat, data_stat)
+    if problem is not None:
+        raise CorruptEntryError(f"region {name!r}: {problem}; refusing to map it", name)
+
+
+def remove_data(registry, entry, entry_stat):
+    """After an entry is unlinked, remove its data object and release its address range,
+    each only if it belongs to the entry; anything else stays for its owner (or gc)."""
+    backend = get_backend(entry.backend)
+    try:
+        data_stat = os.stat(backend.path(entry.location), follow_symlinks=False)
+    except FileNotFoundError:
+        data_stat = None
+    if data_stat is not None:
+        if foreign(entry_stat, data_stat) is not None:
+            return
+        backend.unlink(entry.location)
+        faults.point("unlink:data-removed")
+    claim, owner = registry.recorded_range(entry.addr, entry.end)
+    if (claim is not None and owner == entry_stat.st_uid
+            and (claim.backend, claim.location) == (entry.backend, entry.location)):
+        registry.release_range_if_unused(claim)

@@ -1,0 +1,42 @@
+"""Test-only fault injection: die at a named step, to prove crash safety.
+
+With ``MSHARE_FAULT=OPERATION:STEP`` in its environment (for example
+``MSHARE_FAULT=create:range-claimed``) a process sends itself ``SIGKILL`` the moment it
+reaches that step, exactly as if the OOM killer or an operator had struck there. The
+crash-safety tests run every step in ``STEPS`` and check that the registry stays
+consistent and that ``mshare gc`` restores it. Without the variable (always, outside
+tests) a step costs one environment lookup.
+"""
+
+import os
+import signal
+
+ENVIRONMENT_VARIABLE = "MSHARE_FAULT"
+
+# In the order each operation reaches them; tests iterate over this tuple.
+STEPS = (
+    "create:locked",          # registry lock held, name checked free
+    "create:range-opened",    # range file created, still empty
+    "create:range-claimed",   # range file written
+    "create:data-created",    # data object made and its space reserved
+    "create:mapped",          # data mapped at the region's address
+    "create:entry-written",   # entry written to its temporary file, not yet linked
+    "create:published",       # entry visible under its name
+    "create:marked",          # attach mark taken; create is about to return
+    "attach:locked",          # registry lock held (shared)
+    "attach:entry-read",      # entry read and validated
+    "attach:data-opened",     # data object opened and checked against the entry
+    "attach:marked",          # attach mark taken
+    "attach:mapped",          # data mapped; attach is about to return
+    "close:unmapped",         # mapping gone, attach mark still held
+    "close:unmarked",         # attach mark dropped, range not yet released
+    "unlink:locked",          # registry lock held
+    "unlink:entry-removed",   # name gone (the unlink is committed), data still there
+    "unlink:data-removed",    # data object gone, range file still there
+)
+
+
+def point(step):
+    """Reached ``step``: die here if the environment asks for it."""
+    if os.environ.get(ENVIRONMENT_VARIABLE) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,221 @@
+"""What this machine offers for huge pages: its mounts, its hugetlb pools and its
+transparent-huge-page settings.
+
+Everything is read from ``/proc`` and ``/sys`` on every call, never cached: an
+administrator may mount, unmount or resize a pool at any moment, and a decision made on
+stale facts would point a region at a file system that is no longer there.
+"""
+
+import os
+import re
+from typing import Dict, List, NamedTuple, Optional
+
+HUGETLBFS = "hugetlbfs"
+TMPFS = "tmpfs"
+HUGEPAGES_SYSFS = "/sys/kernel/mm/hugepages"
+THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
+# tmpfs ``huge=`` policies under which a mapping advised with MADV_HUGEPAGE gets huge
+# pages ("never" and "deny" are the others).
+HUGE_TMPFS_POLICIES = ("always", "within_size", "advise")
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+class Mount(NamedTuple):
+    """One line of ``/proc/self/mountinfo``."""
+
+    mount_point: str
+    fstype: str
+    device: int
+    options: Dict[str, str]
+
+    @property
+    def huge_policy(self):
+        """A tmpfs mount's ``huge=`` option (``"never"`` when absent)."""
+        return self.options.get("huge", "never")
+
+
+def mounts() -> List[Mount]:
+    """The mounts of this process's mount namespace, in mount order."""
+    found = []
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            # ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+            before, _, after = line.rstrip("\n").partition(" - ")
+            fields, tail = before.split(" "), after.split(" ")
+            major, minor = (int(part) for part in fields[2].split(":"))
+            options = {}
+            for option in (fields[5] + "," + (tail[2] if len(tail) > 2 else "")).split(","):
+                key, _, value = option.partition("=")
+                if key:
+                    options[key] = value
+            found.append(Mount(_unescape(fields[4]), tail[0], os.makedev(major, minor), options))
+    return found
+
+
+def _unescape(path):
+    # The kernel writes space, tab, newline and backslash in mount points as \ooo.
+    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), path)
+
+
+def mount_at(path) -> Optional[Mount]:
+    """The mount whose mount point is exactly ``path``, or ``None``; of mounts stacked on
+    one point the last (the visible one) wins."""
+    visible = None
+    for mount in mounts():
+        if mount.mount_point == path:
+            visible = mount
+    return visible
+
+
+def mount_of_device(device) -> Optional[Mount]:
+    """The mount of the file system a file with ``st_dev == device`` lives on."""
+    for mount in reversed(mounts()):
+        if mount.device == device:
+            return mount
+    return None
+
+
+def visible_mounts(fstype) -> List[Mount]:
+    """Mounts of ``fstype``, each mount point once (the visible one)."""
+    by_point = {}
+    for mount in mounts():
+        by_point.pop(mount.mount_point, None)
+        by_point[mount.mount_point] = mount
+    return [mount for mount in by_point.values() if mount.fstype == fstype]
+
+
+def writable(path) -> bool:
+    """True when this process may create files in the directory ``path``."""
+    return os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+
+
+def world_writable(path) -> bool:
+    """True when every user may create files in ``path`` (mode like 1777)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return mode & 0o003 == 0o003
+
+
+# -- hugetlb pools --------------------------------------------------------------------
+
+
+class HugePagePool(NamedTuple):
+    """The kernel's pool of one huge page size (``/sys/kernel/mm/hugepages``)."""
+
+    page_size: int
+    total: int
+    free: int
+    reserved: int
+    surplus: int
+    overcommit: int
+
+    @property
+    def available(self):
+        """Pages a new mapping can still get: free ones nobody reserved, plus the
+        surplus pages overcommit still allows (those may fail if memory is fragmented)."""
+        return max(0, self.free - self.reserved) + max(0, self.overcommit - self.surplus)
+
+
+def pool_directory(page_size):
+    return os.path.join(HUGEPAGES_SYSFS, f"hugepages-{page_size // 1024}kB")
+
+
+def pools() -> Dict[int, HugePagePool]:
+    """Every huge page size the kernel supports, with its pool, by page size."""
+    found = {}
+    try:
+        names = os.listdir(HUGEPAGES_SYSFS)
+    except FileNotFoundError:
+        return found
+    for directory in names:
+        match = re.fullmatch(r"hugepages-(\d+)kB", directory)
+        if match:
+            page_size = int(match.group(1)) * 1024
+            found[page_size] = pool(page_size)
+    return dict(sorted(found.items()))
+
+
+def pool(page_size) -> HugePagePool:
+    """The pool of ``page_size`` pages (all zero when the kernel lacks that size)."""
+    directory = pool_directory(page_size)
+
+    def read(name):
+        try:
+            with open(os.path.join(directory, name)) as counter:
+                return int(counter.read())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    return HugePagePool(page_size, read("nr_hugepages"), read("free_hugepages"),
+                        read("resv_hugepages"), read("surplus_hugepages"),
+                        read("nr_overcommit_hugepages"))
+
+
+def default_huge_page_size() -> Optional[int]:
+    """The kernel's default huge page size (``Hugepagesize``), or ``None`` without hugetlb."""
+    value = meminfo().get("Hugepagesize")
+    return value * 1024 if value else None
+
+
+def hugetlbfs_page_size(mount_point) -> int:
+    """The page size of a hugetlbfs mount: its ``statfs`` block size."""
+    return os.statvfs(mount_point).f_bsize
+
+
+def hugetlbfs_room(mount_point) -> Optional[int]:
+    """Pages a hugetlbfs mounted with ``size=`` still admits; ``None`` when unlimited
+    (the kernel reports no blocks at all then)."""
+    info = os.statvfs(mount_point)
+    return info.f_bavail if info.f_blocks else None
+
+
+# -- transparent huge pages ---------------------------------------------------------------
+
+
+def thp_setting(name) -> Optional[str]:
+    """The chosen value of a ``/sys/kernel/mm/transparent_hugepage`` setting (the word in
+    brackets), or ``None`` when the kernel has no transparent huge pages."""
+    try:
+        with open(os.path.join(THP_SYSFS, name)) as setting:
+            text = setting.read()
+    except FileNotFoundError:
+        return None
+    match = re.search(r"\[(\w+)\]", text)
+    return match.group(1) if match else text.strip()
+
+
+def pmd_page_size() -> int:
+    """The size of one PMD-mapped page (2 MiB on x86-64): what a transparent huge page is."""
+    try:
+        with open(os.path.join(THP_SYSFS, "hpage_pmd_size")) as setting:
+            return int(setting.read())
+    except (FileNotFoundError, ValueError):
+        return 2 << 20
+
+
+# -- memory counters --------------------------------------------------------------------
+
+
+def meminfo() -> Dict[str, int]:
+    """``/proc/meminfo``: values in KiB (``HugePages_*`` lines are page counts)."""
+    values = {}
+    with open("/proc/meminfo") as lines:
+        for line in lines:
+            key, _, rest = line.partition(":")
+            words = rest.split()
+            if words:
+                values[key] = int(words[0])
+    return values
+
+
+def settle_counters():
+    """Fold the kernel's per-CPU memory counters into ``/proc/meminfo`` (root only; the
+    kernel folds them by itself about once a second, so others may read a stale sum)."""
+    try:
+        with open("/proc/sys/vm/stat_refresh", "w") as refresh:
+            refresh.write("1")
+    except OSError:
+        return False
+    return True
