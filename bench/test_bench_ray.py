@@ -33,7 +33,8 @@ import mshare.ray  # noqa: E402
 SIZES = [(128 << 10, 100), (4 << 20, 10)]
 TASKS = [2, 4, 8]
 CONTENDERS = ["mshare", "actor", "ray.put"]
-SUMMARY = {}   # (elements, tasks, contender) -> (updates/s, bytes through Ray per round, peak bytes)
+SUMMARY = {}   # (elements, tasks, contender) -> (updates/s, bytes through Ray per round, memory)
+BACKENDS = set()   # the backends mshare's "auto" chose for the regions
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,7 @@ class Mshare:
         self.elements, self.rounds = elements, rounds
         self.slices = _slices(elements, tasks)
         self.region = mshare.ray.attach(self.name, elements * 8)
+        BACKENDS.add(f"{self.region.backend} ({self.region.page_size >> 10} KiB pages)")
 
     def run(self):
         ray.get([update_in_place.remote(self.name, self.elements, lo, hi, self.rounds)
@@ -212,7 +214,7 @@ def _print_summary(config):
     if not SUMMARY:
         return
     lines = [f"mshare.ray against Ray's own ways: N tasks on one node ({os.cpu_count()} cores) "
-             "add to disjoint slices of a float64 array",
+             f"add to disjoint slices of a float64 array; mshare regions: {', '.join(BACKENDS)}",
              f"  {'array':>7} {'tasks':>5} {'contender':9} {'updates/s':>10} {'mshare speed-up':>16}"
              f" {'through Ray/round':>18} {'state memory':>13}"]
     for (elements, tasks, contender), (rate, through, memory) in sorted(

@@ -139,9 +139,10 @@ def test_nodes_get_different_regions(cluster, nodes, name):
 
 
 def test_ensure_reaches_every_alive_node_once(cluster, nodes, name):
-    first = mshare.ray.ensure(name, SIZE, mode=0o640)
+    first = mshare.ray.ensure(name, SIZE, mode=0o640, hugepages="off")
     assert sorted(first) == sorted(nodes)
-    assert all(info.size == SIZE and info.mode == 0o640 for info in first.values())
+    assert all(info.size == SIZE and info.mode == 0o640 and info.backend == "shm"
+               for info in first.values())
     again = mshare.ray.ensure(name, SIZE)
     assert {node: info.created for node, info in again.items()} == \
         {node: info.created for node, info in first.items()}
@@ -237,6 +238,8 @@ def test_bad_arguments(cluster, nodes, name):
         mshare.ray.attach(name, True)
     with pytest.raises(ValueError):
         mshare.ray.attach(name, SIZE, mode=0o1000)
+    with pytest.raises(ValueError, match="hugepages"):
+        mshare.ray.ensure(name, SIZE, hugepages="sometimes")
     with pytest.raises(ValueError, match="timeout"):
         mshare.ray.ensure(name, SIZE, timeout=0)
     with pytest.raises(ValueError, match="not both"):

@@ -57,7 +57,7 @@ def _registry_and_shm():
 
 
 def _attach_and_write(name, size, data):
-    with mshare.ray.attach(name, size) as region:
+    with mshare.ray.attach(name, size, hugepages="off") as region:
         region.buf[:len(data)] = data
         return region.addr
 
@@ -73,7 +73,9 @@ def _try_attach(scoped):
 def test_a_region_of_one_node_cannot_be_attached_from_the_other(cluster, isolated, name):
     head, other = cluster.head, isolated.node_id
     try:
-        assert sorted(mshare.ray.ensure(name, SIZE)) == sorted([head, other])
+        # hugepages="off": the region must live in /dev/shm, which is what each node has
+        # its own of (a hugetlbfs mount would be shared here).
+        assert sorted(mshare.ray.ensure(name, SIZE, hugepages="off")) == sorted([head, other])
         run_on(other, _attach_and_write, name, SIZE, b"isolated")
         _attach_and_write(name, SIZE, b"head")
         head_scoped = mshare.ray.region_name(name, head)
@@ -90,7 +92,7 @@ def test_a_region_of_one_node_cannot_be_attached_from_the_other(cluster, isolate
 
         # Separate registries: the same plain name can be created on both nodes.
         plain = f"{name}-plain"
-        with mshare.create(plain, SIZE):
+        with mshare.create(plain, SIZE, hugepages="off"):
             run_on(other, _create_and_unlink, plain)
             mshare.unlink(plain)
     finally:
@@ -99,7 +101,7 @@ def test_a_region_of_one_node_cannot_be_attached_from_the_other(cluster, isolate
 
 
 def _create_and_unlink(name):
-    with mshare.create(name, SIZE):
+    with mshare.create(name, SIZE, hugepages="off"):
         mshare.unlink(name)
 
 
@@ -107,7 +109,7 @@ def test_a_dead_node_takes_its_regions_with_it(cluster, isolated, name):
     # Runs last in this module: it stops the isolated node.
     head, other = cluster.head, isolated.node_id
     try:
-        mshare.ray.ensure(name, SIZE)
+        mshare.ray.ensure(name, SIZE, hugepages="off")
         stats = mshare.ray.stats(name, other)
         assert stats.memory_bytes == region_memory(SIZE, stats.info.page_size)
         isolated.stop()

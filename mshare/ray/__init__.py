@@ -21,6 +21,7 @@ import errno
 from typing import Dict, List, Optional
 
 import mshare
+from mshare.backends.selection import validate_hugepages
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.ray import cluster
 from mshare.ray.cluster import DEFAULT_TIMEOUT, Deadline
@@ -61,16 +62,17 @@ def region_name(name: str, node_id: Optional[str] = None) -> str:
     return scoped
 
 
-def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, readonly: bool = False,
-           populate: bool = False, timeout: float = DEFAULT_TIMEOUT) -> mshare.Region:
+def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, hugepages: str = "auto",
+           readonly: bool = False, populate: bool = False,
+           timeout: float = DEFAULT_TIMEOUT) -> mshare.Region:
     """Attach region ``name`` of the current node, creating it first if ``size`` is given.
 
     Call it from any task, actor or driver; it returns an ordinary ``mshare.Region``
     mapped at the same address in every process of this node (close it when done).
     Creation goes through the node's owner actor, so concurrent callers get one region.
     Without ``size`` the region must exist: ``FileNotFoundError`` otherwise. With
-    ``size``, an existing region of another size raises ``ValueError``. ``mode`` applies
-    when the region is created.
+    ``size``, an existing region of another size raises ``ValueError``. ``mode`` and
+    ``hugepages`` apply when the region is created, as in ``mshare.create``.
 
     >>> with mshare.ray.attach("weights", 1 << 30) as region:
     ...     weights = region.array("w", (1024, 1024), "float32", exist_ok=True)
@@ -78,7 +80,7 @@ def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, readonly
     deadline = Deadline(timeout)
     if size is not None:
         validate_size(size)
-    validate_mode(mode)
+    options = _creation_options(mode, hugepages)
     ray = cluster.import_ray()
     node_id = cluster.current_node_id(ray)
     scoped = region_name(name, node_id)
@@ -88,11 +90,11 @@ def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, readonly
             errno.ENOENT, f"no region {name!r} on this Ray node ({node_id}) yet: pass size= "
             "to create it, or call mshare.ray.ensure() first", name,
         )
-    _open_owner(ray, node_id, name, size, mode, deadline)
+    _open_owner(ray, node_id, name, size, options, deadline)
     return mshare.attach(scoped, readonly=readonly, populate=populate)
 
 
-def ensure(name: str, size: int, *, mode: int = 0o600,
+def ensure(name: str, size: int, *, mode: int = 0o600, hugepages: str = "auto",
            timeout: float = DEFAULT_TIMEOUT) -> Dict[str, mshare.RegionInfo]:
     """Make sure region ``name`` of ``size`` bytes exists on every alive node.
 
@@ -102,15 +104,16 @@ def ensure(name: str, size: int, *, mode: int = 0o600,
     """
     deadline = Deadline(timeout)
     validate_size(size)
-    validate_mode(mode)
+    options = _creation_options(mode, hugepages)
     ray = cluster.import_ray()
-    started = {node_id: _start_owner(ray, node_id, name, size, mode)
+    started = {node_id: _start_owner(ray, node_id, name, size, options)
                for node_id in cluster.alive_nodes(ray)}
     found, failures = {}, []
     for node_id, (handle, reply) in started.items():
         # Settle every node before raising, so that each owner that failed is stopped.
         try:
-            found[node_id] = _settle_owner(ray, node_id, name, size, mode, handle, reply, deadline)
+            found[node_id] = _settle_owner(ray, node_id, name, size, options, handle, reply,
+                                           deadline)
         except NodeDiedError:
             continue
         except Exception as error:
@@ -204,18 +207,25 @@ def _owner_name(name, node_id):
     return cluster.owner_actor_name(registry_root(), region_name(name, node_id))
 
 
-def _start_owner(ray, node_id, name, size, mode):
+def _creation_options(mode, hugepages):
+    """What ``mshare.create`` needs besides name and size, checked here to fail fast."""
+    validate_mode(mode)
+    validate_hugepages(hugepages)
+    return {"mode": mode, "hugepages": hugepages}
+
+
+def _start_owner(ray, node_id, name, size, options):
     """Get or create the owner (race-free: ``get_if_exists``) and ask it to check in."""
     registry = registry_root()
     handle = cluster.remote(ray, RegionOwner).options(
         name=cluster.owner_actor_name(registry, region_name(name, node_id)),
         namespace=cluster.NAMESPACE, lifetime="detached", get_if_exists=True,
         max_restarts=0, **cluster.on_node(node_id, registry),
-    ).remote(region_name(name, node_id), size, mode)
+    ).remote(region_name(name, node_id), size, options)
     return handle, handle.check.remote(size)
 
 
-def _settle_owner(ray, node_id, name, size, mode, handle, reply, deadline):
+def _settle_owner(ray, node_id, name, size, options, handle, reply, deadline):
     """Wait for an owner's check-in; replace an owner that died or failed to start."""
     what = f"the owner of region {name!r}"
     while True:
@@ -233,12 +243,12 @@ def _settle_owner(ray, node_id, name, size, mode, handle, reply, deadline):
             if not _holds_region(ray, handle, deadline, node_id):
                 cluster.kill_owner(ray, handle, _owner_name(name, node_id), deadline)
             raise
-        handle, reply = _start_owner(ray, node_id, name, size, mode)
+        handle, reply = _start_owner(ray, node_id, name, size, options)
 
 
-def _open_owner(ray, node_id, name, size, mode, deadline):
-    handle, reply = _start_owner(ray, node_id, name, size, mode)
-    return _settle_owner(ray, node_id, name, size, mode, handle, reply, deadline)
+def _open_owner(ray, node_id, name, size, options, deadline):
+    handle, reply = _start_owner(ray, node_id, name, size, options)
+    return _settle_owner(ray, node_id, name, size, options, handle, reply, deadline)
 
 
 def _holds_region(ray, handle, deadline, node_id):

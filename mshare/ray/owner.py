@@ -38,12 +38,12 @@ class RegionOwner:
     exception (``FileNotFoundError``, ``ValueError``, ``OSError(ENOSPC)``, ...).
     """
 
-    def __init__(self, name, size, mode):
+    def __init__(self, name, size, create_options):
         self._name = name
         self._region = None
         self._failure = None
         try:
-            self._region = _create_or_adopt(name, size, mode)
+            self._region = _create_or_adopt(name, size, create_options)
         except Exception as error:
             self._failure = error
 
@@ -89,11 +89,11 @@ class RegionOwner:
         return self._region
 
 
-def _create_or_adopt(name, size, mode):
+def _create_or_adopt(name, size, create_options):
     if size is None:
         return mshare.attach(name)
     try:
-        return mshare.create(name, size, mode=mode)
+        return mshare.create(name, size, **create_options)
     except FileExistsError:
         pass
     region = mshare.attach(name)
