@@ -44,6 +44,9 @@ def node(request):
     here = os.path.dirname(os.path.abspath(__file__))
     package_parent = os.path.dirname(os.path.dirname(mshare.__file__))
     with pytest.MonkeyPatch.context() as patch:
+        # Ray puts the driver's working directory on its workers' path: from a source
+        # checkout, that would shadow the installed mshare with the unbuilt one.
+        patch.chdir(temp)
         patch.setenv("RAY_TMPDIR", temp)
         patch.setenv("RAY_AUTH_MODE", "disabled")
         patch.setenv("MSHARE_ROOT", os.path.join(temp, "registry"))

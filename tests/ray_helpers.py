@@ -59,6 +59,9 @@ def ray_cluster(worker_nodes=1):
     registry = os.path.join(BASE, uuid.uuid4().hex)
     temp = tempfile.mkdtemp(prefix="mshare-ray-", dir="/tmp")  # short: Ray puts sockets here
     with pytest.MonkeyPatch.context() as patch:
+        # Ray puts the driver's working directory on its workers' path: from a source
+        # checkout, that would shadow the installed mshare with the unbuilt one.
+        patch.chdir(temp)
         patch.setenv("RAY_TMPDIR", temp)
         patch.setenv("RAY_AUTH_MODE", "disabled")
         patch.setenv("MSHARE_ROOT", registry)

@@ -226,20 +226,25 @@ def _start_owner(ray, node_id, name, size, options):
 
 
 def _settle_owner(ray, node_id, name, size, options, handle, reply, deadline):
-    """Wait for an owner's check-in; replace an owner that died or failed to start."""
+    """Wait for an owner's check-in; replace, once, an owner that died."""
     what = f"the owner of region {name!r}"
+    replaced = False
     while True:
         try:
             return cluster.fetch(ray, reply, deadline, what=what, node_id=node_id)
         except OwnerLostError:
-            # get_if_exists handed out an owner killed a moment ago; once its name is
-            # free, a new owner adopts the region with its data.
+            # get_if_exists may hand out an owner killed a moment ago; once its name is
+            # free, a new owner adopts the region with its data. A new owner that dies
+            # too cannot start on this node (its worker fails to import mshare, say).
+            if replaced:
+                raise
             cluster.kill_owner(ray, handle, _owner_name(name, node_id), deadline)
+            replaced = True
         except (NodeDiedError, TimeoutError):
             raise
         except Exception:
-            # An owner that could not start holds nothing: stop it so that the next call
-            # starts afresh. One that runs (say, a size mismatch) stays.
+            # An owner that could not create the region holds nothing: stop it so that
+            # the next call starts afresh. One that runs (say, a size mismatch) stays.
             if not _holds_region(ray, handle, deadline, node_id):
                 cluster.kill_owner(ray, handle, _owner_name(name, node_id), deadline)
             raise

@@ -133,8 +133,9 @@ def fetch(ray, ref, deadline, *, what, node_id):
         if not node_alive(ray, node_id):
             raise node_died(node_id) from error
         if isinstance(error, ray.exceptions.RayActorError):
+            state = "could not start" if error.actor_init_failed else "died"
             raise OwnerLostError(
-                f"{what} on Ray node {node_id} failed: the owner actor died ({error})"
+                f"{what} on Ray node {node_id} failed: the owner actor {state} ({error})"
             ) from error
         raise
 
