@@ -1,11 +1,15 @@
 """``Region``: one process's handle on a named region."""
 
 import stat
+from typing import TYPE_CHECKING
 
 from mshare import attachments, pagetables
 from mshare._core import PAGE_SIZE, MappedBuffer
 from mshare.errors import CorruptEntryError
 from mshare.managed import ManagedMemory
+
+if TYPE_CHECKING:
+    import numpy
 
 
 class Region(ManagedMemory):

@@ -9,9 +9,8 @@ import time
 import pytest
 
 import mshare
-from mshare.registry import Registry
 
-from helpers import run_python, shm_objects_of, start_python
+from helpers import run_python, start_python
 
 
 def test_independent_process_sees_data_at_same_address(registry_path, name):
@@ -221,12 +220,5 @@ def test_process_killed_during_create_leaves_no_visible_entry(registry_path, nam
 
 
 def _sweep_leftovers(registry_path):
-    """Remove what a killed create may leave (gc's job), so the next attempt starts clean."""
-    with Registry(registry_path) as registry:
-        for data_object in shm_objects_of(registry.registry_id):
-            os.unlink(f"/dev/shm/{data_object}")
-        for claim in registry.ranges():
-            registry.release_range_if_unused(claim)
-        for leftover in os.listdir(registry_path):
-            if leftover.startswith(".tmp-"):
-                os.unlink(os.path.join(registry_path, leftover))
+    """Remove what a killed create may leave, so the next attempt starts clean."""
+    mshare.gc()

@@ -1,5 +1,6 @@
 """The interface every backend implements."""
 
+import errno
 import os
 
 
@@ -80,3 +81,13 @@ class Backend:
         except FileNotFoundError:
             return False
         return True
+
+
+def no_space(location, length, free, fix):
+    """The ``ENOSPC`` error of a file system too full for a region."""
+    return OSError(
+        errno.ENOSPC,
+        f"not enough space in {os.path.dirname(location)} for {length} bytes ({free} bytes "
+        f"free); {fix}",
+        location,
+    )

@@ -10,7 +10,6 @@ lead at most to another data object of this registry on such a file system, neve
 arbitrary file.
 """
 
-import errno
 import os
 import re
 from typing import NamedTuple, Optional
@@ -145,13 +144,3 @@ class FileBackend(Backend):
             raise CorruptEntryError(
                 f"{location} is not on a {self.fstype} file system; refusing to use it"
             )
-
-
-def no_space(location, length, free, fix):
-    """The ``ENOSPC`` error of a file system too full for a region."""
-    return OSError(
-        errno.ENOSPC,
-        f"not enough space in {os.path.dirname(location)} for {length} bytes ({free} bytes "
-        f"free); {fix}",
-        location,
-    )

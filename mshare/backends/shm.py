@@ -8,7 +8,7 @@ import shutil
 import posix_ipc
 
 from mshare._core import PAGE_SIZE
-from mshare.backends.base import Backend
+from mshare.backends.base import Backend, no_space
 
 SHM_DIRECTORY = "/dev/shm"
 
@@ -22,7 +22,7 @@ def reserve(fd, length, path):
     directory = os.path.dirname(path)
     free = shutil.disk_usage(directory).free
     if length > free:
-        raise _no_space(length, free, directory, path)
+        raise _no_space(path, length, free)
     available = memory_available()
     if available is not None and length > available:
         raise OSError(
@@ -36,16 +36,13 @@ def reserve(fd, length, path):
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        raise _no_space(length, shutil.disk_usage(directory).free, directory, path) from None
+        raise _no_space(path, length, shutil.disk_usage(directory).free) from None
 
 
-def _no_space(length, free, directory, path):
-    return OSError(
-        errno.ENOSPC,
-        f"not enough space in {directory} for {length} bytes ({free} bytes free); "
-        f"free some space or enlarge it (mount -o remount,size=... {directory})",
-        path,
-    )
+def _no_space(path, length, free):
+    directory = os.path.dirname(path)
+    return no_space(path, length, free,
+                    f"free some space or enlarge it (mount -o remount,size=... {directory})")
 
 
 def memory_available():

@@ -12,7 +12,8 @@ import os
 
 from mshare import machine
 from mshare.addresses import round_up
-from mshare.backends.files import FileBackend, Unavailable, no_space
+from mshare.backends.base import no_space
+from mshare.backends.files import FileBackend, Unavailable
 from mshare.backends.shm import SHM_DIRECTORY
 from mshare.units import format_exact_size, format_size
 
