@@ -139,7 +139,15 @@ def report(size):
     lines = ["mshare doctor: what this machine offers for shared memory", ""]
     for section in (pools_section(), hugetlbfs_section(), thp_section(), system_section()):
         lines += section + [""]
-    return lines + choice_section(size)
+    return lines + choice_section(size) + ray_section()
+
+
+def ray_section():
+    """Sizing advice for Ray's object store, which shares /dev/shm (only when Ray is installed)."""
+    from mshare.ray.sizing import doctor_notes
+
+    notes = doctor_notes()
+    return ["", "Ray is installed:"] + [f"  {note}" for note in notes] if notes else []
 
 
 def add_parser(commands):

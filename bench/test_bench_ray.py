@@ -1,0 +1,235 @@
+"""N tasks on one Ray node update disjoint slices of one float64 array, three ways:
+
+- ``mshare``: every task attaches the node's region and adds to its slice in place;
+- ``actor``: every task sends its update to an actor that holds the array (what Ray
+  users do for mutable state today);
+- ``ray.put``: each round the driver puts a new copy, tasks return their new slices and
+  the driver assembles the next array.
+
+An update is one task adding 1.0 to every element of its slice; a round is one update by
+each of the N tasks. Reported: updates per second, mshare's speed-up, the data copied
+through Ray per round, and the memory the array's state takes on the node: measured for
+mshare (the region's allocated memory) and the actor (its resident growth), counted for
+``ray.put`` (the live copies at the end of a round).
+
+Run: ``PYTHONPATH=. python -m pytest bench/test_bench_ray.py`` (needs ``.[ray,bench]``).
+"""
+
+import os
+import shutil
+import tempfile
+import uuid
+
+import pytest
+
+numpy = pytest.importorskip("numpy")
+ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install '.[ray]'")
+
+import mshare  # noqa: E402
+import mshare.ray  # noqa: E402
+
+# (elements, rounds per timed run): a small array, where the cost of each update's trip
+# through Ray dominates, and a large one, where copying memory does.
+SIZES = [(128 << 10, 100), (4 << 20, 10)]
+TASKS = [2, 4, 8]
+CONTENDERS = ["mshare", "actor", "ray.put"]
+SUMMARY = {}   # (elements, tasks, contender) -> (updates/s, bytes through Ray per round, memory)
+BACKENDS = set()   # the backends mshare's "auto" chose for the regions
+
+
+@pytest.fixture(scope="module")
+def node(request):
+    """One small Ray node whose workers import this mshare and this file."""
+    temp = tempfile.mkdtemp(prefix="mshare-ray-", dir="/tmp")
+    here = os.path.dirname(os.path.abspath(__file__))
+    package_parent = os.path.dirname(os.path.dirname(mshare.__file__))
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray puts the driver's working directory on its workers' path: from a source
+        # checkout, that would shadow the installed mshare with the unbuilt one.
+        patch.chdir(temp)
+        patch.setenv("RAY_TMPDIR", temp)
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.setenv("MSHARE_ROOT", os.path.join(temp, "registry"))
+        patch.setenv("PYTHONPATH", os.pathsep.join([package_parent, here, os.path.dirname(here)]))
+        # 8 logical CPUs on 2 cores: Ray keeps one pooled worker per logical CPU, so all
+        # N tasks find a warm worker in every run instead of waiting for new ones.
+        ray.init(num_cpus=max(TASKS), object_store_memory=300 << 20, include_dashboard=False,
+                 log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+    _print_summary(request.config)
+
+
+def _slices(elements, tasks):
+    bounds = numpy.linspace(0, elements, tasks + 1).astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+# -- the three contenders ------------------------------------------------------------------
+
+
+@ray.remote
+def update_in_place(name, elements, lo, hi, rounds):
+    with mshare.ray.attach(name, elements * 8) as region:
+        array = region.ndarray("float64")
+        for _ in range(rounds):
+            array[lo:hi] += 1.0
+        del array
+
+
+@ray.remote(num_cpus=0)
+class Holder:
+    def __init__(self, elements):
+        self.before = _resident_anonymous()
+        self.array = numpy.zeros(elements)
+
+    def memory(self):
+        return _resident_anonymous() - self.before
+
+    def add(self, lo, delta):
+        self.array[lo:lo + len(delta)] += delta
+
+    def total(self):
+        return float(self.array.sum())
+
+
+@ray.remote
+def send_updates(holder, lo, hi, rounds):
+    for _ in range(rounds):
+        ray.get(holder.add.remote(lo, numpy.ones(hi - lo)))
+
+
+@ray.remote
+def new_slice(array, lo, hi):
+    return array[lo:hi] + 1.0
+
+
+class Mshare:
+    def __init__(self, elements, tasks, rounds):
+        self.name = f"bench-{uuid.uuid4().hex[:8]}"
+        self.elements, self.rounds = elements, rounds
+        self.slices = _slices(elements, tasks)
+        self.region = mshare.ray.attach(self.name, elements * 8)
+        BACKENDS.add(f"{self.region.backend} ({self.region.page_size >> 10} KiB pages)")
+
+    def run(self):
+        ray.get([update_in_place.remote(self.name, self.elements, lo, hi, self.rounds)
+                 for lo, hi in self.slices])
+
+    def through_ray_per_round(self):
+        return 0
+
+    def memory(self):
+        return mshare.ray.stats(self.name).memory_bytes
+
+    def total(self):
+        return float(self.region.ndarray("float64").sum())
+
+    def close(self):
+        self.region.close()
+        mshare.ray.destroy(self.name, all_nodes=True)
+
+
+class Actor:
+    def __init__(self, elements, tasks, rounds):
+        self.elements, self.rounds = elements, rounds
+        self.slices = _slices(elements, tasks)
+        self.holder = Holder.remote(elements)
+
+    def run(self):
+        ray.get([send_updates.remote(self.holder, lo, hi, self.rounds) for lo, hi in self.slices])
+
+    def through_ray_per_round(self):
+        return self.elements * 8                 # every slice's update, once
+
+    def memory(self):
+        return ray.get(self.holder.memory.remote())
+
+    def total(self):
+        return ray.get(self.holder.total.remote())
+
+    def close(self):
+        ray.kill(self.holder)
+
+
+class Put:
+    def __init__(self, elements, tasks, rounds):
+        self.elements, self.rounds = elements, rounds
+        self.slices = _slices(elements, tasks)
+        self.array = numpy.zeros(elements)
+
+    def run(self):
+        for _ in range(self.rounds):
+            ref = ray.put(self.array)
+            self.array = numpy.concatenate(
+                ray.get([new_slice.remote(ref, lo, hi) for lo, hi in self.slices]))
+
+    def through_ray_per_round(self):
+        return 2 * self.elements * 8             # the new copy out, the new slices back
+
+    def memory(self):
+        # Counted: the copy put this round and the N new slices in the object store,
+        # and the driver's assembled array.
+        return 3 * self.elements * 8
+
+    def total(self):
+        return float(self.array.sum())
+
+    def close(self):
+        self.array = None
+
+
+APPROACHES = {"mshare": Mshare, "actor": Actor, "ray.put": Put}
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("tasks", TASKS)
+@pytest.mark.parametrize("elements, rounds", SIZES, ids=[f"{e * 8 >> 20}MiB" for e, _ in SIZES])
+def test_update_slices(benchmark, node, elements, rounds, tasks, contender):
+    approach = APPROACHES[contender](elements, tasks, rounds)
+    try:
+        approach.run()                           # warm up: workers busy, pages touched
+        memory = approach.memory()
+        benchmark.pedantic(approach.run, rounds=5)
+        assert approach.total() == elements * rounds * (1 + 5)   # every update landed
+    finally:
+        approach.close()
+    benchmark.group = f"{tasks} tasks update slices of a {elements * 8 >> 20} MiB array"
+    SUMMARY[(elements, tasks, contender)] = (
+        tasks * rounds / benchmark.stats.stats.min, approach.through_ray_per_round(), memory)
+
+
+def _resident_anonymous():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("RssAnon missing from /proc/self/status")
+
+
+def _print_summary(config):
+    if not SUMMARY:
+        return
+    lines = [f"mshare.ray against Ray's own ways: N tasks on one node ({os.cpu_count()} cores) "
+             f"add to disjoint slices of a float64 array; mshare regions: {', '.join(BACKENDS)}",
+             f"  {'array':>7} {'tasks':>5} {'contender':9} {'updates/s':>10} {'mshare speed-up':>16}"
+             f" {'through Ray/round':>18} {'state memory':>13}"]
+    for (elements, tasks, contender), (rate, through, memory) in sorted(
+            SUMMARY.items(), key=lambda item: (item[0][0], item[0][1],
+                                               CONTENDERS.index(item[0][2]))):
+        ours = SUMMARY.get((elements, tasks, "mshare"), (None,))[0]
+        ratio = f"{ours / rate:.1f}x" if ours and contender != "mshare" else ""
+        lines.append(f"  {elements * 8 >> 20:>4} MiB {tasks:>5} {contender:9} {rate:10,.0f} "
+                     f"{ratio:>16} {through >> 20:>14} MiB {memory / (1 << 20):>9.1f} MiB")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    # A module fixture's teardown runs under output capture: step out of it to print.
+    with capture.global_and_fixture_disabled():
+        for line in [""] + lines:
+            reporter.write_line(line)

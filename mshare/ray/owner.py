@@ -1,0 +1,132 @@
+"""What runs on a node: the owner of one region (a detached Ray actor) and the two small
+chores used when no owner is there to ask (look a region up, unlink it).
+
+Everything here runs with ``MSHARE_ROOT`` set to the caller's registry by the runtime
+environment (see ``cluster.on_node``), so plain ``mshare`` calls reach the right registry.
+"""
+
+import errno
+import os
+from dataclasses import dataclass
+
+import mshare
+from mshare.backends import get_backend
+from mshare.info import RegionInfo
+from mshare.registry import Registry
+
+
+@dataclass(frozen=True)
+class RegionStats:
+    """One node's region, as its owner sees it."""
+
+    node_id: str
+    name: str            # the node-scoped name in that node's registry
+    registry: str
+    owner_pid: int
+    info: RegionInfo     # ``info.attached``: processes on the node mapping it now
+    memory_bytes: int    # memory its data holds on the node, however many processes map it
+
+
+class RegionOwner:
+    """Creates one node's region when it starts, keeps it mapped, answers for it and
+    finally unlinks it.
+
+    A region already in the registry (left by an owner that was killed) is adopted with
+    its data, not replaced: processes that still map it keep seeing what newcomers see.
+    A failure to start is kept and raised by every call rather than by ``__init__``,
+    because Ray reports a failed ``__init__`` only as text, and callers deserve the real
+    exception (``FileNotFoundError``, ``ValueError``, ``OSError(ENOSPC)``, ...).
+    """
+
+    def __init__(self, name, size, create_options):
+        self._name = name
+        self._region = None
+        self._failure = None
+        try:
+            self._region = _create_or_adopt(name, size, create_options)
+        except Exception as error:
+            self._failure = error
+
+    def check(self, size):
+        """The region's ``RegionInfo``; ``ValueError`` if it is not ``size`` bytes."""
+        region = self._started()
+        if size is not None and size != region.size:
+            raise ValueError(
+                f"region {self._name!r} exists with {region.size} bytes, not {size}; "
+                "destroy it first to change its size"
+            )
+        return mshare.info(self._name)
+
+    def holds_region(self):
+        return self._region is not None
+
+    def stats(self):
+        import ray
+
+        region = self._started()
+        return RegionStats(
+            node_id=ray.get_runtime_context().get_node_id(), name=self._name,
+            registry=region.registry_path, owner_pid=os.getpid(),
+            info=mshare.info(self._name), memory_bytes=memory_bytes(self._name),
+        )
+
+    def destroy(self):
+        """Unlink the region and unmap it here; True if this call removed the name.
+
+        The caller kills the actor afterwards. Processes still mapping the region keep
+        valid memory until they close it, as with ``mshare.unlink``.
+        """
+        if self._region is None:
+            return False
+        self._region.close()
+        self._region = None
+        self._failure = FileNotFoundError(errno.ENOENT, "region was destroyed", self._name)
+        return unlink_local(self._name)
+
+    def _started(self):
+        if self._region is None:
+            raise self._failure
+        return self._region
+
+
+def _create_or_adopt(name, size, create_options):
+    if size is None:
+        return mshare.attach(name)
+    try:
+        return mshare.create(name, size, **create_options)
+    except FileExistsError:
+        pass
+    region = mshare.attach(name)
+    if region.size != size:
+        region.close()
+        raise ValueError(f"region {name!r} exists with {region.size} bytes, not {size}; "
+                         "destroy it first to change its size")
+    return region
+
+
+def local_info(name):
+    """The region's ``RegionInfo`` on this node, or None."""
+    try:
+        return mshare.info(name)
+    except FileNotFoundError:
+        return None
+
+
+def unlink_local(name):
+    """Unlink the region on this node; True if it was there."""
+    try:
+        mshare.unlink(name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def memory_bytes(name):
+    """Bytes of memory the region's data object holds: its allocated blocks.
+
+    One number for the node, whoever touched the pages, and the proof that attaching
+    copies nothing. A region is reserved in full when it is created.
+    """
+    with Registry() as registry:
+        entry, _ = registry.read_entry(name)
+    return os.stat(get_backend(entry.backend).path(entry.location)).st_blocks * 512
