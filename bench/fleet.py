@@ -18,9 +18,15 @@ REPLY_TIMEOUT = 600.0  # a 4 GiB touch with 4 KiB pages on a slow machine, with 
 
 
 def child_environment() -> dict[str, str]:
-    """The parent's environment (MSHARE_ROOT included) with this checkout importable."""
+    """The parent's environment (MSHARE_ROOT included) with this checkout importable.
+
+    The mshare this process imported comes first and the checkout (for ``bench``) last,
+    so an unbuilt source tree never shadows the installed package."""
+    import mshare
+
     environment = dict(os.environ)
-    paths = [str(REPOSITORY)] + [p for p in environment.get("PYTHONPATH", "").split(":") if p]
+    measured = str(Path(mshare.__file__).resolve().parent.parent)
+    paths = [measured] + [p for p in environment.get("PYTHONPATH", "").split(":") if p] + [str(REPOSITORY)]
     environment["PYTHONPATH"] = ":".join(paths)
     return environment
 
@@ -30,7 +36,7 @@ class Child:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.child", json.dumps({"backend": backend, "name": name})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            cwd=REPOSITORY, env=child_environment(),
+            cwd="/", env=child_environment(),
         )
 
     def send(self, command: str) -> None:

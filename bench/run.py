@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     output: Path = arguments.output
     output.mkdir(parents=True, exist_ok=True)
     raw = output / "benchmark.json"
-    pytest_args = [str(HERE), "-p", "no:cacheprovider", "-rs", f"--benchmark-json={raw}",
+    # append: the checkout goes to the end of sys.path, so the installed mshare (with its
+    # compiled core) is the one measured, never an unbuilt source tree.
+    pytest_args = [str(HERE), "-p", "no:cacheprovider", "-rs", "--import-mode=append",
+                   f"--benchmark-json={raw}",
                    "--benchmark-columns=min,median,max,rounds", "--benchmark-sort=name"]
     if arguments.smoke:
         pytest_args += ["--benchmark-max-time=0.02", "--benchmark-min-rounds=2",

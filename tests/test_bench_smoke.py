@@ -23,11 +23,13 @@ GROUPS = {"1 round trip", "2 attach", "3 attach and touch", "4a page tables by p
 
 def test_smoke_run_writes_every_figure(tmp_path):
     before = set(os.listdir("/dev/shm"))
+    # The package under test first, then the checkout (for `bench`); run from "/" so that
+    # an unbuilt source tree never shadows the installed package.
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPOSITORY)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]))
+        [p for p in os.environ.get("PYTHONPATH", "").split(":") if p] + [str(REPOSITORY)]))
     environment.pop("MSHARE_ROOT", None)  # the suite makes a private registry of its own
     run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--output", str(tmp_path)],
-                         cwd=REPOSITORY, env=environment, capture_output=True, text=True,
+                         cwd="/", env=environment, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 

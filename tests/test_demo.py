@@ -16,14 +16,16 @@ ROW = re.compile(r"^(mshare|shared_memory)\s+(\w+)\s+(\S+)\s+([\d.]+) ms\s+(-?[\
 
 
 def environment():
-    paths = [str(REPOSITORY)] + [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+    # The package under test first (installed or built in place), the checkout after it,
+    # and run from "/" so that an unbuilt source tree never shadows the installed package.
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p] + [str(REPOSITORY)]
     return dict(os.environ, PYTHONPATH=":".join(paths))
 
 
 def start_demo(*arguments):
     # A session of its own, so the test can signal it the way a terminal would.
     return subprocess.Popen(
-        [sys.executable, "-m", "mshare", "demo", *arguments], cwd=REPOSITORY, env=environment(),
+        [sys.executable, "-m", "mshare", "demo", *arguments], cwd="/", env=environment(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
