@@ -132,6 +132,11 @@ class Workers:
 
     def start(self, count, kind, name):
         code = "from mshare.demo import worker; worker()"
+        # Workers import this very mshare, and start from "/" so that a source checkout
+        # in the working directory (where `pip install .` was run) never shadows it.
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = [package_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
         for _ in range(count):
             # A session of their own: a Ctrl-C at the terminal reaches only the parent,
             # which then stops them in order instead of racing their tracebacks. Signals
@@ -139,7 +144,8 @@ class Workers:
             with signals_held():
                 self.processes.append(subprocess.Popen(
                     [sys.executable, "-c", code, kind, name], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, text=True, start_new_session=True))
+                    stdout=subprocess.PIPE, text=True, start_new_session=True,
+                    cwd="/", env=environment))
         for process in self.processes:
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"worker {process.pid} failed to start")
