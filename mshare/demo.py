@@ -24,6 +24,7 @@ import time
 from multiprocessing import resource_tracker, shared_memory
 
 import mshare
+from mshare.machine import settle_counters
 from mshare.units import format_size, parse_size
 
 GiB = 1 << 30
@@ -60,19 +61,9 @@ def default_size():
     return max(64 * MiB, room // (64 * MiB) * (64 * MiB))
 
 
-def _fold_counters():
-    """Fold the kernel's per-CPU counters into /proc/meminfo now; False if not allowed."""
-    try:
-        with open("/proc/sys/vm/stat_refresh", "w") as refresh:
-            refresh.write("1")
-    except OSError:
-        return False
-    return True
-
-
 def pagetables_kib():
     """System-wide page-table memory, once the kernel has folded its per-CPU counters."""
-    if not _fold_counters():
+    if not settle_counters():
         # Only root may ask for the fold; everyone else waits one folding interval.
         time.sleep(1.5)
     return _meminfo_kib("PageTables")
@@ -245,7 +236,7 @@ def measure(contender, workers, count, say):
     # The counter is system-wide, so other programs move it too. Where reading it is cheap
     # (root), read it after every worker and take the median step, which one burst of
     # someone else's activity cannot move; elsewhere read it once before and once after.
-    exact = _fold_counters()
+    exact = settle_counters()
     samples = [pagetables_kib()]
 
     def attached(done):

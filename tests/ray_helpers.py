@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip ins
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
+import mshare.ray  # noqa: E402
 from mshare.addresses import round_up  # noqa: E402
 from mshare.operations import bookkeeping_length  # noqa: E402
 from mshare.registry import Registry  # noqa: E402
@@ -187,3 +188,26 @@ def stop_process_group(process):
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+# Fixtures shared by the Ray test modules, which import them by name.
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and one worker node for the module."""
+    with ray_cluster(worker_nodes=1) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def nothing_left(cluster):
+    yield
+    assert_nothing_left(cluster.registry)
+
+
+@pytest.fixture
+def name(cluster):
+    """A fresh region name, destroyed on every node afterwards."""
+    name = f"ray-{uuid.uuid4().hex[:10]}"
+    yield name
+    mshare.ray.destroy(name, all_nodes=True)

@@ -8,11 +8,12 @@ ownership; tests/test_ray_isolation.py proves isolation with a node of its own.
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
-from ray_helpers import assert_nothing_left, on, ray, ray_cluster, region_memory, run_on
+from ray_helpers import (  # noqa: F401  (cluster, name, nothing_left are fixtures)
+    cluster, name, nothing_left, assert_nothing_left, on, ray, ray_cluster, region_memory, run_on
+)
 
 import mshare
 import mshare.ray
@@ -20,25 +21,6 @@ import mshare.ray
 numpy = pytest.importorskip("numpy")
 
 SIZE = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with ray_cluster(worker_nodes=1) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left(cluster):
-    yield
-    assert_nothing_left(cluster.registry)
-
-
-@pytest.fixture
-def name(cluster):
-    name = f"ray-{uuid.uuid4().hex[:10]}"
-    yield name
-    mshare.ray.destroy(name, all_nodes=True)
 
 
 @pytest.fixture

@@ -9,36 +9,18 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import pytest
 
-from ray_helpers import NODE, assert_nothing_left, ray, ray_cluster, run_on, wait_until
+from ray_helpers import (  # noqa: F401  (cluster, name, nothing_left are fixtures)
+    cluster, name, nothing_left, NODE, assert_nothing_left, ray, ray_cluster, run_on, wait_until
+)
 
 import mshare
 import mshare.ray
 from mshare.ray import NodeDiedError, OwnerLostError
 
 SIZE = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with ray_cluster(worker_nodes=1) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left(cluster):
-    yield
-    assert_nothing_left(cluster.registry)
-
-
-@pytest.fixture
-def name(cluster):
-    name = f"ray-{uuid.uuid4().hex[:10]}"
-    yield name
-    mshare.ray.destroy(name, all_nodes=True)
 
 
 def _kill_owner(name, node_id):

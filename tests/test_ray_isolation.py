@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from ray_helpers import (
+from ray_helpers import (  # noqa: F401  (nothing_left is a fixture)
+    nothing_left,
     assert_nothing_left, isolated_node, isolation_unavailable, ray_cluster, region_memory, run_on,
     wait_until,
 )
@@ -38,12 +39,6 @@ def cluster():
 def isolated(cluster):
     with isolated_node(cluster) as node:
         yield node
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left(cluster):
-    yield
-    assert_nothing_left(cluster.registry)
 
 
 @pytest.fixture
