@@ -20,7 +20,11 @@ from mshare.errors import (
 from mshare.garbage import GcReport, gc
 from mshare.info import RegionInfo
 from mshare.operations import attach, create, info, unlink
-from mshare.operations import list_regions as list
+from mshare.operations import list_regions
+
+# ``mshare.list()`` reads like ``os.listdir``; ``__all__`` names it ``list_regions`` so that
+# ``from mshare import *`` never replaces the builtin ``list``.
+list = list_regions
 from mshare.pagetables import PageTableStats, RegionStats, pagetable_stats
 from mshare.region import Region
 
@@ -45,7 +49,7 @@ __all__ = [
     "create",
     "gc",
     "info",
-    "list",
+    "list_regions",
     "pagetable_stats",
     "unlink",
 ]
