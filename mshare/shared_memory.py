@@ -57,7 +57,6 @@ class SharedMemory:
 
     _name = None
     _region = None
-    _buf = None
     _size = 0
     _addr = None
     _readonly = False
@@ -93,7 +92,6 @@ class SharedMemory:
         self._readonly = readonly
         self._size = self._region.size
         self._addr = self._region.addr
-        self._buf = self._region.buf
 
     def _create(self, name, size, mode, hugepages):
         if name is not None:
@@ -140,7 +138,8 @@ class SharedMemory:
     @property
     def buf(self):
         """A memoryview of exactly ``size`` bytes; ``None`` once closed."""
-        return self._buf
+        # Asked of the region each time: a refused close() gives the region a new one.
+        return None if self._region is None else self._region.buf
 
     @property
     def name(self):
@@ -175,7 +174,6 @@ class SharedMemory:
             return
         self._region.close()
         self._region = None
-        self._buf = None
 
     def unlink(self):
         """Remove the block's name; mappings stay valid until closed.
