@@ -4,7 +4,8 @@ and did not unlink are unlinked once that whole program has ended, however it en
 A *program* is the process that first created a tracked block plus its ``multiprocessing``
 children: forked ones inherit its connection to the tracker (and connect again themselves
 to register), spawned ones connect by the socket name their parent left in
-``MSHARE_SHARED_MEMORY_TRACKER``. A ``subprocess`` child is a program of its own. The tracker
+``MSHARE_SHARED_MEMORY_TRACKER``; a child that starts the tracker has it wait for its
+parent too. A ``subprocess`` child is a program of its own. The tracker
 is a separate process listening on an abstract Unix socket; when the last connection
 closes (every process of the program has exited, by ``exit``, exception or signal), it
 unlinks what is still registered and says so on stderr, then exits.
@@ -132,15 +133,21 @@ def _start_tracker():
         # Connected before the tracker starts, so its first accept() cannot wait for a
         # process that died in between.
         connection = _connect(address)
+        parent_fd = _parent_pidfd()
+        watched = (listener.fileno(),) if parent_fd is None else (listener.fileno(), parent_fd)
         # The tracker imports the same mshare as this process, never one that happens to
         # lie in its working directory.
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                f"from mshare._shared_memory_tracker import main; main({listener.fileno()})")
-        _tracker_process = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=(listener.fileno(),),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
-        )
+                f"from mshare._shared_memory_tracker import main; main(*{watched!r})")
+        try:
+            _tracker_process = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=watched,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            if parent_fd is not None:
+                os.close(parent_fd)
     except BaseException:
         if connection is not None:
             connection.close()
@@ -150,11 +157,30 @@ def _start_tracker():
     return address, connection
 
 
+def _parent_pidfd():
+    """A pidfd of this process's parent when this is a ``multiprocessing`` child: a
+    worker that creates the program's first tracked block must not take the block with
+    it when it exits, while the rest of the program runs on."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        pidfd = os.pidfd_open(parent.pid)
+    except OSError:
+        return None
+    # Still our parent after the pidfd was opened, so the pid was not reused meanwhile.
+    if os.getppid() != parent.pid:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
 # -- the tracker process -------------------------------------------------------------------
 
 
-def main(listener_fd):
-    """Serve registrations until the program's last connection closes, then clean up."""
+def main(listener_fd, parent_pidfd=None):
+    """Serve registrations until the program's last connection closes (and the process
+    behind ``parent_pidfd`` has exited), then clean up."""
     # Ctrl-C and a SIGTERM meant for the program must not take its cleanup down with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -164,10 +190,16 @@ def main(listener_fd):
     # The starting process connected before starting this one.
     _accept(listener, selector)
     selector.register(listener, selectors.EVENT_READ)
+    if parent_pidfd is not None:
+        # A pidfd turns readable when its process exits.
+        selector.register(parent_pidfd, selectors.EVENT_READ)
     while len(selector.get_map()) > 1:
         for key, _ in selector.select():
             if key.fileobj is listener:
                 _accept(listener, selector)
+            elif key.fileobj == parent_pidfd:
+                selector.unregister(parent_pidfd)
+                os.close(parent_pidfd)
             else:
                 _serve(key.fileobj, key.data, selector, registered)
     listener.close()
