@@ -29,6 +29,8 @@ import subprocess
 import sys
 import threading
 
+import mshare
+
 ENVIRONMENT_VARIABLE = "MSHARE_SHARED_MEMORY_TRACKER"
 # Ends the block list a leaking program prints; the stdlib's resource tracker words it so,
 # and programs that watch their logs for leaks already look for this sentence.
@@ -261,9 +263,10 @@ def _handle(line, peer_pid, registered):
 
 def _current_region(key):
     """The region ``key`` names if it is still the one registered, else ``None``."""
-    import mshare
-
     registry, name, addr, created = key
+    # A registry removed since is not made again just to look into it.
+    if not os.path.isdir(registry):
+        return None
     os.environ["MSHARE_ROOT"] = registry
     try:
         region = mshare.info(name)
@@ -275,8 +278,6 @@ def _current_region(key):
 
 
 def _clean_up(registered):
-    import mshare
-
     leaked = []
     for key in registered:
         if _current_region(key) is None:

@@ -64,7 +64,6 @@ class SharedMemory:
     _flags = os.O_RDWR
     _mode = 0o600
     _prepend_leading_slash = True
-    _track = True
 
     def __init__(self, name=None, create=False, size=0, *, track=True, mode=None,
                  hugepages="auto", readonly=False):
@@ -80,14 +79,17 @@ class SharedMemory:
             raise ValueError("a block is created writable; attach it with readonly=True")
         if not create and mode is not None:
             raise ValueError("mode= applies when creating a block, not when attaching one")
-        self._track = track
         if create:
             mode = self._mode if mode is None else mode
+            if track and isinstance(mode, int) and not mode & 0o400:
+                # The tracker reads the block's entry to be sure it unlinks the right one.
+                raise ValueError(f"track=True needs a mode the owner can read, not {mode:#o}; "
+                                 "pass track=False to manage the block's lifetime yourself")
             self._region = self._create(name, size, mode, hugepages)
             if track:
                 self._register()
         else:
-            self._name = "/" + name if self._prepend_leading_slash else name
+            self._name = self._full_name(name)
             self._region = mshare.attach(region_name(self._name), readonly=readonly)
         self._readonly = readonly
         self._size = self._region.size
@@ -95,7 +97,7 @@ class SharedMemory:
 
     def _create(self, name, size, mode, hugepages):
         if name is not None:
-            self._name = "/" + name if self._prepend_leading_slash else name
+            self._name = self._full_name(name)
             return mshare.create(region_name(self._name), size, mode=mode, hugepages=hugepages)
         while True:
             candidate = _make_filename()
@@ -106,6 +108,10 @@ class SharedMemory:
                 continue
             self._name = candidate
             return region
+
+    def _full_name(self, name):
+        """The name as the stdlib keeps it in ``_name``: with the ``/`` ``shm_open`` wants."""
+        return "/" + name if self._prepend_leading_slash else name
 
     def _register(self):
         region = self._region

@@ -86,6 +86,15 @@ def test_bad_arguments_raise_value_error_and_leave_nothing(registry_path, argume
     assert mshare.list() == []
 
 
+def test_a_tracked_block_the_owner_cannot_read_is_refused(registry_path):
+    with pytest.raises(ValueError, match="track=True needs a mode the owner can read"):
+        shared_memory.SharedMemory(create=True, size=16, mode=0o200)
+    assert mshare.list() == []
+    untracked = shared_memory.SharedMemory(create=True, size=16, mode=0o200, track=False)
+    untracked.close()
+    untracked.unlink()
+
+
 def test_mode_on_attach_is_refused(block):
     with pytest.raises(ValueError, match="mode= applies when creating"):
         shared_memory.SharedMemory(block.name, mode=0o644)

@@ -195,3 +195,23 @@ def test_a_program_whose_manager_cleaned_up_reports_no_leak(registry_path):
             numbers.shm.close()
     """)
     assert result.stderr == ""
+
+
+def test_a_program_cannot_have_its_tracker_unlink_a_block_it_did_not_create(registry_path):
+    block = shared_memory.SharedMemory(create=True, size=4096, track=False)
+    created = mshare.info(block.name).created
+    try:
+        result = run_python(f"""
+            from mshare import _shared_memory_tracker
+            try:
+                _shared_memory_tracker.register({block.name!r}, {registry_path!r},
+                                                {block.addr!r}, {created!r})
+            except OSError as error:
+                print("refused:", error)
+        """)
+        assert result.stdout.startswith("refused:")
+        assert "leaked" not in result.stderr
+        assert mshare.info(block.name).name == block.name
+    finally:
+        block.close()
+        block.unlink()
