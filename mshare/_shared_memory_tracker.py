@@ -32,8 +32,8 @@ import threading
 import mshare
 
 ENVIRONMENT_VARIABLE = "MSHARE_SHARED_MEMORY_TRACKER"
-# Ends the block list a leaking program prints; the stdlib's resource tracker words it so,
-# and programs that watch their logs for leaks already look for this sentence.
+# The stdlib's resource tracker words its leak warning so; programs (and CPython's own
+# tests) that watch stderr for leaked blocks look for this sentence.
 LEAK_WARNING = "resource_tracker: There appear to be {count} leaked shared_memory objects " \
                "to clean up at shutdown"
 MAX_MESSAGE_BYTES = 4096
@@ -187,7 +187,7 @@ def main(listener_fd, parent_pidfd=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     listener = socket.socket(fileno=listener_fd)
-    registered = {}
+    registered = set()
     selector = selectors.DefaultSelector()
     # The starting process connected before starting this one.
     _accept(listener, selector)
@@ -250,14 +250,14 @@ def _handle(line, peer_pid, registered):
     except (ValueError, KeyError, TypeError):
         return False
     if operation == "unregister":
-        registered.pop(key, None)
+        registered.discard(key)
         return True
     if operation != "register":
         return False
     region = _current_region(key)
     if region is None or region.creator_pid != peer_pid:
         return False
-    registered[key] = True
+    registered.add(key)
     return True
 
 
