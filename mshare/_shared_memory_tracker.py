@@ -11,11 +11,12 @@ closes (every process of the program has exited, by ``exit``, exception or signa
 unlinks what is still registered and says so on stderr, then exits.
 
 Only creators register, so an attacher never unlinks anything (unlike the stdlib's
-resource tracker, CPython gh-82300). Registrations are untrusted input: the tracker takes
-one only from a peer of its own user whose pid (as the kernel reports it, ``SO_PEERCRED``)
-is the region's creator, and unlinks only a region that still has the address and
-creation time it was registered with, so a name unlinked and created again by someone
-else is left alone.
+resource tracker, CPython gh-82300). Registrations are untrusted input: the tracker talks
+only to peers of its own user, and at the end unlinks a region only if it still has the
+address and creation time it was registered with and was created by the very process
+that registered it (its pid as the kernel reports it, ``SO_PEERCRED``), so a name
+unlinked and created again by someone else, or a block some other process made, is left
+alone.
 """
 
 import json
@@ -80,7 +81,7 @@ def _send(message):
         # whole program can no longer lose the block.
         reply = connection.recv(1)
     if reply != b"+":
-        raise OSError(f"the shared_memory tracker refused to track {message['name']!r}")
+        raise OSError(f"the shared_memory tracker did not take the message for {message['name']!r}")
 
 
 def _connected():
@@ -187,7 +188,7 @@ def main(listener_fd, parent_pidfd=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     listener = socket.socket(fileno=listener_fd)
-    registered = set()
+    registered = {}  # (registry, name, addr, created) -> pid of the process that registered
     selector = selectors.DefaultSelector()
     # The starting process connected before starting this one.
     _accept(listener, selector)
@@ -242,6 +243,7 @@ def _serve(connection, peer, selector, registered):
 
 
 def _handle(line, peer_pid, registered):
+    """Record one message; ``False`` for one that is not well formed."""
     try:
         message = json.loads(line)
         key = (str(message["registry"]), str(message["name"]), int(message["addr"]),
@@ -250,19 +252,19 @@ def _handle(line, peer_pid, registered):
     except (ValueError, KeyError, TypeError):
         return False
     if operation == "unregister":
-        registered.discard(key)
+        registered.pop(key, None)
         return True
     if operation != "register":
         return False
-    region = _current_region(key)
-    if region is None or region.creator_pid != peer_pid:
-        return False
-    registered.add(key)
+    # Checked at the end, not here, to keep create() fast: the region must then still be
+    # the one registered, created by this peer.
+    registered[key] = peer_pid
     return True
 
 
-def _current_region(key):
-    """The region ``key`` names if it is still the one registered, else ``None``."""
+def _current_region(key, creator_pid):
+    """The region ``key`` names if it is still the one registered, made by
+    ``creator_pid``, else ``None``."""
     registry, name, addr, created = key
     # A registry removed since is not made again just to look into it.
     if not os.path.isdir(registry):
@@ -272,15 +274,15 @@ def _current_region(key):
         region = mshare.info(name)
     except (OSError, ValueError):
         return None
-    if region.addr != addr or region.created != created:
+    if (region.addr, region.created, region.creator_pid) != (addr, created, creator_pid):
         return None
     return region
 
 
 def _clean_up(registered):
     leaked = []
-    for key in registered:
-        if _current_region(key) is None:
+    for key, creator_pid in registered.items():
+        if _current_region(key, creator_pid) is None:
             continue
         try:
             mshare.unlink(key[1])
