@@ -17,6 +17,8 @@ import numpy
 
 MSHARE_MODES = ("shm", "thp", "hugetlb")
 PEERS = ("shared_memory", "posix_ipc", "SharedArray")
+# Measured against the stdlib class only (bench/test_bench_shared_memory.py), not in every figure.
+DROP_IN = "mshare.shared_memory"
 
 
 class Handle:
@@ -162,6 +164,51 @@ class SharedMemoryBackend(Backend):
         block.unlink()
 
 
+class DropInBackend(Backend):
+    """`mshare.shared_memory`: the stdlib's class, as a program calls it after changing
+    one import, on mshare regions (huge pages as `hugepages="auto"` picks them, blocks
+    tracked as `track=True` does by default)."""
+
+    name = "mshare.shared_memory"
+    family = "mshare"
+
+    def __init__(self):
+        self._created = {}
+
+    def load(self):
+        from mshare import shared_memory  # noqa: F401
+
+    def unavailable(self, size):
+        try:
+            from mshare import shared_memory  # noqa: F401
+        except ImportError as error:
+            return f"mshare.shared_memory is not importable ({error})"
+        return None
+
+    def _handle(self, block) -> Handle:
+        return Handle(block.buf, block.region.page_size, block.close, owner=block)
+
+    def create(self, name, size):
+        from mshare import shared_memory
+
+        block = shared_memory.SharedMemory(name, create=True, size=size)
+        self._created[name] = block
+        return self._handle(block)
+
+    def attach(self, name):
+        from mshare import shared_memory
+
+        return self._handle(shared_memory.SharedMemory(name))
+
+    def unlink(self, name):
+        from mshare import shared_memory
+
+        # Through the creating handle, as a program would: that also tells its tracker.
+        block = self._created.pop(name, None) or shared_memory.SharedMemory(name)
+        block.close()
+        block.unlink()
+
+
 class PosixIpcBackend(Backend):
     """`posix_ipc.SharedMemory` mapped with `mmap`, the usual pairing."""
 
@@ -231,7 +278,7 @@ def all_backends() -> list[Backend]:
 
 
 def by_name(name: str) -> Backend:
-    for backend in all_backends():
+    for backend in all_backends() + [DropInBackend()]:
         if backend.name == name:
             return backend
     raise KeyError(name)

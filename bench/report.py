@@ -79,6 +79,20 @@ FIGURES = [
            "N workers each sum the whole region as float64 at once; aggregate bytes over wall "
            "time. First pass: fresh mappings (page faults included); repeat: pages mapped.",
            "gb_per_s"),
+    Figure("7a drop-in round trip", "7a. Drop-in: round trip, mshare.shared_memory against "
+           "multiprocessing.shared_memory", "µs", "size", True,
+           "SharedMemory(name, create=True) + SharedMemory(name) + close + unlink in one "
+           "process, each class as a program calls it (median).", "median", 1e6),
+    Figure("7b drop-in attach", "7b. Drop-in: attach alone", "µs", "size", True,
+           "SharedMemory(name) of an existing block in a process that imported the module "
+           "(median).", "median", 1e6),
+    Figure("7c drop-in attach and touch", "7c. Drop-in: a new process attaches a resident "
+           "block and touches every page", "ms", "size", True,
+           "As figure 3, through each SharedMemory class (median of rounds).",
+           "median_inside_s", 1e3),
+    Figure("7d drop-in page tables", "7d. Drop-in: page tables per process per GiB", "KiB",
+           "processes", True, "As figure 4a, through each SharedMemory class.",
+           "kib_per_process_per_gib"),
 ]
 
 
@@ -90,8 +104,8 @@ def records_of(data: dict, group: str) -> list[dict]:
     return [record for record in data["benchmarks"] if record["group"] == group]
 
 
-ORDER = ["mshare-hugetlb", "mshare-thp", "mshare-shm", "shared_memory", "posix_ipc",
-         "SharedArray"]
+ORDER = ["mshare-hugetlb", "mshare-thp", "mshare-shm", "mshare.shared_memory", "shared_memory",
+         "posix_ipc", "SharedArray"]
 
 
 def _order(backend: str) -> int:

@@ -19,6 +19,8 @@ for module in ("pytest_benchmark", "SharedArray", "matplotlib", "numpy"):
 REPOSITORY = Path(__file__).resolve().parent.parent
 GROUPS = {"1 round trip", "2 attach", "3 attach and touch", "4a page tables by processes",
           "4b page tables by region size", "5 parallel scan"}
+DROP_IN_GROUPS = {"7a drop-in round trip", "7b drop-in attach", "7c drop-in attach and touch",
+                  "7d drop-in page tables"}
 
 
 def test_smoke_run_writes_every_figure(tmp_path):
@@ -39,8 +41,12 @@ def test_smoke_run_writes_every_figure(tmp_path):
     for group in GROUPS:
         for backend in ("mshare-shm", "shared_memory", "posix_ipc", "SharedArray"):
             assert (group, backend) in measured, f"{backend} missing from {group!r}"
+    for group in DROP_IN_GROUPS:
+        for backend in ("mshare.shared_memory", "shared_memory"):
+            assert (group, backend) in measured, f"{backend} missing from {group!r}"
     report = (tmp_path / "results.md").read_text()
     assert "mshare-shm vs shared_memory" in report
+    assert "mshare.shared_memory vs shared_memory" in report
     assert "SMOKE MODE" in report
     assert len(list(tmp_path.glob("*.png"))) == 5
     left = {entry for entry in set(os.listdir("/dev/shm")) - before if "bench-" in entry}

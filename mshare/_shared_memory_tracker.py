@@ -1,0 +1,298 @@
+"""The tracker behind ``mshare.shared_memory``'s ``track=True``: blocks a program created
+and did not unlink are unlinked once that whole program has ended, however it ended.
+
+A *program* is the process that first created a tracked block plus its ``multiprocessing``
+children: forked ones inherit its connection to the tracker (and connect again themselves
+to register), spawned ones connect by the socket name their parent left in
+``MSHARE_SHARED_MEMORY_TRACKER``; a child that starts the tracker has it wait for its
+parent too. A ``subprocess`` child is a program of its own. The tracker
+is a separate process listening on an abstract Unix socket; when the last connection
+closes (every process of the program has exited, by ``exit``, exception or signal), it
+unlinks what is still registered and says so on stderr, then exits.
+
+Only creators register, so an attacher never unlinks anything (unlike the stdlib's
+resource tracker, CPython gh-82300). Registrations are untrusted input: the tracker talks
+only to peers of its own user, and at the end unlinks a region only if it still has the
+address and creation time it was registered with and was created by the very process
+that registered it (its pid as the kernel reports it, ``SO_PEERCRED``), so a name
+unlinked and created again by someone else, or a block some other process made, is left
+alone.
+"""
+
+import json
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+
+import mshare
+
+ENVIRONMENT_VARIABLE = "MSHARE_SHARED_MEMORY_TRACKER"
+# The stdlib's resource tracker words its leak warning so; programs (and CPython's own
+# tests) that watch stderr for leaked blocks look for this sentence.
+LEAK_WARNING = "resource_tracker: There appear to be {count} leaked shared_memory objects " \
+               "to clean up at shutdown"
+MAX_MESSAGE_BYTES = 4096
+
+_lock = threading.Lock()
+_connection = None
+_connection_pid = None
+_connection_address = None
+_tracker_process = None
+
+
+def _after_fork_in_child():
+    global _lock, _connection_pid
+    # The parent's connection stays open in the child on purpose: it keeps the program
+    # alive while the child lives. The child opens its own to register, since the tracker
+    # checks that the region's creator is the peer that sends the registration.
+    _lock = threading.Lock()
+    _connection_pid = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def register(name, registry_path, addr, created):
+    """Have the program's tracker unlink region ``name`` if it is still there at the end."""
+    _send({"op": "register", "name": name, "registry": registry_path, "addr": addr,
+           "created": created})
+
+
+def unregister(name, registry_path, addr, created):
+    """The block was unlinked by its program: nothing is left for the tracker to do."""
+    _send({"op": "unregister", "name": name, "registry": registry_path, "addr": addr,
+           "created": created})
+
+
+def _send(message):
+    data = (json.dumps(message) + "\n").encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"tracker message for {message['name']!r} is too long")
+    with _lock:
+        connection = _connected()
+        connection.sendall(data)
+        # The reply makes registration synchronous: once create() returns, a kill of the
+        # whole program can no longer lose the block.
+        reply = connection.recv(1)
+    if reply != b"+":
+        raise OSError(f"the shared_memory tracker did not take the message for {message['name']!r}")
+
+
+def _connected():
+    global _connection, _connection_pid, _connection_address
+    if _connection_pid == os.getpid():
+        return _connection
+    connection = None
+    address = _connection_address or _address_of_parent_program()
+    if address:
+        try:
+            connection = _connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            connection = None  # that program's tracker is gone: this process starts anew
+    if connection is None:
+        address, connection = _start_tracker()
+    os.environ[ENVIRONMENT_VARIABLE] = f"{os.getpid()}:{address}"
+    _connection, _connection_pid, _connection_address = connection, os.getpid(), address
+    return connection
+
+
+def _address_of_parent_program():
+    """The tracker a spawned ``multiprocessing`` child joins: its parent's, which the
+    parent left in the environment. Other children (``subprocess``) are programs of
+    their own, as they are for the stdlib's resource tracker."""
+    parent = multiprocessing.parent_process()
+    announced = os.environ.get(ENVIRONMENT_VARIABLE, "")
+    pid, _, address = announced.partition(":")
+    if parent is None or not address or pid != str(parent.pid):
+        return None
+    return address
+
+
+def _connect(address):
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect("\0" + address)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _start_tracker():
+    """``(address, connection)`` of a new tracker, already connected to it."""
+    global _tracker_process
+    address = f"mshare-shared-memory-{os.getpid()}-{os.urandom(8).hex()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection = None
+    try:
+        listener.bind("\0" + address)
+        listener.listen(64)
+        # Connected before the tracker starts, so its first accept() cannot wait for a
+        # process that died in between.
+        connection = _connect(address)
+        parent_fd = _parent_pidfd()
+        watched = (listener.fileno(),) if parent_fd is None else (listener.fileno(), parent_fd)
+        # The tracker imports the same mshare as this process, never one that happens to
+        # lie in its working directory.
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+                f"from mshare._shared_memory_tracker import main; main(*{watched!r})")
+        try:
+            _tracker_process = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=watched,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            if parent_fd is not None:
+                os.close(parent_fd)
+    except BaseException:
+        if connection is not None:
+            connection.close()
+        raise
+    finally:
+        listener.close()
+    return address, connection
+
+
+def _parent_pidfd():
+    """A pidfd of this process's parent when this is a ``multiprocessing`` child: a
+    worker that creates the program's first tracked block must not take the block with
+    it when it exits, while the rest of the program runs on."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        pidfd = os.pidfd_open(parent.pid)
+    except OSError:
+        return None
+    # Still our parent after the pidfd was opened, so the pid was not reused meanwhile.
+    if os.getppid() != parent.pid:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+# -- the tracker process -------------------------------------------------------------------
+
+
+def main(listener_fd, parent_pidfd=None):
+    """Serve registrations until the program's last connection closes (and the process
+    behind ``parent_pidfd`` has exited), then clean up."""
+    # Ctrl-C and a SIGTERM meant for the program must not take its cleanup down with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    listener = socket.socket(fileno=listener_fd)
+    registered = {}  # (registry, name, addr, created) -> pid of the process that registered
+    selector = selectors.DefaultSelector()
+    # The starting process connected before starting this one.
+    _accept(listener, selector)
+    selector.register(listener, selectors.EVENT_READ)
+    if parent_pidfd is not None:
+        # A pidfd turns readable when its process exits.
+        selector.register(parent_pidfd, selectors.EVENT_READ)
+    while len(selector.get_map()) > 1:
+        for key, _ in selector.select():
+            if key.fileobj is listener:
+                _accept(listener, selector)
+            elif key.fileobj == parent_pidfd:
+                selector.unregister(parent_pidfd)
+                os.close(parent_pidfd)
+            else:
+                _serve(key.fileobj, key.data, selector, registered)
+    listener.close()
+    _clean_up(registered)
+
+
+def _accept(listener, selector):
+    connection, _ = listener.accept()
+    pid, uid, _gid = struct.unpack("3i", connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != os.geteuid():
+        connection.close()
+        return
+    selector.register(connection, selectors.EVENT_READ, {"pid": pid, "pending": b""})
+
+
+def _serve(connection, peer, selector, registered):
+    try:
+        data = connection.recv(MAX_MESSAGE_BYTES)
+    except ConnectionResetError:
+        data = b""
+    if not data:
+        selector.unregister(connection)
+        connection.close()
+        return
+    peer["pending"] += data
+    *lines, peer["pending"] = peer["pending"].split(b"\n")
+    if len(peer["pending"]) > MAX_MESSAGE_BYTES:
+        selector.unregister(connection)
+        connection.close()
+        return
+    for line in lines:
+        accepted = _handle(line, peer["pid"], registered)
+        try:
+            connection.sendall(b"+" if accepted else b"-")
+        except OSError:
+            pass
+
+
+def _handle(line, peer_pid, registered):
+    """Record one message; ``False`` for one that is not well formed."""
+    try:
+        message = json.loads(line)
+        key = (str(message["registry"]), str(message["name"]), int(message["addr"]),
+               float(message["created"]))
+        operation = message["op"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if operation == "unregister":
+        registered.pop(key, None)
+        return True
+    if operation != "register":
+        return False
+    # Checked at the end, not here, to keep create() fast: the region must then still be
+    # the one registered, created by this peer.
+    registered[key] = peer_pid
+    return True
+
+
+def _current_region(key, creator_pid):
+    """The region ``key`` names if it is still the one registered, made by
+    ``creator_pid``, else ``None``."""
+    registry, name, addr, created = key
+    # A registry removed since is not made again just to look into it.
+    if not os.path.isdir(registry):
+        return None
+    os.environ["MSHARE_ROOT"] = registry
+    try:
+        region = mshare.info(name)
+    except (OSError, ValueError):
+        return None
+    if (region.addr, region.created, region.creator_pid) != (addr, created, creator_pid):
+        return None
+    return region
+
+
+def _clean_up(registered):
+    leaked = []
+    for key, creator_pid in registered.items():
+        if _current_region(key, creator_pid) is None:
+            continue
+        try:
+            mshare.unlink(key[1])
+        except OSError as error:
+            sys.stderr.write(f"mshare.shared_memory: cannot unlink {key[1]!r}: {error}\n")
+            continue
+        leaked.append(key[1])
+    if leaked:
+        sys.stderr.write(
+            "mshare.shared_memory " + LEAK_WARNING.format(count=len(leaked))
+            + f"; unlinked: {', '.join(leaked)}\n"
+        )
+        sys.stderr.flush()
