@@ -74,8 +74,10 @@ typedef struct {
 } ms_bookkeeping_t;
 
 _Static_assert(sizeof(ms_slot_t) == 192, "named slot layout changed");
-_Static_assert(offsetof(ms_bookkeeping_t, user_lock) == 64, "user lock moved");
-_Static_assert(offsetof(ms_bookkeeping_t, internal_lock) == 128, "allocator lock moved");
+#define MS_USER_LOCK_OFFSET offsetof(ms_bookkeeping_t, user_lock)
+#define MS_INTERNAL_LOCK_OFFSET offsetof(ms_bookkeeping_t, internal_lock)
+_Static_assert(MS_USER_LOCK_OFFSET % 64 == 0 && MS_INTERNAL_LOCK_OFFSET % 64 == 0,
+               "each lock word starts a cache line of its own");
 _Static_assert(sizeof(ms_bookkeeping_t) <= MS_BOOKKEEPING_SIZE, "bookkeeping outgrew its area");
 
 /* Commit points: a release store is never reordered before the writes that precede it, by

@@ -23,6 +23,8 @@ cdef extern from "_layout.h" nogil:
     unsigned MS_NAME_BYTES
     unsigned MS_DTYPE_BYTES
     unsigned MS_MAX_DIMS
+    size_t MS_USER_LOCK_OFFSET
+    size_t MS_INTERNAL_LOCK_OFFSET
 
     enum ms_slot_state:
         MS_SLOT_EMPTY

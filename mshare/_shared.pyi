@@ -9,6 +9,9 @@ DTYPE_MAX_BYTES: int
 MAX_DIMS: int
 MAX_ALIGN: int
 INTERNAL_LOCK_TIMEOUT: float
+USER_LOCK_OFFSET: int
+INTERNAL_LOCK_OFFSET: int
+LOCK_WAITERS: int
 
 class RegionLock:
     def __init__(self, owner: Bookkeeping, timeout: float | None = ...) -> None: ...

@@ -38,13 +38,14 @@ from mshare._allocator cimport (
     Arena, allocate, live_block, rebuild, release, used_block, verify_allocator,
 )
 from mshare._layout cimport (
-    MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_HEADER, MS_MAGIC, MS_MAX_DIMS, MS_MIN_BLOCK,
+    MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_HEADER, MS_INTERNAL_LOCK_OFFSET, MS_MAGIC, MS_MAX_DIMS, MS_MIN_BLOCK,
     MS_NAME_BYTES, MS_NAME_CAPACITY, MS_SLOT_CREATING, MS_SLOT_DELETING, MS_SLOT_EMPTY,
-    MS_SLOT_LIVE, MS_VERSION, ms_bookkeeping_t, ms_fence, ms_load, ms_peek, ms_peek32,
+    MS_SLOT_LIVE, MS_USER_LOCK_OFFSET, MS_VERSION, ms_bookkeeping_t, ms_fence, ms_load, ms_peek, ms_peek32,
     ms_slot_t, ms_store, ms_store32,
 )
 from mshare._mutex cimport (
     MS_LOCK_CLOSED, MS_LOCK_DEADLOCK, MS_LOCK_OWNER_DIED, MS_LOCK_TAKEN, MS_LOCK_TIMED_OUT,
+    MS_LOCK_WAITERS,
     monotonic, ms_futex_wake, ms_holder_alive, ms_lock_release, ms_lock_swap, ms_self_word,
     self_word, timeout_seconds, wait_for,
 )
@@ -59,6 +60,10 @@ NAME_MAX_BYTES = MS_NAME_BYTES - 1
 DTYPE_MAX_BYTES = MS_DTYPE_BYTES - 1
 MAX_DIMS = MS_MAX_DIMS
 MAX_ALIGN = 1 << 30
+# Where the lock words sit in the bookkeeping area, and the bit a waiter sets in them.
+USER_LOCK_OFFSET = MS_USER_LOCK_OFFSET
+INTERNAL_LOCK_OFFSET = MS_INTERNAL_LOCK_OFFSET
+LOCK_WAITERS = MS_LOCK_WAITERS
 
 # Legitimate holders keep the allocator lock for microseconds; a wait this long (seconds)
 # means a stopped holder or a writer scribbling on the lock word.
