@@ -36,6 +36,18 @@ def wait_until_someone_waits(region, tries=100_000):
     pytest.fail("no waiter ever marked the lock word")
 
 
+def start_holder(name):
+    """Another process holding the region's lock until a line arrives on its stdin."""
+    holder = start_python(f"""
+        import sys, mshare
+        with mshare.attach({name!r}).lock():
+            print("held", flush=True)
+            sys.stdin.readline()
+    """, stdin=-1, stdout=-1, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def start_time_of(pid):
     """Field 22 of /proc/PID/stat: what the lock word's upper half holds for its holder."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -113,14 +125,7 @@ def test_holder_killed_is_reported_once_and_the_lock_is_free(registry_path, name
 
 def test_timeout_while_another_process_holds_the_lock(registry_path, name):
     region = mshare.create(name, 4096)
-    holder = start_python(f"""
-        import sys, time, mshare
-        region = mshare.attach({name!r})
-        with region.lock():
-            print("held", flush=True)
-            sys.stdin.readline()
-    """, stdin=-1, stdout=-1, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = start_holder(name)
     with pytest.raises(TimeoutError):
         with region.lock(timeout=0.3):
             pytest.fail("acquired a lock another process holds")
@@ -137,14 +142,7 @@ def test_timeout_while_another_process_holds_the_lock(registry_path, name):
 
 def test_waiting_releases_the_gil(registry_path, name):
     region = mshare.create(name, 4096)
-    holder = start_python(f"""
-        import sys, mshare
-        region = mshare.attach({name!r})
-        with region.lock():
-            print("held", flush=True)
-            sys.stdin.readline()
-    """, stdin=-1, stdout=-1, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = start_holder(name)
     waited = threading.Event()
 
     def waiter():
@@ -165,13 +163,7 @@ def test_waiting_releases_the_gil(registry_path, name):
 
 def test_a_signal_handler_interrupts_a_wait(registry_path, name):
     region = mshare.create(name, 4096)
-    holder = start_python(f"""
-        import sys, mshare
-        with mshare.attach({name!r}).lock():
-            print("held", flush=True)
-            sys.stdin.readline()
-    """, stdin=-1, stdout=-1, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = start_holder(name)
 
     class Interrupted(Exception):
         pass
@@ -364,13 +356,7 @@ def test_ctrl_c_during_a_blocked_wait_raises_and_holds_nothing(registry_path, na
 
 def test_close_wakes_a_thread_blocked_in_lock(registry_path, name):
     region = mshare.create(name, 4096)
-    holder = start_python(f"""
-        import sys, mshare
-        with mshare.attach({name!r}).lock():
-            print("held", flush=True)
-            sys.stdin.readline()
-    """, stdin=-1, stdout=-1, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = start_holder(name)
     raised = []
 
     def waiter():
