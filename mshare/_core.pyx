@@ -44,7 +44,7 @@ cdef class Mapping:
     cdef readonly bint mapped
     cdef public object label
     cdef bint closing
-    cdef Py_ssize_t populating
+    cdef readonly Py_ssize_t populating  # populate calls now running, the GIL released
 
     def __cinit__(self):
         self.addr = 0

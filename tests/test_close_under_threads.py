@@ -65,7 +65,8 @@ def _close_until_done(region, counts):
 
 
 def test_threads_keep_working_while_another_closes_and_reattaches(registry_path, name):
-    mshare.create(name, 1 << 20).close()
+    # Large enough that populate takes a while with the GIL released.
+    mshare.create(name, 32 << 20).close()
     current = [mshare.attach(name)]
     stop = threading.Event()
     progress = [0] * WORKERS
@@ -102,3 +103,30 @@ def test_threads_keep_working_while_another_closes_and_reattaches(registry_path,
     assert all(progress), f"a worker never completed a call: {progress}"
     print(counts, "calls:", sum(progress))
     record("threads vs close", calls=sum(progress), **counts)
+
+
+def test_close_waits_for_a_populate_in_flight(registry_path, name):
+    region = mshare.create(name, 128 << 20, hugepages="off")
+    mapping = region._attachment.mapping
+    outcome = []
+
+    def populate():
+        try:
+            region.populate()
+            outcome.append("populated")
+        except BaseException as error:  # reported by the test
+            outcome.append(repr(error))
+
+    thread = threading.Thread(target=populate)
+    thread.start()
+    while not mapping.populating and not outcome:
+        stop_for_a_moment()
+    region.close()  # must not unmap under the populate, whenever it ran
+    thread.join(60)
+    assert outcome == ["populated"]
+    assert not mapping.mapped
+    mshare.unlink(name)
+
+
+def stop_for_a_moment():
+    threading.Event().wait(0.0005)

@@ -6,7 +6,7 @@ import os
 
 import numpy
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import mshare
@@ -250,6 +250,10 @@ def table_and_free_bytes(region):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=NAMES, shape=SHAPES, dtype=DTYPES, exist_ok=st.one_of(st.booleans(), st.just(1)))
+@example(name="fresh", shape=(0, 2**63), dtype="int8", exist_ok=False)
+@example(name="fresh", shape=(2**64,), dtype="int8", exist_ok=False)
+@example(name="fresh", shape=(2**62, 4), dtype="int8", exist_ok=False)
+@example(name="fresh", shape=(4,), dtype="V0", exist_ok=False)
 def test_bad_array_arguments_change_nothing(probed_region, name, shape, dtype, exist_ok):
     region = probed_region
     before = table_and_free_bytes(region)
@@ -268,6 +272,7 @@ def test_bad_array_arguments_change_nothing(probed_region, name, shape, dtype, e
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(nbytes=2**64, align=64)
 @given(nbytes=st.one_of(EXTENTS, st.integers(2**20, 2**66)),
        align=st.one_of(st.integers(-2, 2**31), st.sampled_from([2**30, 2**31, 2**64]),
                        st.just(True), st.floats()))
