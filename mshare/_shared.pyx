@@ -24,6 +24,7 @@ Within the process, every call that touches the memory counts itself in flight, 
 from under a thread.
 """
 
+cimport cython
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.limits cimport INT_MAX
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
@@ -73,6 +74,9 @@ INTERNAL_LOCK_TIMEOUT = 5.0
 cdef object _CONSTRUCT = object()
 
 
+# Plain C methods, not function objects: `with region.lock():` looks both methods up on
+# every use, and binding them would cost more than taking the lock.
+@cython.binding(False)
 cdef class RegionLock:
     """A region's process-shared lock, used as a context manager.
 
