@@ -29,7 +29,7 @@ from people import as_member, as_stranger
 
 TARGETS = ["all", "header", "arena-fields", "user-lock", "internal-lock", "busy-pending",
            "free-lists", "bitmaps", "name-slots", "blocks"]
-VICTIM_CALLS = 1500
+VICTIM_CALLS = 3000
 SHARED_SIZE = {"shm": 1 << 20, "hugetlb": 4 << 20}
 
 # Runs as another user. The exceptions it accepts are the documented outcomes of calls on
