@@ -36,8 +36,7 @@ class Attachment:
                                                         name=mapping.label)
 
     def check_lock_released(self):
-        """Unmapping a robust mutex this process holds would leave the C library's list of
-        held mutexes pointing into unmapped memory."""
+        """A lock this process holds must stay mapped until it is released."""
         if self.bookkeeping is not None and self.bookkeeping.locks_held:
             raise RuntimeError(f"{self.mapping.label} cannot be closed while this process holds "
                                "its lock; leave the `with region.lock():` block first")
