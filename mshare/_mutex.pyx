@@ -16,7 +16,6 @@ wait until its timeout or report a dead owner.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport ETIMEDOUT
 from libc.limits cimport INT_MAX
 from libc.stdint cimport uint32_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -56,11 +55,10 @@ cdef int wait_for(uint64_t *word, uint64_t me, uint64_t observed, double timeout
     word was cleared by this waiter; the lock is free, not taken), TIMED_OUT, CLOSED
     (``closing`` became true) or DEADLOCK (``me`` already holds it). ``timeout`` < 0
     waits forever. Raises what a signal handler raises."""
-    cdef double deadline = monotonic() + timeout
+    cdef double now = monotonic()
+    cdef double deadline = now + timeout, next_check = now + WAIT_SLICE
     cdef double remaining = WAIT_SLICE
     cdef uint64_t flagged
-    cdef int rc
-    cdef bint slept_out = False
     while True:
         PyErr_CheckSignals()
         if closing[0]:
@@ -72,10 +70,13 @@ cdef int wait_for(uint64_t *word, uint64_t me, uint64_t observed, double timeout
             continue
         if observed & ~MS_LOCK_WAITERS == me:
             return MS_LOCK_DEADLOCK
+        now = monotonic()
         if timeout >= 0:
-            remaining = deadline - monotonic()
-        if slept_out or remaining <= 0:
-            slept_out = False
+            remaining = deadline - now
+        # Once a slice, however often the word changes meanwhile (a writer may keep it
+        # changing), and once more before giving up.
+        if now >= next_check or remaining <= 0:
+            next_check = now + WAIT_SLICE
             if not ms_holder_alive(observed):
                 if ms_lock_swap(word, &observed, 0):
                     ms_futex_wake(word, INT_MAX)
@@ -90,8 +91,7 @@ cdef int wait_for(uint64_t *word, uint64_t me, uint64_t observed, double timeout
             observed = flagged
         remaining = min(remaining, WAIT_SLICE)
         with nogil:
-            rc = ms_futex_wait(word, <uint32_t>observed, <long>(remaining * 1e9) + 1)
-        slept_out = rc == ETIMEDOUT
+            ms_futex_wait(word, <uint32_t>observed, <long>(remaining * 1e9) + 1)
         observed = ms_lock_peek(word)
 
 

@@ -12,6 +12,7 @@ and a canary on its Python heap never change, every address it is given lies ins
 shared region, and every failing call raises one of the documented exceptions.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,7 +40,8 @@ SHARED_SIZE = {"shm": 1 << 20, "hugetlb": 4 << 20}
 #   OwnerDiedError           a lock word named a dead or never-existing holder
 #   RegionFullError          no free block fits (the free lists were emptied or inflated)
 #   FileExistsError / FileNotFoundError   names the writer created or erased
-#   ValueError from free()   the block's header no longer says it is a live allocation
+#   ValueError from free()   the block's header no longer says it is a live allocation,
+#                            or now says it belongs to a named array
 VICTIM = """
 import collections, ctypes, hashlib, json, os, random, sys
 import mshare, mshare._shared
@@ -66,6 +68,7 @@ counts = collections.Counter()
 samples = {{}}
 outside = []
 live = []
+FREE_REFUSALS = ("not a live allocation", "belongs to a named object")
 documented = (CorruptBookkeepingError, TimeoutError, OwnerDiedError, RegionFullError,
               FileExistsError, FileNotFoundError)
 
@@ -94,7 +97,7 @@ for call in range({calls}):
                 try:
                     shared.free(live.pop(rng.randrange(len(live))))
                 except ValueError as error:
-                    if "not a live allocation" not in str(error):
+                    if not any(reason in str(error) for reason in FREE_REFUSALS):
                         raise
                     counts["ValueError from free"] += 1
                     continue
@@ -193,6 +196,9 @@ def attack(region, binary, name, target, seed):
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+        if victim.returncode != 0:  # it never got to unlink its private region
+            with contextlib.suppress(FileNotFoundError):
+                mshare.unlink(f"{name}-private")
     assert victim.returncode == 0, f"victim exited {victim.returncode}:\n{errors}"
     return json.loads(output.splitlines()[-1]), writes
 
