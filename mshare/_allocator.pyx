@@ -13,9 +13,14 @@ lands exactly on the arena end, and a block's USED bit always tells the truth. E
 to that chain is prepared in bytes no walk can see, then committed by one release store of
 one size word. Everything else (free lists, bitmaps, footers, PREV_FREE bits, the free-byte
 count) is derived, and ``rebuild`` recomputes it from the chain after a holder died mid-way.
-Pointers read from shared memory are checked to lie inside the arena before being followed;
-a derived structure that fails a check is rebuilt, a chain that fails one is reported.
-The arena is formatted by the first allocation, so a region used raw keeps its bytes.
+
+Every byte here may be rewritten at any moment by another process that may write the region.
+So each word is read once (``peek``) into a local, the local is checked against the private
+``Arena`` bounds before it decides anything, and every store (``poke``, ``commit``) checks its
+address against those bounds at the store. Walks are bounded by the number of blocks the
+arena can hold. A derived structure that fails a check is rebuilt; a chain that fails one is
+reported as ``CorruptBookkeepingError``. The arena is formatted by the first allocation, so
+a region used raw keeps its bytes.
 """
 
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
@@ -24,27 +29,52 @@ from libc.string cimport memset
 from mshare._layout cimport (
     MS_FL_COUNT, MS_FLAGS, MS_HEADER, MS_MIN_BLOCK, MS_NAMED, MS_PREV_FREE, MS_SL_COUNT,
     MS_SL_LOG2, MS_SMALL_LIMIT, MS_USED, ms_bookkeeping_t, ms_ctz32, ms_ctz64, ms_mix, ms_msb64,
-    ms_store,
+    ms_peek, ms_peek32, ms_store,
 )
 
 from mshare.errors import CorruptBookkeepingError, RegionFullError
 
-
 class _Damaged(Exception):
-    """A derived structure (free list, bitmap, footer) failed a check: rebuild it."""
+    """A word failed a check: rebuild the derived structures, or report the chain."""
 
 
 cdef inline uint64_t *word(uint64_t addr) noexcept nogil:
     return <uint64_t *><uintptr_t>addr
 
 
-cdef inline uint64_t arena_end(ms_bookkeeping_t *bk) noexcept nogil:
-    cdef uint64_t usable = bk.arena_size & ~<uint64_t>15
-    return bk.arena_addr + (usable if usable >= MS_MIN_BLOCK else 0)
+cdef inline bint inside(Arena *arena, uint64_t addr) noexcept nogil:
+    """Whether the aligned word at ``addr`` lies wholly inside the arena."""
+    return arena.start <= addr < arena.end and arena.end - addr >= 8 and not addr & 7
 
 
-cdef inline uint64_t check_word(ms_bookkeeping_t *bk, uint64_t header, uint64_t size) noexcept nogil:
-    return ms_mix(header ^ ms_mix(size ^ bk.block_key)) | 1
+cdef inline uint64_t peek(Arena *arena, uint64_t addr) except? 0xdeadbeefdeadbeef:
+    if not inside(arena, addr):
+        raise _Damaged()
+    return ms_peek(word(addr))
+
+
+cdef inline int poke(Arena *arena, uint64_t addr, uint64_t value) except -1:
+    if not inside(arena, addr):
+        raise _Damaged()
+    word(addr)[0] = value
+    return 0
+
+
+cdef inline int commit(Arena *arena, uint64_t addr, uint64_t value) except -1:
+    """A checked release store: the commit point of a change to the block chain."""
+    if not inside(arena, addr):
+        raise _Damaged()
+    ms_store(word(addr), value)
+    return 0
+
+
+cdef inline uint64_t check_word(Arena *arena, uint64_t header, uint64_t size) noexcept nogil:
+    return ms_mix(header ^ ms_mix(size ^ arena.key)) | 1
+
+
+cdef inline uint64_t block_limit(Arena *arena) noexcept nogil:
+    """More steps than any walk over honest lists can take: a longer one is a cycle."""
+    return (arena.end - arena.start) // MS_MIN_BLOCK + 1
 
 
 cdef inline void size_class(uint64_t size, unsigned *fl, unsigned *sl) noexcept nogil:
@@ -62,61 +92,74 @@ cdef inline uint64_t round_up(uint64_t value, uint64_t align) noexcept nogil:
     return (value + align - 1) & ~(align - 1)
 
 
-cdef uint64_t free_size(ms_bookkeeping_t *bk, uint64_t block) except 0:
-    """Size of the free block at ``block``; raises _Damaged if there is none."""
-    cdef uint64_t start = bk.arena_addr, end = arena_end(bk), head, size
-    if block < start or block >= end or end - block < MS_MIN_BLOCK or (block - start) & 15:
+cdef inline uint64_t *head_of(Arena *arena, unsigned fl, unsigned sl) except NULL:
+    if fl >= MS_FL_COUNT or sl >= MS_SL_COUNT:
         raise _Damaged()
-    head = word(block)[0]
-    size = head & ~MS_FLAGS
-    if head & MS_USED or size < MS_MIN_BLOCK or size > end - block:
+    return &arena.bk.heads[fl][sl]
+
+
+cdef uint64_t free_block(Arena *arena, uint64_t block, uint64_t *head) except 0:
+    """Size of the free block at ``block`` (its size word into ``head``); _Damaged if none."""
+    cdef uint64_t value, size
+    if block < arena.start or block >= arena.end or (block - arena.start) & 15:
         raise _Damaged()
+    if arena.end - block < MS_MIN_BLOCK:
+        raise _Damaged()
+    value = peek(arena, block)
+    size = value & ~MS_FLAGS
+    if value & MS_USED or size < MS_MIN_BLOCK or size > arena.end - block:
+        raise _Damaged()
+    head[0] = value
     return size
 
 
-cdef int list_insert(ms_bookkeeping_t *bk, uint64_t block, uint64_t size) except -1:
+cdef int list_insert(Arena *arena, uint64_t block, uint64_t size) except -1:
+    cdef ms_bookkeeping_t *bk = arena.bk
     cdef unsigned fl, sl
-    cdef uint64_t first
+    cdef uint64_t first, ignored
+    cdef uint64_t *list_head
     size_class(size, &fl, &sl)
-    if fl >= MS_FL_COUNT:
-        raise _Damaged()
-    first = bk.heads[fl][sl]
+    list_head = head_of(arena, fl, sl)
+    first = ms_peek(list_head)
     if first:
-        free_size(bk, first)
-        word(first)[3] = block
-    word(block)[2] = first
-    word(block)[3] = 0
-    bk.heads[fl][sl] = block
-    bk.sl_bitmap[fl] |= <uint32_t>1 << sl
-    bk.fl_bitmap |= <uint64_t>1 << fl
+        free_block(arena, first, &ignored)
+        poke(arena, first + 24, block)
+    poke(arena, block + 16, first)
+    poke(arena, block + 24, 0)
+    list_head[0] = block
+    bk.sl_bitmap[fl] = ms_peek32(&bk.sl_bitmap[fl]) | <uint32_t>1 << sl
+    bk.fl_bitmap = ms_peek(&bk.fl_bitmap) | <uint64_t>1 << fl
     return 0
 
 
-cdef int list_remove(ms_bookkeeping_t *bk, uint64_t block, uint64_t size) except -1:
+cdef int list_remove(Arena *arena, uint64_t block, uint64_t size) except -1:
+    cdef ms_bookkeeping_t *bk = arena.bk
     cdef unsigned fl, sl
-    cdef uint64_t following = word(block)[2], preceding = word(block)[3]
+    cdef uint64_t following = peek(arena, block + 16), preceding = peek(arena, block + 24)
+    cdef uint64_t ignored, remaining
+    cdef uint64_t *list_head
     size_class(size, &fl, &sl)
-    if fl >= MS_FL_COUNT:
-        raise _Damaged()
+    list_head = head_of(arena, fl, sl)
     if preceding:
-        free_size(bk, preceding)
-        if word(preceding)[2] != block:
+        free_block(arena, preceding, &ignored)
+        if peek(arena, preceding + 16) != block:
             raise _Damaged()
-    elif bk.heads[fl][sl] != block:
+    elif ms_peek(list_head) != block:
         raise _Damaged()
     if following:
-        free_size(bk, following)
-        if word(following)[3] != block:
+        free_block(arena, following, &ignored)
+        if peek(arena, following + 24) != block:
             raise _Damaged()
-        word(following)[3] = preceding
+        poke(arena, following + 24, preceding)
     if preceding:
-        word(preceding)[2] = following
+        poke(arena, preceding + 16, following)
     else:
-        bk.heads[fl][sl] = following
-    if not bk.heads[fl][sl]:
-        bk.sl_bitmap[fl] &= ~(<uint32_t>1 << sl)
-        if not bk.sl_bitmap[fl]:
-            bk.fl_bitmap &= ~(<uint64_t>1 << fl)
+        list_head[0] = following
+        if not following:
+            remaining = ms_peek32(&bk.sl_bitmap[fl]) & ~(<uint32_t>1 << sl)
+            bk.sl_bitmap[fl] = <uint32_t>remaining
+            if not remaining:
+                bk.fl_bitmap = ms_peek(&bk.fl_bitmap) & ~(<uint64_t>1 << fl)
     return 0
 
 
@@ -130,237 +173,252 @@ cdef uint64_t fit(uint64_t block, uint64_t size, uint64_t need, uint64_t align) 
     if gap and gap < MS_MIN_BLOCK:
         payload = round_up(block + MS_HEADER + MS_MIN_BLOCK, align)
         gap = payload - MS_HEADER - block
-    return payload if gap + need <= size else 0
+    return payload if gap <= size and need <= size - gap else 0
 
 
-cdef uint64_t find(ms_bookkeeping_t *bk, uint64_t need, uint64_t align, uint64_t *block) except? 0:
+cdef uint64_t find(Arena *arena, uint64_t need, uint64_t align, uint64_t *block,
+                   uint64_t *size, uint64_t *head) except? 0:
     """Pick a free block for ``need`` bytes; return the payload address, or 0 when none fits.
 
     The fast path rounds the request up to the next class, so the head of the first
     non-empty list at or above it always fits: two bit scans. Only when that finds nothing
     (memory is tight) are the lists that may hold a fitting block walked one by one, so an
     allocation fails only if no free block can hold it."""
+    cdef ms_bookkeeping_t *bk = arena.bk
     cdef unsigned fl, sl
     cdef uint64_t search = need if align <= MS_HEADER else need + align + MS_MIN_BLOCK
-    cdef uint64_t map_, candidate, size, payload, steps = 0
-    cdef uint64_t limit = (arena_end(bk) - bk.arena_addr) // MS_MIN_BLOCK + 1
+    cdef uint64_t map_, candidate, payload, steps = 0, limit = block_limit(arena)
     if search >= MS_SMALL_LIMIT:
         search += (<uint64_t>1 << (ms_msb64(search) - MS_SL_LOG2)) - 1
     size_class(search, &fl, &sl)
     if fl < MS_FL_COUNT:
-        map_ = bk.sl_bitmap[fl] & (~<uint32_t>0 << sl)
+        map_ = ms_peek32(&bk.sl_bitmap[fl]) & (~<uint32_t>0 << sl)
         if not map_ and fl + 1 < MS_FL_COUNT:
-            map_ = bk.fl_bitmap & (~<uint64_t>0 << (fl + 1))
+            map_ = ms_peek(&bk.fl_bitmap) & (~<uint64_t>0 << (fl + 1))
             if map_:
                 fl = ms_ctz64(map_)
-                map_ = bk.sl_bitmap[fl]
+                map_ = ms_peek32(&bk.sl_bitmap[fl])
                 if not map_:
                     raise _Damaged()
         if map_:
-            candidate = bk.heads[fl][ms_ctz32(<uint32_t>map_)]
-            payload = fit(candidate, free_size(bk, candidate), need, align)
+            candidate = ms_peek(head_of(arena, fl, ms_ctz32(<uint32_t>map_)))
+            size[0] = free_block(arena, candidate, head)
+            payload = fit(candidate, size[0], need, align)
             if not payload:
                 raise _Damaged()
             block[0] = candidate
             return payload
     size_class(need, &fl, &sl)
     while fl < MS_FL_COUNT:
-        map_ = bk.sl_bitmap[fl] & (~<uint32_t>0 << sl)
+        map_ = ms_peek32(&bk.sl_bitmap[fl]) & (~<uint32_t>0 << sl)
         while map_:
-            candidate = bk.heads[fl][ms_ctz32(<uint32_t>map_)]
+            candidate = ms_peek(head_of(arena, fl, ms_ctz32(<uint32_t>map_)))
             while candidate:
                 steps += 1
                 if steps > limit:
                     raise _Damaged()
-                size = free_size(bk, candidate)
-                payload = fit(candidate, size, need, align)
+                size[0] = free_block(arena, candidate, head)
+                payload = fit(candidate, size[0], need, align)
                 if payload:
                     block[0] = candidate
                     return payload
-                candidate = word(candidate)[2]
+                candidate = peek(arena, candidate + 16)
             map_ &= map_ - 1
         fl += 1
         sl = 0
     return 0
 
 
-cdef int carve(ms_bookkeeping_t *bk, uint64_t block, uint64_t payload, uint64_t need,
-               uint64_t *intent, uint64_t flags, object name) except -1:
-    """Turn part of a free block, already off its list, into the used block at ``payload - 16``."""
-    cdef uint64_t head = word(block)[0]
-    cdef uint64_t size = head & ~MS_FLAGS
+cdef int carve(Arena *arena, uint64_t block, uint64_t size, uint64_t head, uint64_t payload,
+               uint64_t need, uint64_t *intent, uint64_t flags, object name) except -1:
+    """Turn part of a free block, already off its list, into the used block at ``payload - 16``.
+
+    ``size`` and ``head`` are the block's size word as read once and checked by ``find``."""
     cdef uint64_t used = payload - MS_HEADER
     cdef uint64_t gap = used - block
     cdef uint64_t rest = size - gap - need
-    cdef uint64_t after, end = arena_end(bk)
+    cdef uint64_t after
     if rest < MS_MIN_BLOCK:
         need += rest
         rest = 0
     # Prepared inside the free block, invisible to a walk until the commit below.
     if rest:
-        word(used + need)[0] = rest
-        word(used + need)[1] = 0
-        word(used + need + rest - 8)[0] = rest
-    word(used)[1] = check_word(bk, used, need)
+        poke(arena, used + need, rest)
+        poke(arena, used + need + 8, 0)
+        poke(arena, used + need + rest - 8, rest)
+    poke(arena, used + 8, check_word(arena, used, need))
     if gap:
-        word(used)[0] = need | flags | MS_PREV_FREE
-        word(used - 8)[0] = gap
+        poke(arena, used, need | flags | MS_PREV_FREE)
+        poke(arena, used - 8, gap)
     intent[0] = payload
     if gap:
-        ms_store(&word(block)[0], gap | (head & MS_PREV_FREE))
+        commit(arena, block, gap | (head & MS_PREV_FREE))
     else:
-        ms_store(&word(block)[0], need | flags | (head & MS_PREV_FREE))
-    bk.free_bytes -= need
+        commit(arena, block, need | flags | (head & MS_PREV_FREE))
+    arena.bk.free_bytes = ms_peek(&arena.bk.free_bytes) - need
     try:
         if gap:
-            list_insert(bk, block, gap)
+            list_insert(arena, block, gap)
         if rest:
-            list_insert(bk, used + need, rest)
+            list_insert(arena, used + need, rest)
         else:
             after = used + need
-            if after < end:
-                ms_store(&word(after)[0], word(after)[0] & ~MS_PREV_FREE)
+            if after < arena.end:
+                commit(arena, after, peek(arena, after) & ~MS_PREV_FREE)
     except _Damaged:
-        rebuild(bk, name)
+        rebuild(arena, name)
     return 0
 
 
-cdef int format_arena(ms_bookkeeping_t *bk) except -1:
+cdef int format_arena(Arena *arena) except -1:
     """Lay the first block header over the whole arena, on the first allocation only, so a
     region used raw never finds allocator data in its bytes. The flag is the commit."""
-    cdef uint64_t start = bk.arena_addr, end = arena_end(bk)
+    cdef ms_bookkeeping_t *bk = arena.bk
+    cdef uint64_t start = arena.start, end = arena.end
     bk.fl_bitmap = 0
     memset(bk.sl_bitmap, 0, sizeof(bk.sl_bitmap))
     memset(bk.heads, 0, sizeof(bk.heads))
     bk.free_bytes = end - start
     if end > start:
-        word(start)[0] = end - start
-        word(start)[1] = 0
-        word(end - 8)[0] = end - start
-        list_insert(bk, start, end - start)
+        poke(arena, start, end - start)
+        poke(arena, start + 8, 0)
+        poke(arena, end - 8, end - start)
+        list_insert(arena, start, end - start)
     ms_store(&bk.formatted, 1)
     return 0
 
 
-cdef uint64_t allocate(ms_bookkeeping_t *bk, uint64_t nbytes, uint64_t align,
-                       uint64_t *intent, bint named, object name) except 0:
+cdef uint64_t allocate(Arena *arena, uint64_t nbytes, uint64_t align, uint64_t *intent,
+                       bint named, object name) except 0:
     """Allocate ``nbytes`` at a multiple of ``align``; ``intent`` receives the payload
     address just before the commit, so a repair can roll an interrupted allocation back.
     A ``named`` block is flagged so that only ``release(named=True)`` frees it."""
-    cdef uint64_t block = 0, payload = 0, need = 0
+    cdef uint64_t block = 0, size = 0, head = 0, payload = 0, need = 0
     cdef int attempt
-    if not bk.formatted:
-        format_arena(bk)
-    if nbytes <= bk.arena_size:
-        need = max(MS_MIN_BLOCK, round_up(nbytes + MS_HEADER, 16))
-        for attempt in range(2):
-            try:
-                payload = find(bk, need, align, &block)
-                if payload:
-                    list_remove(bk, block, word(block)[0] & ~MS_FLAGS)
-                break
-            except _Damaged:
-                if attempt:
-                    raise CorruptBookkeepingError(
-                        "the allocator's free lists are damaged again right after a rebuild",
-                        name) from None
-                rebuild(bk, name)
-    if not payload:
-        raise RegionFullError(
-            f"cannot allocate {nbytes} bytes aligned to {align}: {bk.free_bytes} bytes free "
-            f"in the region's arena of {bk.arena_size} bytes, but no free block is large enough",
-            name)
-    carve(bk, block, payload, need, intent, MS_USED | (MS_NAMED if named else 0), name)
+    try:
+        if not ms_peek(&arena.bk.formatted):
+            format_arena(arena)
+        if nbytes <= arena.end - arena.start:
+            need = max(MS_MIN_BLOCK, round_up(nbytes + MS_HEADER, 16))
+            for attempt in range(2):
+                try:
+                    payload = find(arena, need, align, &block, &size, &head)
+                    if payload:
+                        list_remove(arena, block, size)
+                    break
+                except _Damaged:
+                    if attempt:
+                        raise CorruptBookkeepingError(
+                            "the allocator's free lists are damaged again right after a rebuild",
+                            name) from None
+                    rebuild(arena, name)
+        if not payload:
+            raise RegionFullError(
+                f"cannot allocate {nbytes} bytes aligned to {align}: "
+                f"{ms_peek(&arena.bk.free_bytes)} bytes free in the region's arena of "
+                f"{arena.size} bytes, but no free block is large enough", name)
+        carve(arena, block, size, head, payload, need, intent,
+              MS_USED | (MS_NAMED if named else 0), name)
+    except _Damaged:
+        raise CorruptBookkeepingError("the allocator's bookkeeping points outside its arena",
+                                      name) from None
+    if payload < arena.start + MS_HEADER or payload > arena.end or nbytes > arena.end - payload:
+        raise CorruptBookkeepingError(
+            f"the allocator picked 0x{payload:x}+{nbytes}, outside its arena", name)
     return payload
 
 
-cdef uint64_t used_block(ms_bookkeeping_t *bk, uint64_t payload) noexcept:
-    """Header address of the live allocation at ``payload``, or 0 if there is none."""
-    cdef uint64_t start = bk.arena_addr, end = arena_end(bk)
-    cdef uint64_t block = payload - MS_HEADER, head, size
-    if not bk.formatted or payload < start + MS_HEADER or payload >= end or (block - start) & 15:
+cdef uint64_t used_block(Arena *arena, uint64_t payload, uint64_t *head) noexcept:
+    """Header address of the live allocation at ``payload`` (its size word into ``head``),
+    or 0 if there is none."""
+    cdef uint64_t block = payload - MS_HEADER, value, size
+    if (not ms_peek(&arena.bk.formatted) or payload < arena.start + MS_HEADER
+            or payload >= arena.end or (block - arena.start) & 15
+            or arena.end - block < MS_MIN_BLOCK):
         return 0
-    if end - block < MS_MIN_BLOCK:
+    value = ms_peek(word(block))
+    size = value & ~MS_FLAGS
+    if not value & MS_USED or size < MS_MIN_BLOCK or size > arena.end - block:
         return 0
-    head = word(block)[0]
-    size = head & ~MS_FLAGS
-    if not head & MS_USED or size < MS_MIN_BLOCK or size > end - block:
+    if ms_peek(word(block + 8)) != check_word(arena, block, size):
         return 0
-    if word(block)[1] != check_word(bk, block, size):
-        return 0
+    head[0] = value
     return block
 
 
-cdef uint64_t live_block(ms_bookkeeping_t *bk, uint64_t payload) noexcept:
+cdef uint64_t live_block(Arena *arena, uint64_t payload) noexcept:
     """Like ``used_block``, but also walks the chain to prove the header is reachable.
 
     A process killed just before committing an aligned allocation leaves a well-formed
     header inside a free block; only a walk tells such a phantom from a live block. Repair
     uses this before rolling anything back, and scrubs the phantom's check word."""
-    cdef uint64_t block = used_block(bk, payload), walk = bk.arena_addr, size
+    cdef uint64_t head, size, walk = arena.start
+    cdef uint64_t block = used_block(arena, payload, &head)
     if not block:
         return 0
     while walk < block:
-        size = word(walk)[0] & ~MS_FLAGS
-        if size < MS_MIN_BLOCK:
+        size = ms_peek(word(walk)) & ~MS_FLAGS
+        if size < MS_MIN_BLOCK or size & 15 or size > arena.end - walk:
             return 0
         walk += size
     if walk != block:
-        word(block)[1] = 0
+        word(block + 8)[0] = 0
         return 0
     return block
 
 
-cdef int coalesce(ms_bookkeeping_t *bk, uint64_t block) except -1:
+cdef int coalesce(Arena *arena, uint64_t block, uint64_t size, uint64_t head) except -1:
     """Merge a just-freed block with free neighbours and put the result on its list."""
-    cdef uint64_t start = bk.arena_addr, end = arena_end(bk)
-    cdef uint64_t head = word(block)[0]
-    cdef uint64_t size = head & ~MS_FLAGS
-    cdef uint64_t neighbour, other
-    neighbour = block + size
-    if neighbour < end and not word(neighbour)[0] & MS_USED:
-        other = free_size(bk, neighbour)
-        list_remove(bk, neighbour, other)
-        size += other
-        ms_store(&word(block)[0], size | (head & MS_PREV_FREE))
+    cdef uint64_t start = arena.start, end = arena.end
+    cdef uint64_t neighbour = block + size, value, other, previous_head
+    if neighbour < end:
+        value = peek(arena, neighbour)
+        if not value & MS_USED:
+            other = value & ~MS_FLAGS
+            if other < MS_MIN_BLOCK or other & 15 or other > end - neighbour:
+                raise _Damaged()
+            list_remove(arena, neighbour, other)
+            size += other
+            commit(arena, block, size | (head & MS_PREV_FREE))
     if head & MS_PREV_FREE:
         if block - start < MS_MIN_BLOCK:
             raise _Damaged()
-        other = word(block - 8)[0]
-        if other < MS_MIN_BLOCK or other > block - start or free_size(bk, block - other) != other:
+        other = peek(arena, block - 8)
+        if other < MS_MIN_BLOCK or other & 15 or other > block - start:
+            raise _Damaged()
+        if free_block(arena, block - other, &previous_head) != other:
             raise _Damaged()
         block -= other
-        list_remove(bk, block, other)
+        list_remove(arena, block, other)
         size += other
-        ms_store(&word(block)[0], size | (word(block)[0] & MS_PREV_FREE))
-    word(block + size - 8)[0] = size
-    list_insert(bk, block, size)
+        commit(arena, block, size | (previous_head & MS_PREV_FREE))
+    poke(arena, block + size - 8, size)
+    list_insert(arena, block, size)
     neighbour = block + size
     if neighbour < end:
-        ms_store(&word(neighbour)[0], word(neighbour)[0] | MS_PREV_FREE)
+        commit(arena, neighbour, peek(arena, neighbour) | MS_PREV_FREE)
     return 0
 
 
-cdef int release(ms_bookkeeping_t *bk, uint64_t payload, bint named, object name) except -1:
-    cdef uint64_t block = used_block(bk, payload)
-    cdef uint64_t head, size
+cdef int release(Arena *arena, uint64_t payload, bint named, object name) except -1:
+    cdef uint64_t head = 0, size
+    cdef uint64_t block = used_block(arena, payload, &head)
     if not block:
         raise ValueError(
             f"address 0x{payload:x} is not a live allocation of this region: it was never "
             f"returned by alloc(), or it was already freed")
-    head = word(block)[0]
     if bool(head & MS_NAMED) != named:
         raise ValueError(f"0x{payload:x} belongs to a named object; delete it by name"
                          if not named else f"0x{payload:x} is not a named object's block")
     size = head & ~MS_FLAGS
-    ms_store(&word(block)[0], size | (head & MS_PREV_FREE))
-    # After the commit, so a repair that finds the block still USED can finish this free.
-    word(block)[1] = 0
-    bk.free_bytes += size
     try:
-        coalesce(bk, block)
+        commit(arena, block, size | (head & MS_PREV_FREE))
+        # After the commit, so a repair that finds the block still USED can finish this free.
+        poke(arena, block + 8, 0)
+        arena.bk.free_bytes = ms_peek(&arena.bk.free_bytes) + size
+        coalesce(arena, block, size, head)
     except _Damaged:
-        rebuild(bk, name)
+        rebuild(arena, name)
     return 0
 
 
@@ -370,73 +428,92 @@ cdef corrupt(uint64_t block, uint64_t head, object name):
         f"something wrote over the allocator's data inside the region", name)
 
 
-cdef int rebuild(ms_bookkeeping_t *bk, object name) except -1:
+cdef int rebuild(Arena *arena, object name) except -1:
     """Recompute every derived structure from the block chain, merging adjacent free blocks."""
-    cdef uint64_t end = arena_end(bk), block = bk.arena_addr
-    cdef uint64_t head, want, size, run = 0, run_size = 0
+    try:
+        rebuild_chain(arena, name)
+    except _Damaged:
+        raise CorruptBookkeepingError(
+            "the allocator's block chain changed under its repair", name) from None
+    return 0
+
+
+cdef int rebuild_chain(Arena *arena, object name) except -1:
+    cdef ms_bookkeeping_t *bk = arena.bk
+    cdef uint64_t end = arena.end, block = arena.start
+    cdef uint64_t head, want, size, run = 0, run_size = 0, free_bytes = 0
     cdef bint previous_free = False
-    if not bk.formatted:
+    if not ms_peek(&bk.formatted):
         return 0  # the next allocation formats the arena from scratch
     bk.fl_bitmap = 0
     memset(bk.sl_bitmap, 0, sizeof(bk.sl_bitmap))
     memset(bk.heads, 0, sizeof(bk.heads))
-    bk.free_bytes = 0
     while block < end:
-        head = word(block)[0]
+        head = peek(arena, block)
         size = head & ~MS_FLAGS
         if size < MS_MIN_BLOCK or size & 15 or size > end - block:
             raise corrupt(block, head, name)
         if head & MS_USED:
-            if word(block)[1] != check_word(bk, block, size):
+            if peek(arena, block + 8) != check_word(arena, block, size):
                 raise corrupt(block, head, name)
             if run:
-                word(run + run_size - 8)[0] = run_size
-                list_insert(bk, run, run_size)
-                bk.free_bytes += run_size
+                poke(arena, run + run_size - 8, run_size)
+                list_insert(arena, run, run_size)
+                free_bytes += run_size
                 run = 0
             want = size | (head & (MS_USED | MS_NAMED)) | (MS_PREV_FREE if previous_free else 0)
             if head != want:
-                ms_store(&word(block)[0], want)
+                commit(arena, block, want)
             previous_free = False
         else:
             if run:
                 run_size += size
-                ms_store(&word(run)[0], run_size)
             else:
                 run, run_size = block, size
-                ms_store(&word(run)[0], run_size)
+            commit(arena, run, run_size)
             previous_free = True
         block += size
     if run:
-        word(run + run_size - 8)[0] = run_size
-        list_insert(bk, run, run_size)
-        bk.free_bytes += run_size
+        poke(arena, run + run_size - 8, run_size)
+        list_insert(arena, run, run_size)
+        free_bytes += run_size
+    bk.free_bytes = free_bytes
     return 0
 
 
-cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
+cdef dict verify_allocator(Arena *arena, object name):
     """Check every invariant, derived ones included; return statistics of the heap."""
-    cdef uint64_t end = arena_end(bk), block = bk.arena_addr, head, size, candidate, back
+    try:
+        return verify_heap(arena, name)
+    except _Damaged:
+        raise CorruptBookkeepingError("the allocator's bookkeeping points outside its arena",
+                                      name) from None
+
+
+cdef dict verify_heap(Arena *arena, object name):
+    cdef ms_bookkeeping_t *bk = arena.bk
+    cdef uint64_t end = arena.end, block = arena.start, head, size, candidate, back
     cdef uint64_t free_bytes = 0, free_blocks = 0, used_blocks = 0, named_blocks = 0
-    cdef uint64_t largest = 0, listed = 0
+    cdef uint64_t largest = 0, listed = 0, fl_bitmap = ms_peek(&bk.fl_bitmap)
+    cdef uint32_t sl_bitmap
     cdef unsigned fl, sl, want_fl, want_sl
     cdef bint previous_free = False
-    if not bk.formatted:
+    if not ms_peek(&bk.formatted):
         # Nothing written in the arena yet: it counts as one free block.
-        if bk.fl_bitmap:
+        if fl_bitmap:
             raise CorruptBookkeepingError("free lists of an unformatted arena are not empty", name)
-        return {"arena_bytes": end - bk.arena_addr, "free_bytes": end - bk.arena_addr,
-                "free_blocks": int(end > bk.arena_addr), "used_blocks": 0, "named_blocks": 0,
-                "largest_free": end - bk.arena_addr}
+        return {"arena_bytes": end - arena.start, "free_bytes": end - arena.start,
+                "free_blocks": int(end > arena.start), "used_blocks": 0, "named_blocks": 0,
+                "largest_free": end - arena.start}
     while block < end:
-        head = word(block)[0]
+        head = peek(arena, block)
         size = head & ~MS_FLAGS
         if size < MS_MIN_BLOCK or size & 15 or size > end - block:
             raise corrupt(block, head, name)
         if bool(head & MS_PREV_FREE) != previous_free:
             raise CorruptBookkeepingError(f"PREV_FREE flag wrong at 0x{block:x}", name)
         if head & MS_USED:
-            if word(block)[1] != check_word(bk, block, size):
+            if peek(arena, block + 8) != check_word(arena, block, size):
                 raise corrupt(block, head, name)
             used_blocks += 1
             named_blocks += bool(head & MS_NAMED)
@@ -444,7 +521,7 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
         else:
             if previous_free:
                 raise CorruptBookkeepingError(f"free block at 0x{block:x} not merged", name)
-            if word(block + size - 8)[0] != size:
+            if peek(arena, block + size - 8) != size:
                 raise CorruptBookkeepingError(f"footer wrong in block 0x{block:x}", name)
             free_blocks += 1
             free_bytes += size
@@ -452,11 +529,12 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
             previous_free = True
         block += size
     for fl in range(MS_FL_COUNT):
-        if bool(bk.fl_bitmap >> fl & 1) != bool(bk.sl_bitmap[fl]):
+        sl_bitmap = ms_peek32(&bk.sl_bitmap[fl])
+        if bool(fl_bitmap >> fl & 1) != bool(sl_bitmap) or sl_bitmap >> MS_SL_COUNT:
             raise CorruptBookkeepingError(f"first-level bitmap wrong for class {fl}", name)
         for sl in range(MS_SL_COUNT):
-            candidate = bk.heads[fl][sl]
-            if bool(bk.sl_bitmap[fl] >> sl & 1) != bool(candidate):
+            candidate = ms_peek(&bk.heads[fl][sl])
+            if bool(sl_bitmap >> sl & 1) != bool(candidate):
                 raise CorruptBookkeepingError(f"bitmap wrong for class {fl}.{sl}", name)
             back = 0
             while candidate:
@@ -464,19 +542,19 @@ cdef dict verify_allocator(ms_bookkeeping_t *bk, object name):
                 if listed > free_blocks:
                     raise CorruptBookkeepingError("free lists hold more blocks than the heap", name)
                 try:
-                    size = free_size(bk, candidate)
+                    size = free_block(arena, candidate, &head)
                 except _Damaged:
                     raise CorruptBookkeepingError(
                         f"free list {fl}.{sl} holds a bad block 0x{candidate:x}", name) from None
                 size_class(size, &want_fl, &want_sl)
-                if (want_fl, want_sl) != (fl, sl) or word(candidate)[3] != back:
+                if (want_fl, want_sl) != (fl, sl) or peek(arena, candidate + 24) != back:
                     raise CorruptBookkeepingError(f"free list {fl}.{sl} is inconsistent", name)
                 back = candidate
-                candidate = word(candidate)[2]
-    if listed != free_blocks or free_bytes != bk.free_bytes:
+                candidate = peek(arena, candidate + 16)
+    if listed != free_blocks or free_bytes != ms_peek(&bk.free_bytes):
         raise CorruptBookkeepingError("free lists or free-byte count disagree with the heap", name)
     return {
-        "arena_bytes": end - bk.arena_addr,
+        "arena_bytes": end - arena.start,
         "free_bytes": free_bytes,
         "free_blocks": free_blocks,
         "used_blocks": used_blocks,

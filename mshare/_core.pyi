@@ -7,6 +7,7 @@ class Mapping:
     length: int
     writable: bool
     exports: int
+    populating: int
     mapped: bool
     label: object
     @staticmethod

@@ -11,6 +11,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EEXIST, EINTR, EINVAL, errno
 from libc.stdint cimport uintptr_t
 from libc.string cimport strerror
+from posix.unistd cimport usleep
 
 from mshare._system cimport *
 
@@ -31,7 +32,9 @@ cdef class Mapping:
     """One ``MAP_SHARED`` mapping at a fixed address, unmapped exactly once.
 
     ``exports`` counts live buffer views (memoryviews, numpy arrays); ``unmap`` refuses
-    while any exist, so no Python object can ever point at unmapped memory.
+    while any exist, so no Python object can ever point at unmapped memory. ``populate``
+    runs with the GIL released; ``unmap`` waits for every populate in flight, and refuses
+    new ones from the moment it starts.
     """
 
     cdef readonly uintptr_t addr
@@ -40,6 +43,8 @@ cdef class Mapping:
     cdef readonly Py_ssize_t exports
     cdef readonly bint mapped
     cdef public object label
+    cdef bint closing
+    cdef readonly Py_ssize_t populating  # populate calls now running, the GIL released
 
     def __cinit__(self):
         self.addr = 0
@@ -48,6 +53,8 @@ cdef class Mapping:
         self.exports = 0
         self.mapped = False
         self.label = None
+        self.closing = False
+        self.populating = 0
 
     @staticmethod
     def map_fixed(int fd, uintptr_t addr, size_t length, bint writable, label=None):
@@ -110,11 +117,18 @@ cdef class Mapping:
         falls back to touching one byte per page where the kernel lacks them.
         """
         cdef bint for_write = self.writable if write is None else write
-        cdef int advice = MADV_POPULATE_WRITE if for_write else MADV_POPULATE_READ
-        cdef int rc, err = 0
         self._check_mapped()
         if for_write and not self.writable:
             raise ValueError("cannot populate a read-only mapping for writing")
+        self.populating += 1
+        try:
+            self._populate(page_size, for_write)
+        finally:
+            self.populating -= 1
+
+    cdef _populate(self, size_t page_size, bint for_write):
+        cdef int advice = MADV_POPULATE_WRITE if for_write else MADV_POPULATE_READ
+        cdef int rc, err = 0
         while True:
             with nogil:
                 rc = madvise(<void *>self.addr, self.length, advice)
@@ -146,6 +160,10 @@ cdef class Mapping:
                 "(memoryview slices or numpy arrays made from Region.buf / Region.ndarray); "
                 "release them (del them or call .release()) before close()"
             )
+        self.closing = True
+        while self.populating:
+            with nogil:
+                usleep(1000)
         self._unmap()
 
     cdef void _unmap(self):
@@ -154,7 +172,7 @@ cdef class Mapping:
             self.mapped = False
 
     cdef _check_mapped(self):
-        if not self.mapped:
+        if not self.mapped or self.closing:
             raise ValueError(f"{self.label or 'the region'} is closed")
 
     def __dealloc__(self):

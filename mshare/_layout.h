@@ -4,11 +4,11 @@
 #ifndef MSHARE_LAYOUT_H
 #define MSHARE_LAYOUT_H
 
-#include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MS_MAGIC 0x4b4f4f425248534dULL /* "MSHRBOOK" read as a little-endian u64 */
-#define MS_VERSION 1u
+#define MS_VERSION 2u
 #define MS_BOOKKEEPING_SIZE 65536u
 
 /* Allocator: two-level segregated fit (TLSF). A size maps to a first-level class (its
@@ -55,9 +55,10 @@ typedef struct {
     uint64_t arena_size;
     uint64_t block_key; /* random; mixed into check words so stray data never passes as a header */
 
-    /* Each mutex on its own cache lines: the user lock and the allocator lock are independent. */
-    pthread_mutex_t user_lock __attribute__((aligned(64)));
-    pthread_mutex_t internal_lock __attribute__((aligned(64)));
+    /* Each lock word (see _futex.h) on its own cache line: the user lock and the allocator
+     * lock are independent. */
+    uint64_t user_lock __attribute__((aligned(64)));
+    uint64_t internal_lock __attribute__((aligned(64)));
 
     /* Everything below is guarded by internal_lock. */
     uint64_t busy __attribute__((aligned(64))); /* 1 while a holder mutates: set => it died mid-way */
@@ -73,6 +74,10 @@ typedef struct {
 } ms_bookkeeping_t;
 
 _Static_assert(sizeof(ms_slot_t) == 192, "named slot layout changed");
+#define MS_USER_LOCK_OFFSET offsetof(ms_bookkeeping_t, user_lock)
+#define MS_INTERNAL_LOCK_OFFSET offsetof(ms_bookkeeping_t, internal_lock)
+_Static_assert(MS_USER_LOCK_OFFSET % 64 == 0 && MS_INTERNAL_LOCK_OFFSET % 64 == 0,
+               "each lock word starts a cache line of its own");
 _Static_assert(sizeof(ms_bookkeeping_t) <= MS_BOOKKEEPING_SIZE, "bookkeeping outgrew its area");
 
 /* Commit points: a release store is never reordered before the writes that precede it, by
@@ -80,6 +85,10 @@ _Static_assert(sizeof(ms_bookkeeping_t) <= MS_BOOKKEEPING_SIZE, "bookkeeping out
  * the new state behind the committing word. */
 static inline uint64_t ms_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void ms_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/* Every other read of shared memory is one relaxed atomic load: the compiler may neither
+ * tear it nor fetch it a second time from memory that another process rewrites. */
+static inline uint64_t ms_peek(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint32_t ms_peek32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline uint32_t ms_load32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void ms_store32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void ms_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

@@ -1,38 +1,7 @@
 # cython: language_level=3
-"""Declarations of the bookkeeping area (``_layout.h``) and of the pthread calls that act on it."""
+"""Declarations of the bookkeeping area (``_layout.h``)."""
 
 from libc.stdint cimport uint32_t, uint64_t
-from posix.time cimport timespec
-from posix.types cimport clockid_t
-
-
-cdef extern from "<errno.h>" nogil:
-    enum:
-        EDEADLK
-        EOWNERDEAD
-        ENOTRECOVERABLE
-
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    ctypedef struct pthread_mutexattr_t:
-        pass
-    enum:
-        PTHREAD_PROCESS_SHARED
-        PTHREAD_MUTEX_ROBUST
-        PTHREAD_MUTEX_ERRORCHECK
-    int pthread_mutexattr_init(pthread_mutexattr_t *attr)
-    int pthread_mutexattr_destroy(pthread_mutexattr_t *attr)
-    int pthread_mutexattr_setpshared(pthread_mutexattr_t *attr, int pshared)
-    int pthread_mutexattr_setrobust(pthread_mutexattr_t *attr, int robust)
-    int pthread_mutexattr_settype(pthread_mutexattr_t *attr, int kind)
-    int pthread_mutex_init(pthread_mutex_t *mutex, const pthread_mutexattr_t *attr)
-    int pthread_mutex_trylock(pthread_mutex_t *mutex)
-    int pthread_mutex_lock(pthread_mutex_t *mutex)
-    int pthread_mutex_clocklock(pthread_mutex_t *mutex, clockid_t clock, const timespec *abstime)
-    int pthread_mutex_unlock(pthread_mutex_t *mutex)
-    int pthread_mutex_consistent(pthread_mutex_t *mutex)
 
 
 cdef extern from "_layout.h" nogil:
@@ -54,6 +23,8 @@ cdef extern from "_layout.h" nogil:
     unsigned MS_NAME_BYTES
     unsigned MS_DTYPE_BYTES
     unsigned MS_MAX_DIMS
+    size_t MS_USER_LOCK_OFFSET
+    size_t MS_INTERNAL_LOCK_OFFSET
 
     enum ms_slot_state:
         MS_SLOT_EMPTY
@@ -79,8 +50,8 @@ cdef extern from "_layout.h" nogil:
         uint64_t arena_addr
         uint64_t arena_size
         uint64_t block_key
-        pthread_mutex_t user_lock
-        pthread_mutex_t internal_lock
+        uint64_t user_lock
+        uint64_t internal_lock
         uint64_t busy
         uint64_t pending_alloc
         uint64_t pending_free
@@ -94,6 +65,8 @@ cdef extern from "_layout.h" nogil:
 
     uint64_t ms_load(const uint64_t *p)
     void ms_store(uint64_t *p, uint64_t v)
+    uint64_t ms_peek(const uint64_t *p)
+    uint32_t ms_peek32(const uint32_t *p)
     uint32_t ms_load32(const uint32_t *p)
     void ms_store32(uint32_t *p, uint32_t v)
     void ms_fence()

@@ -1,11 +1,17 @@
 from types import TracebackType
 
+from mshare._core import Mapping
+
 BOOKKEEPING_SIZE: int
 NAME_CAPACITY: int
 NAME_MAX_BYTES: int
 DTYPE_MAX_BYTES: int
 MAX_DIMS: int
 MAX_ALIGN: int
+INTERNAL_LOCK_TIMEOUT: float
+USER_LOCK_OFFSET: int
+INTERNAL_LOCK_OFFSET: int
+LOCK_WAITERS: int
 
 class RegionLock:
     def __init__(self, owner: Bookkeeping, timeout: float | None = ...) -> None: ...
@@ -25,15 +31,10 @@ class Bookkeeping:
     arena_size: int
     name: object
     locks_held: int
-    def __init__(
-        self,
-        bookkeeping_addr: int,
-        arena_addr: int,
-        arena_size: int,
-        *,
-        name: object = ...,
-        keepalive: object = ...,
-    ) -> None: ...
+    @staticmethod
+    def over_mapping(
+        mapping: Mapping, data_length: int, arena_size: int, *, name: object = ...
+    ) -> Bookkeeping: ...
     def initialize(self) -> None: ...
     def detach(self) -> None: ...
     def lock(self, timeout: float | None = ...) -> RegionLock: ...

@@ -1,41 +1,58 @@
 # cython: language_level=3, embedsignature=True
-"""Shared objects inside a region: a robust lock, the allocator's entry points, named objects.
+"""Shared objects inside a region: a lock, the allocator's entry points, named objects.
 
 All of it lives in the region's bookkeeping area (``_layout.h``), a tail of
 ``BOOKKEEPING_SIZE`` bytes mapped right after the user's bytes, so ``Region.buf`` is never
 touched by it; only allocator block headers live in the arena itself.
 
-Two robust, process-shared, error-checking mutexes live there:
+Two futex locks (``_mutex``, ``_futex.h``) live there:
 
-* the *user lock*, what ``region.lock()`` takes. When its holder dies, the next taker makes
-  it consistent, releases it and raises ``OwnerDiedError``: the data it protected may be
-  half-updated and only the program knows how to check it.
+* the *user lock*, what ``region.lock()`` takes. When its holder dies, the next waiter
+  clears it and raises ``OwnerDiedError``: the data it protected may be half-updated and
+  only the program knows how to check it.
 * the *internal lock*, taken briefly by every allocator and name-table change. A holder that
   died mid-change is noticed through the ``busy`` word and the next taker repairs silently:
-  allocator state is ours to rebuild, so no one needs to be told. The two locks are
-  independent, so ``alloc()`` works inside ``with region.lock():``.
+  allocator state is ours to rebuild, so no one needs to be told. Its wait is bounded, so a
+  process that stops holding it, or a writer that scribbles on it, gives ``TimeoutError``.
+  The two locks are independent, so ``alloc()`` works inside ``with region.lock():``.
 
 Lookups (``find_named``, ``named``) take no lock: each slot is a seqlock, so read-only
-attachers, who cannot write the mutexes, still find named objects.
+attachers, who cannot write the locks, still find named objects.
+
+Within the process, every call that touches the memory counts itself in flight, and
+``detach()`` waits until none is (waking lock waiters first), so the mapping never goes
+from under a thread.
 """
 
+cimport cython
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.limits cimport INT_MAX
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
+from posix.unistd cimport usleep
 
 import errno
 import os
 import weakref
 
-from mshare._allocator cimport allocate, live_block, rebuild, release, used_block, verify_allocator
-from mshare._layout cimport (
-    EOWNERDEAD, MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_MAGIC, MS_MAX_DIMS, MS_NAME_BYTES,
-    MS_NAME_CAPACITY, MS_SLOT_CREATING, MS_SLOT_DELETING, MS_SLOT_EMPTY, MS_SLOT_LIVE,
-    MS_VERSION, ms_bookkeeping_t, ms_fence, ms_load, ms_slot_t, ms_store, ms_store32,
-    pthread_mutex_consistent, pthread_mutex_unlock,
+from mshare._allocator cimport (
+    Arena, allocate, live_block, rebuild, release, used_block, verify_allocator,
 )
-from mshare._mutex cimport init_mutex, lock_error, timeout_seconds, wait_for
+from mshare._layout cimport (
+    MS_BOOKKEEPING_SIZE, MS_DTYPE_BYTES, MS_HEADER, MS_INTERNAL_LOCK_OFFSET, MS_MAGIC, MS_MAX_DIMS, MS_MIN_BLOCK,
+    MS_NAME_BYTES, MS_NAME_CAPACITY, MS_SLOT_CREATING, MS_SLOT_DELETING, MS_SLOT_EMPTY,
+    MS_SLOT_LIVE, MS_USER_LOCK_OFFSET, MS_VERSION, ms_bookkeeping_t, ms_fence, ms_load, ms_peek, ms_peek32,
+    ms_slot_t, ms_store, ms_store32,
+)
+from mshare._mutex cimport (
+    MS_LOCK_CLOSED, MS_LOCK_DEADLOCK, MS_LOCK_OWNER_DIED, MS_LOCK_TAKEN, MS_LOCK_TIMED_OUT,
+    MS_LOCK_WAITERS,
+    monotonic, ms_futex_wake, ms_holder_alive, ms_lock_release, ms_lock_swap, ms_self_word,
+    self_word, timeout_seconds, wait_for,
+)
 from mshare._slots cimport encode_name, fixed_string, holds_name, name_hash, read_slot
 
+from mshare._core import Mapping
 from mshare.errors import CorruptBookkeepingError, OwnerDiedError, RegionFullError
 
 BOOKKEEPING_SIZE = MS_BOOKKEEPING_SIZE
@@ -44,10 +61,24 @@ NAME_MAX_BYTES = MS_NAME_BYTES - 1
 DTYPE_MAX_BYTES = MS_DTYPE_BYTES - 1
 MAX_DIMS = MS_MAX_DIMS
 MAX_ALIGN = 1 << 30
+# Where the lock words sit in the bookkeeping area, and the bit a waiter sets in them.
+USER_LOCK_OFFSET = MS_USER_LOCK_OFFSET
+INTERNAL_LOCK_OFFSET = MS_INTERNAL_LOCK_OFFSET
+LOCK_WAITERS = MS_LOCK_WAITERS
+
+# Legitimate holders keep the allocator lock for microseconds; a wait this long (seconds)
+# means a stopped holder or a writer scribbling on the lock word.
+INTERNAL_LOCK_TIMEOUT = 5.0
+
+# Only Bookkeeping.over_mapping() may construct, so no address ever comes from a caller.
+cdef object _CONSTRUCT = object()
 
 
+# Plain C methods, not function objects: `with region.lock():` looks both methods up on
+# every use, and binding them would cost more than taking the lock.
+@cython.binding(False)
 cdef class RegionLock:
-    """A region's robust process-shared lock, used as a context manager.
+    """A region's process-shared lock, used as a context manager.
 
     Taking it raises ``TimeoutError`` when ``timeout`` seconds pass, ``OwnerDiedError``
     (the lock is then free again) when its previous holder died holding it, and
@@ -80,88 +111,167 @@ cdef class RegionLock:
 
 
 cdef class Bookkeeping:
-    """The lock, allocator and name table of one region, over raw memory.
+    """The lock, allocator and name table of one region, over this process's mapping of it.
 
-    ``Bookkeeping(bookkeeping_addr, arena_addr, arena_size, name=None, keepalive=None)``:
-    the bookkeeping area of ``BOOKKEEPING_SIZE`` bytes at ``bookkeeping_addr`` manages the
-    arena ``[arena_addr, arena_addr + arena_size)``. The caller keeps both mapped while this
-    object is attached and calls ``detach()`` before unmapping; ``keepalive`` (the mapping
-    object, say) stays referenced until then. ``name`` only labels errors.
+    Made only by ``Bookkeeping.over_mapping``. The caller calls ``detach()`` before
+    unmapping; until then the mapping stays referenced, and while a thread of this process
+    holds the lock this object stays alive even if nothing else references it.
     """
 
-    cdef ms_bookkeeping_t *bk
-    cdef readonly uint64_t bookkeeping_addr, arena_addr, arena_size
+    cdef Arena arena
+    cdef readonly uint64_t bookkeeping_addr
     cdef readonly object name
     cdef object keepalive
     cdef bint header_checked
-    cdef readonly Py_ssize_t locks_held  # user-lock acquisitions by this process
+    cdef bint closing
+    cdef Py_ssize_t in_flight  # calls of this process's threads now using the memory
+    cdef uint64_t held_by      # lock word of this process's thread holding the user lock
     cdef RegionLock forever
     cdef object __weakref__
 
-    def __cinit__(self, bookkeeping_addr, arena_addr, arena_size, *, name=None, keepalive=None):
-        self.keepalive = keepalive
-        self.bookkeeping_addr = bookkeeping_addr
-        self.arena_addr = arena_addr
-        self.arena_size = arena_size
-        self.name = name
-        if not self.bookkeeping_addr or self.bookkeeping_addr % 64 or self.arena_addr % 16:
-            raise ValueError("the bookkeeping area must be 64-byte and the arena 16-byte aligned")
-        if (self.arena_addr < self.bookkeeping_addr + BOOKKEEPING_SIZE
-                and self.bookkeeping_addr < self.arena_addr + self.arena_size):
-            raise ValueError("the bookkeeping area overlaps the arena")
-        self.bk = <ms_bookkeeping_t *><uintptr_t>self.bookkeeping_addr
+    def __cinit__(self, token=None):
+        if token is not _CONSTRUCT:
+            raise TypeError("Bookkeeping objects are made by Bookkeeping.over_mapping(), "
+                            "from a live mapping")
         _instances.add(self)
 
-    cdef ms_bookkeeping_t *attached(self) except NULL:
-        cdef ms_bookkeeping_t *bk = self.bk
-        if bk == NULL:
-            raise ValueError("the region is closed")
+    @staticmethod
+    def over_mapping(mapping, data_length, arena_size, *, name=None):
+        """The bookkeeping of the region ``mapping`` (a ``mshare._core.Mapping``) maps.
+
+        Its area of ``BOOKKEEPING_SIZE`` bytes starts ``data_length`` bytes into the
+        mapping and manages the arena of the mapping's first ``arena_size`` bytes. Every
+        address comes from the mapping itself; the mapping stays referenced until
+        ``detach()``. ``name`` only labels errors."""
+        cdef Bookkeeping self
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"mapping must be a mshare._core.Mapping, not {type(mapping).__name__}")
+        for value, what in ((data_length, "data_length"), (arena_size, "arena_size")):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+        if not mapping.mapped:
+            raise ValueError(f"{mapping.label or 'the mapping'} is closed")
+        if data_length < 0 or data_length % 64 or data_length > mapping.length - BOOKKEEPING_SIZE:
+            raise ValueError(f"a bookkeeping area at offset {data_length} does not fit in a "
+                             f"mapping of {mapping.length} bytes")
+        if not 0 <= arena_size <= data_length:
+            raise ValueError(f"an arena of {arena_size} bytes overlaps the bookkeeping area "
+                             f"at offset {data_length}")
+        self = Bookkeeping.__new__(Bookkeeping, _CONSTRUCT)
+        self.keepalive = mapping
+        self.name = name
+        self.bookkeeping_addr = mapping.addr + data_length
+        self.arena.bk = <ms_bookkeeping_t *><uintptr_t>self.bookkeeping_addr
+        self.arena.start = mapping.addr
+        self.arena.size = arena_size
+        usable = arena_size & ~15
+        self.arena.end = self.arena.start + (usable if usable >= MS_MIN_BLOCK else 0)
+        return self
+
+    @property
+    def arena_addr(self):
+        return self.arena.start
+
+    @property
+    def arena_size(self):
+        return self.arena.size
+
+    @property
+    def locks_held(self):
+        """1 while a live thread of this process holds the region's lock, else 0."""
+        return int(self.holds_lock())
+
+    cdef bint holds_lock(self):
+        if self.held_by and not ms_holder_alive(self.held_by):
+            self.drop_hold()  # the holding thread ended without releasing
+        return self.held_by != 0
+
+    cdef void drop_hold(self):
+        self.held_by = 0
+        Py_DECREF(self)
+
+    cdef str closed_message(self):
+        return f"{self.name or 'the region'} is closed"
+
+    cdef ms_bookkeeping_t *usable(self) except NULL:
+        """The memory, if this object is neither closed nor closing (the header checked once)."""
+        cdef ms_bookkeeping_t *bk = self.arena.bk
+        if bk == NULL or self.closing:
+            raise ValueError(self.closed_message())
         if not self.header_checked:
-            if ms_load(&bk.magic) != MS_MAGIC:
-                raise CorruptBookkeepingError(
-                    "the region's bookkeeping area is not initialized"
-                    if bk.magic == 0 else "the region's bookkeeping area holds foreign data",
-                    self.name)
-            if bk.version != MS_VERSION or bk.layout_size != sizeof(ms_bookkeeping_t):
-                raise CorruptBookkeepingError(
-                    f"the region's bookkeeping is format {bk.version} of {bk.layout_size} "
-                    f"bytes; this mshare reads format {MS_VERSION}", self.name)
-            if bk.arena_addr != self.arena_addr or bk.arena_size != self.arena_size:
-                raise CorruptBookkeepingError(
-                    f"the region's bookkeeping manages 0x{bk.arena_addr:x}+{bk.arena_size}, "
-                    f"not 0x{self.arena_addr:x}+{self.arena_size}", self.name)
-            self.header_checked = True
+            self.check_header(bk)
         return bk
+
+    cdef int check_header(self, ms_bookkeeping_t *bk) except -1:
+        cdef uint64_t magic = ms_load(&bk.magic)
+        cdef uint32_t version = ms_peek32(&bk.version), layout_size = ms_peek32(&bk.layout_size)
+        cdef uint64_t arena_addr = ms_peek(&bk.arena_addr), arena_size = ms_peek(&bk.arena_size)
+        if magic != MS_MAGIC:
+            raise CorruptBookkeepingError(
+                "the region's bookkeeping area is not initialized"
+                if magic == 0 else "the region's bookkeeping area holds foreign data", self.name)
+        if version != MS_VERSION or layout_size != sizeof(ms_bookkeeping_t):
+            raise CorruptBookkeepingError(
+                f"the region's bookkeeping is format {version} of {layout_size} bytes; this "
+                f"mshare reads format {MS_VERSION}", self.name)
+        if arena_addr != self.arena.start or arena_size != self.arena.size:
+            raise CorruptBookkeepingError(
+                f"the region's bookkeeping manages 0x{arena_addr:x}+{arena_size}, not "
+                f"0x{self.arena.start:x}+{self.arena.size}", self.name)
+        # Read once: a writer changing it later only makes check words fail.
+        self.arena.key = ms_peek(&bk.block_key)
+        self.header_checked = True
+        return 0
+
+    cdef ms_bookkeeping_t *enter(self) except NULL:
+        cdef ms_bookkeeping_t *bk = self.usable()
+        self.in_flight += 1
+        return bk
+
+    cdef inline void leave(self) noexcept:
+        self.in_flight -= 1
 
     def initialize(self):
         """Set up the lock, allocator and name table on zero-filled memory.
 
         Called once by the region's creator before anyone else can see the region. Calling
         it again on an initialized area only checks it; foreign data is refused."""
-        cdef ms_bookkeeping_t *bk = self.bk
+        cdef ms_bookkeeping_t *bk = self.arena.bk
         if bk == NULL:
-            raise ValueError("the region is closed")
-        if ms_load(&bk.magic) == MS_MAGIC or bk.magic != 0:
-            self.attached()
+            raise ValueError(self.closed_message())
+        if ms_load(&bk.magic) != 0:
+            self.check_header(bk)
             return
         memset(bk, 0, sizeof(ms_bookkeeping_t))
-        init_mutex(&bk.user_lock)
-        init_mutex(&bk.internal_lock)
         bk.version = MS_VERSION
         bk.layout_size = sizeof(ms_bookkeeping_t)
-        bk.arena_addr = self.arena_addr
-        bk.arena_size = self.arena_size
+        bk.arena_addr = self.arena.start
+        bk.arena_size = self.arena.size
         bk.block_key = int.from_bytes(os.urandom(8), "little")
         ms_store(&bk.magic, MS_MAGIC)
 
     def detach(self):
-        """Forget the memory (before the caller unmaps it); later calls raise ValueError.
+        """Stop using the memory, before the caller unmaps it; later calls raise ValueError.
 
-        Refused with RuntimeError while this process holds the lock: the C library keeps
-        a held robust mutex on a per-thread list that the kernel walks at exit."""
-        if self.locks_held > 0:
+        ``RuntimeError`` while a thread of this process holds the lock. Otherwise threads
+        waiting for either lock are woken and raise ``ValueError``, and this returns once
+        no call of this process is using the memory."""
+        cdef ms_bookkeeping_t *bk = self.arena.bk
+        if bk == NULL:
+            return
+        if self.holds_lock():
             raise RuntimeError("the region's lock is held by this process; release it first")
-        self.bk = NULL
+        self.closing = True
+        ms_futex_wake(&bk.user_lock, INT_MAX)
+        ms_futex_wake(&bk.internal_lock, INT_MAX)
+        while self.in_flight > 0:
+            with nogil:
+                usleep(1000)
+        if self.holds_lock():  # taken by a call that was in flight
+            self.closing = False
+            raise RuntimeError("the region's lock was taken by this process while closing; "
+                               "release it first")
+        self.arena.bk = NULL
         self.keepalive = None
 
     # The user lock.
@@ -175,46 +285,97 @@ cdef class Bookkeeping:
         return RegionLock(self, timeout)
 
     cdef int acquire_user(self, double timeout) except -1:
-        cdef ms_bookkeeping_t *bk = self.attached()
-        cdef int rc = wait_for(&bk.user_lock, timeout)
-        if rc == 0:
-            self.locks_held += 1
+        cdef ms_bookkeeping_t *bk = self.usable()
+        cdef uint64_t me = ms_self_word()
+        cdef uint64_t observed = 0
+        if me == 0:
+            me = self_word()
+        if not ms_lock_swap(&bk.user_lock, &observed, me):
+            self.wait_user(bk, me, observed, timeout)
+        # Held: keep this object, and through it the mapping, alive until released.
+        Py_INCREF(self)
+        self.held_by = me
+        return 0
+
+    cdef int wait_user(self, ms_bookkeeping_t *bk, uint64_t me, uint64_t observed,
+                       double timeout) except -1:
+        cdef int outcome
+        self.in_flight += 1
+        try:
+            outcome = wait_for(&bk.user_lock, me, observed, timeout, &self.closing)
+        finally:
+            self.in_flight -= 1
+        if outcome == MS_LOCK_TAKEN:
             return 0
-        if rc == EOWNERDEAD:
-            pthread_mutex_consistent(&bk.user_lock)
-            pthread_mutex_unlock(&bk.user_lock)
+        if outcome == MS_LOCK_OWNER_DIED:
+            self.holds_lock()  # forgets a hold of this process's thread that died
             raise OwnerDiedError(
                 "the previous holder of the region's lock died holding it; the lock is free "
                 "again, but the data it protects may be half-updated", self.name)
-        raise lock_error(rc, "the region's lock", timeout, self.name)
+        if outcome == MS_LOCK_TIMED_OUT:
+            raise TimeoutError(errno.ETIMEDOUT,
+                               f"timed out after {timeout} s waiting for the region's lock",
+                               self.name)
+        if outcome == MS_LOCK_CLOSED:
+            raise ValueError(f"{self.name or 'the region'} was closed while this thread "
+                             "waited for its lock")
+        raise RuntimeError("this thread already holds the region's lock; it is not re-entrant")
 
     cdef int release_user(self) except -1:
-        cdef ms_bookkeeping_t *bk = self.attached()
-        cdef int rc = pthread_mutex_unlock(&bk.user_lock)
-        if rc:
-            raise lock_error(rc, "the region's lock", -1, self.name)
-        self.locks_held -= 1
+        cdef ms_bookkeeping_t *bk = self.arena.bk
+        cdef uint64_t me = ms_self_word()
+        if me == 0 or self.held_by != me:
+            raise RuntimeError("the region's lock is not held by this thread")
+        ms_lock_release(&bk.user_lock)
+        self.drop_hold()
         return 0
 
     # The internal lock: every allocator and name-table change runs between begin and end.
 
     cdef ms_bookkeeping_t *begin(self) except NULL:
-        cdef ms_bookkeeping_t *bk = self.attached()
-        cdef int rc = wait_for(&bk.internal_lock, -1)
-        if rc == EOWNERDEAD:
-            # What the dead holder left half-done is told by the busy word, checked below.
-            pthread_mutex_consistent(&bk.internal_lock)
-        elif rc:
-            raise lock_error(rc, "the region's allocator lock", -1, self.name)
-        if bk.busy:
+        cdef ms_bookkeeping_t *bk = self.enter()
+        try:
+            self.take_internal(bk)
+        except BaseException:
+            self.leave()
+            raise
+        if ms_peek(&bk.busy):
             try:
                 self.repair(bk)
             except BaseException:
-                pthread_mutex_unlock(&bk.internal_lock)
+                ms_lock_release(&bk.internal_lock)
+                self.leave()
                 raise
         bk.busy = 1
         ms_fence()
         return bk
+
+    cdef int take_internal(self, ms_bookkeeping_t *bk) except -1:
+        cdef uint64_t me = self_word()
+        cdef uint64_t observed = 0
+        cdef double deadline = monotonic() + INTERNAL_LOCK_TIMEOUT
+        cdef int outcome
+        while not ms_lock_swap(&bk.internal_lock, &observed, me):
+            outcome = wait_for(&bk.internal_lock, me, observed,
+                               max(0.0, deadline - monotonic()), &self.closing)
+            if outcome == MS_LOCK_TAKEN:
+                return 0
+            if outcome == MS_LOCK_OWNER_DIED and monotonic() < deadline:
+                observed = 0  # what the dead holder left half-done, the busy word tells
+                continue
+            if outcome == MS_LOCK_CLOSED:
+                raise ValueError(f"{self.name or 'the region'} was closed while this thread "
+                                 "waited for its allocator lock")
+            if outcome == MS_LOCK_DEADLOCK:
+                raise CorruptBookkeepingError(
+                    "the region's allocator lock names this thread, which does not hold it",
+                    self.name)
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"the region's allocator lock stayed held for {INTERNAL_LOCK_TIMEOUT:g} s, "
+                f"far longer than any allocator call takes: its holder is stopped, or a "
+                f"process that may write the region keeps writing over the lock", self.name)
+        return 0
 
     cdef void end(self, ms_bookkeeping_t *bk, bint clean) noexcept:
         """Release the internal lock; unless ``clean``, leave ``busy`` set so the next
@@ -223,31 +384,39 @@ cdef class Bookkeeping:
             bk.pending_alloc = 0
             bk.pending_free = 0
             ms_store(&bk.busy, 0)
-        pthread_mutex_unlock(&bk.internal_lock)
+        ms_lock_release(&bk.internal_lock)
+        self.leave()
 
     cdef int repair(self, ms_bookkeeping_t *bk) except -1:
         """Undo or finish what a holder that died mid-change left behind."""
+        cdef Arena *arena = &self.arena
         cdef ms_slot_t *slot
+        cdef uint64_t pending, addr
+        cdef uint32_t seq, state
         cdef unsigned i
-        bk.repairs += 1
-        rebuild(bk, self.name)
+        bk.repairs = ms_peek(&bk.repairs) + 1
+        rebuild(arena, self.name)
         try:
-            if bk.pending_alloc and live_block(bk, bk.pending_alloc):
-                release(bk, bk.pending_alloc, False, self.name)  # its caller never saw it
-            if bk.pending_free and live_block(bk, bk.pending_free):
-                release(bk, bk.pending_free, False, self.name)  # its caller asked for this
+            pending = ms_peek(&bk.pending_alloc)
+            if pending and live_block(arena, pending):
+                release(arena, pending, False, self.name)  # its caller never saw it
+            pending = ms_peek(&bk.pending_free)
+            if pending and live_block(arena, pending):
+                release(arena, pending, False, self.name)  # its caller asked for this
             for i in range(MS_NAME_CAPACITY):
                 slot = &bk.slots[i]
-                if (not slot.seq & 1 and slot.state != MS_SLOT_CREATING
-                        and slot.state != MS_SLOT_DELETING):
+                seq = ms_peek32(&slot.seq)
+                state = ms_peek32(&slot.state)
+                if not seq & 1 and state != MS_SLOT_CREATING and state != MS_SLOT_DELETING:
                     continue
-                if slot.state != MS_SLOT_LIVE:
-                    if slot.addr and live_block(bk, slot.addr):
-                        release(bk, slot.addr, True, self.name)
+                if state != MS_SLOT_LIVE:
+                    addr = ms_peek(&slot.addr)
+                    if addr and live_block(arena, addr):
+                        release(arena, addr, True, self.name)
                     slot.state = MS_SLOT_EMPTY
                     slot.addr = 0
-                if slot.seq & 1:
-                    ms_store32(&slot.seq, slot.seq + 1)
+                if seq & 1:
+                    ms_store32(&slot.seq, seq + 1)
         except ValueError as error:  # a block's flags contradict the record that led to it
             raise CorruptBookkeepingError(f"cannot repair the allocator: {error}",
                                           self.name) from None
@@ -262,7 +431,7 @@ cdef class Bookkeeping:
         size, alignment = check_request(nbytes, align)
         bk = self.begin()
         try:
-            payload = allocate(bk, size, alignment, &bk.pending_alloc, False, self.name)
+            payload = allocate(&self.arena, size, alignment, &bk.pending_alloc, False, self.name)
         except CorruptBookkeepingError:
             self.end(bk, False)
             raise
@@ -284,7 +453,7 @@ cdef class Bookkeeping:
         bk = self.begin()
         try:
             bk.pending_free = payload
-            release(bk, payload, False, self.name)
+            release(&self.arena, payload, False, self.name)
         except CorruptBookkeepingError:
             self.end(bk, False)
             raise
@@ -298,17 +467,20 @@ cdef class Bookkeeping:
 
         Walks the whole arena: meant for tests and diagnostics, not hot paths."""
         cdef ms_bookkeeping_t *bk = self.begin()
+        cdef uint64_t head
+        cdef uint32_t state
         cdef unsigned i
         try:
-            stats = verify_allocator(bk, self.name)
-            stats["repairs"] = bk.repairs
+            stats = verify_allocator(&self.arena, self.name)
+            stats["repairs"] = ms_peek(&bk.repairs)
             stats["names"] = 0
             for i in range(MS_NAME_CAPACITY):
-                if bk.slots[i].state == MS_SLOT_LIVE:
+                state = ms_peek32(&bk.slots[i].state)
+                if state == MS_SLOT_LIVE:
                     stats["names"] += 1
-                    if not used_block(bk, bk.slots[i].addr):
+                    if not used_block(&self.arena, ms_peek(&bk.slots[i].addr), &head):
                         raise CorruptBookkeepingError(f"name slot {i} has no block", self.name)
-                elif bk.slots[i].state != MS_SLOT_EMPTY or bk.slots[i].seq & 1:
+                elif state != MS_SLOT_EMPTY or ms_peek32(&bk.slots[i].seq) & 1:
                     raise CorruptBookkeepingError(f"name slot {i} was left mid-change", self.name)
             if stats["names"] != stats["named_blocks"]:
                 raise CorruptBookkeepingError(
@@ -325,7 +497,8 @@ cdef class Bookkeeping:
         cdef uint32_t h = name_hash(name)
         cdef unsigned i
         for i in range(MS_NAME_CAPACITY):
-            if (bk.slots[i].state == MS_SLOT_LIVE and bk.slots[i].name_hash == h
+            if (ms_peek32(&bk.slots[i].state) == MS_SLOT_LIVE
+                    and ms_peek32(&bk.slots[i].name_hash) == h
                     and holds_name(&bk.slots[i], name)):
                 return i
         return -1
@@ -333,18 +506,16 @@ cdef class Bookkeeping:
     def create_named(self, name, nbytes, dtype, shape, align=64):
         """Allocate ``nbytes`` and record it as ``name`` with a dtype string and a shape.
 
-        FileExistsError if the name is taken, RegionFullError if the table or arena is full."""
+        FileExistsError if the name is taken, RegionFullError if the table or arena is full.
+        Every argument is checked before anything shared changes."""
         cdef bytes key = encode_name(name)
-        cdef bytes dtype_key = dtype.encode("ascii")
-        cdef tuple dims = tuple(int(n) for n in shape)
-        cdef uint64_t size, alignment
+        cdef bytes dtype_key = check_dtype_string(dtype)
+        cdef tuple dims = check_shape(shape)
+        cdef uint64_t size, alignment, payload
         cdef ms_bookkeeping_t *bk
         cdef ms_slot_t *slot = NULL
+        cdef uint32_t seq
         cdef unsigned i
-        if not 1 <= len(dtype_key) <= DTYPE_MAX_BYTES or b"\0" in dtype_key:
-            raise ValueError(f"a dtype string must be 1-{DTYPE_MAX_BYTES} ASCII bytes, not {dtype!r}")
-        if len(dims) > MAX_DIMS or any(n < 0 for n in dims):
-            raise ValueError(f"a shape must have at most {MAX_DIMS} sizes >= 0, not {shape!r}")
         size, alignment = check_request(nbytes, align)
         bk = self.begin()
         try:
@@ -352,13 +523,14 @@ cdef class Bookkeeping:
                 raise FileExistsError(errno.EEXIST, f"an object named {name!r} already exists",
                                       self.name)
             for i in range(MS_NAME_CAPACITY):
-                if bk.slots[i].state == MS_SLOT_EMPTY:
+                if ms_peek32(&bk.slots[i].state) == MS_SLOT_EMPTY:
                     slot = &bk.slots[i]
                     break
             else:
                 raise RegionFullError(f"the region's name table is full ({NAME_CAPACITY} names)",
                                       self.name)
-            ms_store32(&slot.seq, slot.seq + 1)
+            seq = ms_peek32(&slot.seq) | 1
+            ms_store32(&slot.seq, seq)
             ms_fence()
             slot.state = MS_SLOT_CREATING
             slot.addr = 0
@@ -373,15 +545,14 @@ cdef class Bookkeeping:
                 slot.shape[i] = dims[i] if i < len(dims) else 0
             ms_fence()
             try:
-                allocate(bk, size, alignment, &slot.addr, True, self.name)
+                payload = allocate(&self.arena, size, alignment, &slot.addr, True, self.name)
             except BaseException:
                 slot.state = MS_SLOT_EMPTY
                 slot.addr = 0
-                ms_store32(&slot.seq, slot.seq + 1)
+                ms_store32(&slot.seq, seq + 1)
                 raise
             ms_store32(&slot.state, MS_SLOT_LIVE)
-            ms_store32(&slot.seq, slot.seq + 1)
-            payload = slot.addr
+            ms_store32(&slot.seq, seq + 1)
         except CorruptBookkeepingError:
             self.end(bk, False)
             raise
@@ -394,21 +565,27 @@ cdef class Bookkeeping:
     def find_named(self, name):
         """``(addr, nbytes, dtype, shape)`` of the object called ``name``, or None.
 
-        Takes no lock, so it works in read-only attachers too."""
-        cdef ms_bookkeeping_t *bk = self.attached()
+        Takes no lock, so it works in read-only attachers too. The slot is copied and only
+        the copy is checked and used."""
         cdef bytes key = encode_name(name)
+        cdef ms_bookkeeping_t *bk = self.enter()
+        try:
+            return self.look_up(bk, key, name)
+        finally:
+            self.leave()
+
+    cdef object look_up(self, ms_bookkeeping_t *bk, bytes key, object name):
         cdef uint32_t h = name_hash(key)
         cdef ms_slot_t copy
         cdef unsigned i
         for i in range(MS_NAME_CAPACITY):
-            if bk.slots[i].name_hash != h or not read_slot(&bk.slots[i], &copy):
+            if ms_peek32(&bk.slots[i].name_hash) != h or not read_slot(&bk.slots[i], &copy):
                 continue
             if not holds_name(&copy, key):
                 continue
             if (copy.ndim > MS_MAX_DIMS or copy.dtype[MS_DTYPE_BYTES - 1]
-                    or copy.addr < self.arena_addr
-                    or copy.addr > self.arena_addr + self.arena_size
-                    or copy.nbytes > self.arena_addr + self.arena_size - copy.addr):
+                    or copy.addr < self.arena.start + MS_HEADER or copy.addr > self.arena.end
+                    or copy.nbytes > self.arena.end - copy.addr):
                 raise CorruptBookkeepingError(f"the entry for {name!r} is damaged", self.name)
             return (copy.addr, copy.nbytes,
                     fixed_string(copy.dtype, MS_DTYPE_BYTES).decode("ascii", errors="replace"),
@@ -417,13 +594,17 @@ cdef class Bookkeeping:
 
     def named(self):
         """The names of all named objects, sorted. Takes no lock."""
-        cdef ms_bookkeeping_t *bk = self.attached()
+        cdef ms_bookkeeping_t *bk = self.enter()
         cdef ms_slot_t copy
         cdef unsigned i
         found = []
-        for i in range(MS_NAME_CAPACITY):
-            if bk.slots[i].state == MS_SLOT_LIVE and read_slot(&bk.slots[i], &copy):
-                found.append(fixed_string(copy.name, MS_NAME_BYTES).decode(errors="replace"))
+        try:
+            for i in range(MS_NAME_CAPACITY):
+                if (ms_peek32(&bk.slots[i].state) == MS_SLOT_LIVE
+                        and read_slot(&bk.slots[i], &copy)):
+                    found.append(fixed_string(copy.name, MS_NAME_BYTES).decode(errors="replace"))
+        finally:
+            self.leave()
         return sorted(found)
 
     def delete_named(self, name):
@@ -431,25 +612,32 @@ cdef class Bookkeeping:
         cdef bytes key = encode_name(name)
         cdef ms_bookkeeping_t *bk = self.begin()
         cdef ms_slot_t *slot
+        cdef uint64_t addr, head
+        cdef uint32_t seq
         cdef int index
         try:
             index = self.find_slot(bk, key)
             if index < 0:
                 raise FileNotFoundError(errno.ENOENT, f"no object named {name!r}", self.name)
             slot = &bk.slots[index]
-            ms_store32(&slot.seq, slot.seq + 1)
+            seq = ms_peek32(&slot.seq) | 1
+            ms_store32(&slot.seq, seq)
             ms_fence()
             ms_store32(&slot.state, MS_SLOT_DELETING)
-            damaged = not used_block(bk, slot.addr)
+            addr = ms_peek(&slot.addr)
+            damaged = not used_block(&self.arena, addr, &head)
             if not damaged:
-                release(bk, slot.addr, True, self.name)
+                try:
+                    release(&self.arena, addr, True, self.name)
+                except ValueError:
+                    damaged = True
             slot.state = MS_SLOT_EMPTY
             slot.addr = 0
-            ms_store32(&slot.seq, slot.seq + 1)
+            ms_store32(&slot.seq, seq + 1)
             if damaged:
                 raise CorruptBookkeepingError(
-                    f"{name!r} pointed at no allocated block; the name was removed and the "
-                    f"memory left alone", self.name)
+                    f"{name!r} pointed at no allocated block of its own; the name was removed "
+                    f"and the memory left alone", self.name)
         except CorruptBookkeepingError:
             self.end(bk, False)
             raise
@@ -462,13 +650,16 @@ cdef class Bookkeeping:
 _instances = weakref.WeakSet()
 
 
-def _forget_locks_after_fork():
-    # A forked child inherits the counts, not the locks: they stay with the parent's threads.
-    for bookkeeping in _instances:
-        (<Bookkeeping>bookkeeping).locks_held = 0
+def _forget_after_fork():
+    # A forked child inherits the memory, not the parent's threads: their holds and their
+    # calls in flight stay with the parent.
+    for bookkeeping in list(_instances):
+        (<Bookkeeping>bookkeeping).in_flight = 0
+        if (<Bookkeeping>bookkeeping).held_by:
+            (<Bookkeeping>bookkeeping).drop_hold()
 
 
-os.register_at_fork(after_in_child=_forget_locks_after_fork)
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 cdef tuple check_request(object nbytes, object align):
@@ -476,8 +667,30 @@ cdef tuple check_request(object nbytes, object align):
         raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
     if not isinstance(align, int) or isinstance(align, bool):
         raise TypeError(f"align must be an int, not {type(align).__name__}")
-    if nbytes < 0:
-        raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+    if not 0 <= nbytes < 1 << 64:
+        raise ValueError(f"nbytes must be from 0 to 2**64 - 1, not {nbytes}")
     if align < 1 or align > MAX_ALIGN or align & (align - 1):
         raise ValueError(f"align must be a power of two from 1 to {MAX_ALIGN}, not {align}")
-    return min(nbytes, 1 << 62), align
+    return nbytes, align
+
+
+cdef bytes check_dtype_string(object dtype):
+    if not isinstance(dtype, str):
+        raise TypeError(f"a dtype string must be a str, not {type(dtype).__name__}")
+    if not dtype.isascii() or not 1 <= len(dtype) <= DTYPE_MAX_BYTES or "\0" in dtype:
+        raise ValueError(f"a dtype string must be 1-{DTYPE_MAX_BYTES} ASCII characters, "
+                         f"not {dtype!r}")
+    return dtype.encode("ascii")
+
+
+cdef tuple check_shape(object shape):
+    if not isinstance(shape, tuple):
+        raise TypeError(f"a shape must be a tuple, not {type(shape).__name__}")
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"a shape has at most {MAX_DIMS} sizes, not {len(shape)}")
+    for extent in shape:
+        if not isinstance(extent, int) or isinstance(extent, bool):
+            raise TypeError(f"shape sizes must be ints, not {shape!r}")
+        if not 0 <= extent < 1 << 64:
+            raise ValueError(f"shape sizes must be from 0 to 2**64 - 1, not {shape!r}")
+    return shape

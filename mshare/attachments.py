@@ -32,12 +32,11 @@ class Attachment:
         self.users = 0
         self.bookkeeping = None
         if entry.map_length - entry.data_length >= BOOKKEEPING_SIZE:
-            self.bookkeeping = Bookkeeping(entry.addr + entry.data_length, entry.addr,
-                                           entry.size, name=mapping.label, keepalive=mapping)
+            self.bookkeeping = Bookkeeping.over_mapping(mapping, entry.data_length, entry.size,
+                                                        name=mapping.label)
 
     def check_lock_released(self):
-        """Unmapping a robust mutex this process holds would leave the C library's list of
-        held mutexes pointing into unmapped memory."""
+        """A lock this process holds must stay mapped until it is released."""
         if self.bookkeeping is not None and self.bookkeeping.locks_held:
             raise RuntimeError(f"{self.mapping.label} cannot be closed while this process holds "
                                "its lock; leave the `with region.lock():` block first")
@@ -45,9 +44,9 @@ class Attachment:
     def detach(self):
         """Unmap (``BufferError`` while views are alive) and drop the attach mark."""
         self.check_lock_released()
-        self.mapping.unmap()
         if self.bookkeeping is not None:
             self.bookkeeping.detach()
+        self.mapping.unmap()
         faults.point("close:unmapped")
         self.forget()
 

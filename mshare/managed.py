@@ -24,18 +24,25 @@ import operator
 from mshare._shared import DTYPE_MAX_BYTES, MAX_DIMS
 from mshare.errors import CorruptBookkeepingError
 
+# numpy indexes arrays with signed 64-bit integers.
+INDEX_MAX = (1 << 63) - 1
+
 
 class ManagedMemory:
     """The lock, allocator and named arrays of a region.
 
-    Needs ``addr``, ``size``, ``readonly``, ``name``, ``buf`` and ``_bookkeeping``
-    (a ``mshare._shared.Bookkeeping``) from the class it is mixed into. Changing anything
+    Needs ``addr``, ``size``, ``readonly``, ``name``, ``buf``, ``_closed`` and
+    ``_bookkeeping`` (a ``mshare._shared.Bookkeeping``) from the class it is mixed into. Changing anything
     (``lock``, ``alloc``, ``free``, creating or deleting arrays) needs a region attached
     read-write; finding arrays works read-only too.
     """
 
+    # The lock object of ``lock()`` without a timeout, made once: ``with region.lock():``
+    # then costs two attribute reads and the lock's one atomic operation.
+    _lock_forever = None
+
     def lock(self, timeout=None):
-        """The region's lock: robust, shared by every process, not re-entrant.
+        """The region's lock: shared by every process, survives its holder's death, not re-entrant.
 
         A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
         ``TimeoutError`` when it passes. If the previous holder died holding the lock,
@@ -47,6 +54,12 @@ class ManagedMemory:
         >>> with region.lock(timeout=5):
         ...     counter[0] += 1
         """
+        if timeout is None:
+            forever = self._lock_forever
+            if forever is not None and not self._closed:
+                return forever
+            forever = self._lock_forever = self._writable("lock()").lock()
+            return forever
         return self._writable("lock()").lock(timeout)
 
     def alloc(self, nbytes: int, align: int = 64) -> int:
@@ -84,6 +97,8 @@ class ManagedMemory:
         """
         import numpy
 
+        if not isinstance(exist_ok, bool):
+            raise TypeError(f"exist_ok must be a bool, not {type(exist_ok).__name__}")
         if shape is None:
             found = self._bookkeeping.find_named(name)
             if found is None:
@@ -92,7 +107,7 @@ class ManagedMemory:
         dtype = numpy.dtype(float if dtype is None else dtype)
         shape = _shape(shape)
         _check_storable(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = _array_bytes(shape, dtype)
         bookkeeping = self._writable("creating an array")
         try:
             addr = bookkeeping.create_named(name, nbytes, dtype.str, shape,
@@ -129,10 +144,12 @@ class ManagedMemory:
         addr, nbytes, stored_dtype, stored_shape = found
         try:
             stored = numpy.dtype(stored_dtype)
-        except TypeError:
+            _check_storable(stored)
+            count = _array_bytes(stored_shape, stored) // stored.itemsize
+        except (TypeError, ValueError) as error:
             raise CorruptBookkeepingError(
-                f"array {name!r} has an unreadable dtype {stored_dtype!r}", self.name) from None
-        count = math.prod(stored_shape)
+                f"array {name!r} is recorded as {stored_shape} x {stored_dtype!r}, which cannot "
+                f"be an array here: {error}", self.name) from None
         if count * stored.itemsize != nbytes:
             raise CorruptBookkeepingError(
                 f"array {name!r}: {stored_shape} x {stored} does not fill its {nbytes} bytes",
@@ -160,9 +177,21 @@ def _shape(shape):
     return dims
 
 
+def _array_bytes(shape, dtype):
+    """Bytes of an array of ``shape`` and ``dtype``; ValueError where numpy could not index
+    it: every extent and the element count, zeros aside, must fit a signed 64-bit index."""
+    elements = math.prod(max(extent, 1) for extent in shape)
+    if elements * dtype.itemsize > INDEX_MAX:
+        raise ValueError(f"an array of shape {shape} and dtype {dtype} would span more than "
+                         f"2**63 - 1 bytes")
+    return math.prod(shape) * dtype.itemsize
+
+
 def _check_storable(dtype):
     import numpy
 
+    if dtype.itemsize == 0:
+        raise ValueError(f"dtype {dtype} has no bytes: a named array needs an itemsize >= 1")
     if dtype.hasobject:
         raise TypeError("arrays of Python objects cannot be shared: they hold pointers into "
                         "one process's heap")

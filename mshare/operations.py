@@ -34,8 +34,8 @@ def bookkeeping_length(page_size):
 
 def initialize_bookkeeping(mapping, entry):
     """Prepare the bookkeeping area of a new region before anyone else can see it."""
-    Bookkeeping(entry.addr + entry.data_length, entry.addr, entry.size,
-                name=mapping.label).initialize()
+    Bookkeeping.over_mapping(mapping, entry.data_length, entry.size,
+                             name=mapping.label).initialize()
 
 
 def create(

@@ -6,6 +6,8 @@ import os
 
 import numpy
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import mshare
 
@@ -214,3 +216,74 @@ def test_pointer_tree_built_in_one_process_is_walked_in_another(registry_path, n
     del root
     region.close()
     mshare.unlink(name)
+
+
+# Arguments of array() and alloc(), most of them bad: too many dimensions, negative,
+# non-integer and overflowing extents (2**63 and up overflow numpy's index, 2**64 the
+# region's words), dtypes with no bytes or with pointers, names that are no names.
+EXTENTS = st.one_of(st.integers(-3, 70), st.sampled_from([2**31, 2**62, 2**63 - 1, 2**63,
+                                                          2**64 - 1, 2**64, 2**70]),
+                    st.just(True), st.floats(allow_nan=True), st.text(max_size=2))
+SHAPES = st.one_of(EXTENTS, st.lists(EXTENTS, max_size=10).map(tuple))
+DTYPES = st.sampled_from([None, "int8", "<f8", "V0", "S0", "U0", "V8", "O", object,
+                          "i4,i4", "(2,)i4", "M8[ns]", "no such dtype", 3.5])
+NAMES = st.one_of(st.sampled_from(["existing", "fresh", "", "n" * 63, "n" * 64, "a\0b",
+                                   "\udcff"]),
+                  st.text(max_size=70), st.binary(max_size=4), st.integers(), st.none())
+REFUSALS = (ValueError, TypeError, FileExistsError, mshare.RegionFullError)
+
+
+@pytest.fixture
+def probed_region(registry_path, name):
+    region = mshare.create(name, 1 << 20)
+    region.array("existing", (3,), "int32")
+    yield region
+    for array_name in region.names():
+        region.delete(array_name)
+    region.close()
+    mshare.unlink(name)
+
+
+def table_and_free_bytes(region):
+    return region.names(), region._bookkeeping.verify()["free_bytes"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=NAMES, shape=SHAPES, dtype=DTYPES, exist_ok=st.one_of(st.booleans(), st.just(1)))
+@example(name="fresh", shape=(0, 2**63), dtype="int8", exist_ok=False)
+@example(name="fresh", shape=(2**64,), dtype="int8", exist_ok=False)
+@example(name="fresh", shape=(2**62, 4), dtype="int8", exist_ok=False)
+@example(name="fresh", shape=(4,), dtype="V0", exist_ok=False)
+def test_bad_array_arguments_change_nothing(probed_region, name, shape, dtype, exist_ok):
+    region = probed_region
+    before = table_and_free_bytes(region)
+    try:
+        array = region.array(name, shape, dtype, exist_ok=exist_ok)
+    except REFUSALS:
+        assert table_and_free_bytes(region) == before
+        return
+    # Accepted: a real array of that shape inside the region, which deleting undoes.
+    assert region.addr <= data_address(array) and data_address(array) + array.nbytes <= (
+        region.addr + region.size)
+    del array
+    if name != "existing":
+        region.delete(name)
+    assert table_and_free_bytes(region) == before
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(nbytes=2**64, align=64)
+@given(nbytes=st.one_of(EXTENTS, st.integers(2**20, 2**66)),
+       align=st.one_of(st.integers(-2, 2**31), st.sampled_from([2**30, 2**31, 2**64]),
+                       st.just(True), st.floats()))
+def test_bad_alloc_arguments_change_nothing(probed_region, nbytes, align):
+    region = probed_region
+    before = table_and_free_bytes(region)
+    try:
+        addr = region.alloc(nbytes, align)
+    except REFUSALS:
+        assert table_and_free_bytes(region) == before
+        return
+    assert addr % align == 0 and region.addr <= addr and addr + nbytes <= region.addr + region.size
+    region.free(addr)
+    assert table_and_free_bytes(region) == before
