@@ -202,3 +202,30 @@ def test_group_member_who_rewrites_an_entry_cannot_redirect_it(registry_path, re
         assert bytes(region.buf[:8]) == marker(0o600)
     # The rewritten region's own data object is now an orphan, which gc sweeps.
     assert [finding.kind for finding in mshare.gc().removed] == ["data object", "range"]
+
+
+def test_a_region_the_caller_may_not_read_is_listed_as_no_access(registry_path, regions):
+    # Run as users who really lack the read bit: root reads every entry, so only a
+    # non-root caller can meet this state. Owner-only (0o600) and group-only (0o060).
+    result = run_python("""
+        import json, subprocess, sys, mshare
+        listed = {info.name: [info.status, info.mode, info.uid, info.size, info.addr, info.backend]
+                  for info in mshare.list()}
+        command = subprocess.run([sys.executable, "-m", "mshare", "ls"], capture_output=True, text=True)
+        print(json.dumps({"listed": listed, "ls": command.stdout, "ls_exit": command.returncode}))
+    """, **as_stranger())
+    seen = json.loads(result.stdout)
+    assert seen["ls_exit"] == 0
+    # `mshare ls` puts the name after the columns, then "(no access)" when it applies.
+    ls_lines = {line.split()[8]: line for line in seen["ls"].splitlines()
+                if len(line.split()) > 8 and line.split()[8].startswith("perm-")}
+    assert set(seen["listed"]) == {region_name(mode) for mode in MODES}
+    for mode in MODES:
+        status, listed_mode, uid, *from_entry = seen["listed"][region_name(mode)]
+        assert (listed_mode, uid) == (mode, OWNER)  # from stat, readable by anyone
+        if allowed(mode, 0, write=False):
+            assert status == "ok" and None not in from_entry, (mode, from_entry)
+            assert "no access" not in ls_lines[region_name(mode)]
+        else:
+            assert status == "no access" and from_entry == [None, None, None], (mode, from_entry)
+            assert "no access" in ls_lines[region_name(mode)], ls_lines[region_name(mode)]
