@@ -78,6 +78,21 @@ def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True
     return result
 
 
+def run_with_private_mounts(mounts, code, timeout=120):
+    """Run ``code`` in a child with a private mount namespace (root only), once the shell
+    commands ``mounts`` have run in it: what it mounts nobody else sees, and it goes
+    with the child. Returns the CompletedProcess; a non-zero exit fails."""
+    script = f"{mounts} && exec {sys.executable} -c \"$0\""
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
+         textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, cwd="/",
+        env=dict(os.environ, PYTHONPATH=child_python_path()),
+    )
+    assert result.returncode == 0, f"child exited {result.returncode}\n{result.stderr}"
+    return result
+
+
 def _interpreter_for(user, env):
     """The interpreter and environment a child runs with: another user gets one any
     user can run, importing the world-readable copy of mshare."""

@@ -10,8 +10,6 @@ tiny tmpfs mounted over /dev/shm (or over their registry) that nobody else sees.
 import fcntl
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 import mshare
 from consistency import assert_clean
 from figures import record
-from helpers import child_python_path, run_python
+from helpers import run_python, run_with_private_mounts
 from leftovers import state
 from mshare import addresses
 from mshare.registry import range_file_name
@@ -43,15 +41,7 @@ def touch_all(region):
 def run_isolated(mounts, code):
     """Run ``code`` (after SNAPSHOT) in a child with a private mount namespace, once the
     shell commands ``mounts`` have run in it; return its JSON output."""
-    script = f"{mounts} && exec {sys.executable} -c \"$0\""
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
-         SNAPSHOT + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=120, cwd="/",
-        env=dict(os.environ, PYTHONPATH=child_python_path()),
-    )
-    assert result.returncode == 0, f"child exited {result.returncode}\n{result.stderr}"
-    return json.loads(result.stdout)
+    return json.loads(run_with_private_mounts(mounts, SNAPSHOT + textwrap.dedent(code)).stdout)
 
 
 @pytest.fixture
