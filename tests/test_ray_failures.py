@@ -65,9 +65,13 @@ def test_killed_owner_is_reported_then_adopted_with_its_data(cluster, name):
     with pytest.raises(OwnerLostError, match="owner is gone"):
         mshare.ray.stats(name)
     assert bytes(region.buf[:4]) == b"kept"         # the memory outlives its owner
-    with mshare.ray.attach(name, SIZE) as again:    # a new owner adopts the region
+    with mshare.ray.attach(name, SIZE) as again:    # attaching needs no owner
         assert again.addr == region.addr
         assert bytes(again.buf[:4]) == b"kept"
+    assert head not in mshare.ray.nodes(name)       # and started none
+    with pytest.raises(OwnerLostError, match="owner is gone"):
+        mshare.ray.stats(name)
+    mshare.ray.ensure(name, SIZE)                   # a new owner adopts the region
     stats = mshare.ray.stats(name)
     assert stats.owner_pid != first_owner
     assert stats.info.creator_pid == first_owner    # adopted, not created anew
