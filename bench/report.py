@@ -269,7 +269,7 @@ def ray_section(data: dict) -> list[str]:
     lines = ["## Ray: N tasks update disjoint slices of one array", "",
              "Updates per second (best of 5 timed runs); in brackets how many times faster the "
              f"`{RAY_PATTERN}` pattern was; data through Ray per round; state memory as the growth "
-             "of Pss summed over the node's processes.", "",
+             "of Pss summed over the node's processes, state alive against state gone.", "",
              "| array | tasks | " + " | ".join(RAY_CONTENDERS) + " | through Ray / round | state memory |",
              "|---" * (len(RAY_CONTENDERS) + 4) + "|"]
     for array_bytes, tasks in sorted({key[:2] for key in cells}):

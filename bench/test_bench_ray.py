@@ -17,7 +17,8 @@ pattern against the others), the data copied through Ray per round, and the memo
 array's state takes on the node, measured the same way for everyone: the growth of the
 proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``, which counts a shared page
 once across the processes mapping it) summed over the driver and every process Ray
-started, after a warm-up round with the state alive. mshare's regions here use 4 KiB
+started, with the state alive after a warm-up round, less the same sum once the state
+is gone (its region destroyed, its actor killed, its objects dropped). mshare's regions here use 4 KiB
 pages (``hugepages="off"``): hugetlb pages are outside ``Pss``.
 
 Run: ``PYTHONPATH=. python -m pytest bench/test_bench_ray.py`` (needs ``.[ray,bench]``).
@@ -213,15 +214,17 @@ APPROACHES = {"mshare long": Mshare, "mshare/task": MsharePerTask, "mshare/owner
 @pytest.mark.parametrize("tasks", TASKS)
 @pytest.mark.parametrize("elements, rounds", SIZES, ids=[f"{e * 8 >> 20}MiB" for e, _ in SIZES])
 def test_update_slices(benchmark, node, elements, rounds, tasks, contender):
-    baseline = node_pss()
     approach = APPROACHES[contender](elements, tasks, rounds)
     try:
         approach.run()                           # warm up: workers busy, pages touched
-        memory = node_pss() - baseline
+        alive = node_pss()
         benchmark.pedantic(approach.run, rounds=5)
         assert approach.total() == elements * rounds * (1 + 5)   # every update landed
     finally:
         approach.close()
+    # What the state held: the node with it alive, warm, against the node once it is
+    # gone (warm workers stay either way, so their own growth is not counted).
+    memory = alive - node_pss()
     benchmark.group = f"{tasks} tasks update slices of a {elements * 8 >> 20} MiB array"
     rate = tasks * rounds / benchmark.stats.stats.min
     SUMMARY[(elements, tasks, contender)] = (rate, approach.through_ray_per_round(), memory)
