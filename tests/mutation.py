@@ -128,6 +128,7 @@ def judge(mutation, workspace, test_files=None):
         test_files = mutation.tests
     environment = dict(os.environ, PYTHONPATH=site, PYTHONDONTWRITEBYTECODE="1")
     environment.pop("MSHARE_CI", None)  # a skip is not a catch, and not a failure here
+    environment.pop("MSHARE_TEST_BUSY", None)  # no busy loops per mutation run
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--rootdir", tests,
          *test_files],
