@@ -60,7 +60,7 @@ def read_documented_entry(registry_path, name):
     assert crc == zlib.crc32(data[:fixed_length + location_length]), (name, "checksum")
     assert page_size > 0 and page_size & (page_size - 1) == 0, (name, page_size)
     assert size <= data_length and data_length % page_size == 0, (name, size, data_length)
-    assert data_length - page_size < size or size == 0, (name, "data length is not size rounded up")
+    assert data_length - page_size < size, (name, "data length is not size rounded up")
     assert data_length <= map_length <= reserved_length, (name, map_length, reserved_length)
     return DocumentedEntry(
         name=name, addr=addr, size=size, data_length=data_length, map_length=map_length,
