@@ -24,11 +24,19 @@ DROP_IN = "mshare.shared_memory"
 class Handle:
     """One mapping of a region in this process."""
 
-    def __init__(self, buf: memoryview, page_size: int, closer, owner=None):
+    def __init__(self, buf: memoryview, page_size, closer, owner=None):
         self.buf = buf
-        self.page_size = page_size
+        # An int, or a function asked on first use: mshare reads the real page size from
+        # /proc/self/smaps, a diagnostic no user's attach pays, so no timing may include it.
+        self._page_size = page_size
         self._closer = closer
         self._owner = owner
+
+    @property
+    def page_size(self) -> int:
+        if callable(self._page_size):
+            self._page_size = self._page_size()
+        return self._page_size
 
     @property
     def addr(self) -> int:
@@ -115,7 +123,7 @@ class MshareBackend(Backend):
         return None
 
     def _handle(self, region) -> Handle:
-        return Handle(region.buf, region.page_size, region.close, owner=region)
+        return Handle(region.buf, lambda: region.page_size, region.close, owner=region)
 
     def create(self, name, size):
         import mshare

@@ -108,15 +108,33 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def source_revision() -> str:
-    """The commit the measured mshare was built from ("+changes" when the tree differs)."""
+def source_revision() -> dict:
+    """The commit the measured mshare was built from and whether the tree was clean:
+    ``{"commit": SHA or None, "clean": bool, "changes": [paths]}``."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        revision = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty=+changes"],
-                                  capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        revision = ""
-    return revision or "unknown (not a git checkout)"
+
+    def git(*arguments):
+        try:
+            result = subprocess.run(["git", "-C", here, *arguments], capture_output=True,
+                                    text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    changes = [line[3:] for line in (status or "").splitlines()]
+    return {"commit": commit, "clean": commit is not None and status == "", "changes": changes}
+
+
+def source_problem(source: dict) -> str | None:
+    """Why figures measured from ``source`` cannot be quoted, or None."""
+    if source.get("commit") is None:
+        return "not measured from a git checkout: no commit to name"
+    if not source.get("clean"):
+        return (f"measured from a tree with uncommitted changes to {', '.join(source['changes'])}"
+                " on top of " + source["commit"][:12])
+    return None
 
 
 def describe() -> dict:

@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import human
+from bench.machine import human, source_problem
+
+BELOW_RESOLUTION = "below resolution"
 
 
 @dataclass
@@ -136,7 +138,7 @@ def figure_tables(figure: Figure, records: list[dict]) -> list[str]:
     lines = [f"| backend ({figure.unit}) | " + " | ".join(columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for backend in mshares + peers:
-        row = [_number(figure.value(cells[(backend, c)])) if (backend, c) in cells else "—"
+        row = [reading(figure, cells[(backend, c)]) if (backend, c) in cells else "—"
                for c in columns]
         lines.append(f"| {backend} | " + " | ".join(row) + " |")
     if not (mshares and peers):
@@ -151,16 +153,25 @@ def figure_tables(figure: Figure, records: list[dict]) -> list[str]:
     return lines
 
 
+def below_resolution(figure: Figure, record: dict) -> bool:
+    """A reading the counter cannot tell from zero (noise may even make it negative)."""
+    floor = figure.floor(record)
+    return bool(floor) and figure.value(record) < floor
+
+
+def reading(figure: Figure, record: dict) -> str:
+    return BELOW_RESOLUTION if below_resolution(figure, record) else _number(figure.value(record))
+
+
 def ratio(figure: Figure, mshare: dict | None, peer: dict | None) -> str:
     if mshare is None or peer is None:
         return "—"
+    # A reading below the counter's resolution is no number to divide by.
+    if below_resolution(figure, mshare) or below_resolution(figure, peer):
+        return BELOW_RESOLUTION
     ours, theirs = figure.value(mshare), figure.value(peer)
     if not figure.lower_is_better:
         return _times(ours / theirs)
-    # A cost at or below what the counter can resolve only bounds the ratio from below.
-    floor = figure.floor(mshare)
-    if floor and ours < floor:
-        return f"≥ {_times(theirs / floor)}" if theirs >= floor else "both ≈ 0"
     return _times(theirs / ours) if ours > 0 else "—"
 
 
@@ -182,7 +193,7 @@ def machine_section(data: dict) -> list[str]:
              f"{', '.join(machine['hugetlbfs_mounts']) or 'none'}",
              f"- THP for shmem: `{machine['thp_shmem_enabled']}`; /dev/shm free: "
              f"{machine['dev_shm_free_gib']} GiB",
-             f"- mshare source: {machine.get('source', 'unknown')}",
+             f"- mshare source: {source_line(machine.get('source'))}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
              f"- Run: {data['datetime']}" + (" — SMOKE MODE, tiny sizes: not figures to quote"
                                              if bench["smoke"] else ""),
@@ -194,6 +205,24 @@ def machine_section(data: dict) -> list[str]:
             value = human(value)
         lines.append(f"- {key}: {value}")
     return lines
+
+
+def source_line(source) -> str:
+    if not isinstance(source, dict):  # runs recorded before commits were kept
+        return f"{source or 'unknown'} (not a recorded clean commit)"
+    problem = source_problem(source)
+    return f"commit {source['commit']}, clean tree" if problem is None else f"**{problem}**"
+
+
+def provenance_warning(data: dict) -> list[str]:
+    """A loud first paragraph when the figures cannot be traced to a clean commit."""
+    source = data["machine_info"]["mshare_bench"]["machine"].get("source")
+    problem = source_problem(source) if isinstance(source, dict) else \
+        f"the run names its source only as {source!r}, not as a clean commit"
+    if problem is None:
+        return []
+    return [f"> **NOT FIGURES TO QUOTE: {problem}.** Re-run `python -m bench` from a "
+            "committed, clean tree.", ""]
 
 
 def skipped_section(skipped: list[str]) -> list[str]:
@@ -234,16 +263,54 @@ def summary(data: dict) -> list[str]:
     backends.sort(key=_order)
     lines = ["| figure | " + " | ".join(backends) + " |", "|---" * (len(backends) + 1) + "|"]
     for label, figure, by_backend in picked:
-        cells = [_number(figure.value(by_backend[name])) if name in by_backend else "—"
+        cells = [reading(figure, by_backend[name]) if name in by_backend else "—"
                  for name in backends]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
+RAY_CONTENDERS = ["mshare long", "mshare/task", "mshare/owner", "actor", "ray.put"]
+RAY_PATTERN = "mshare/task"   # the README's pattern: the speed-ups are about it
+
+
+def ray_section(data: dict) -> list[str]:
+    """bench/test_bench_ray.py: updates per second of each way to share mutable state."""
+    records = [r for r in data["benchmarks"] if "ray_contender" in r["extra_info"]]
+    if not records:
+        return []
+    cells = {(r["extra_info"]["array_bytes"], r["extra_info"]["tasks"], r["extra_info"]["ray_contender"]):
+             r["extra_info"] for r in records}
+    lines = ["## Ray: N tasks update disjoint slices of one array", "",
+             "Updates per second (best of 5 timed runs); in brackets how many times faster the "
+             f"`{RAY_PATTERN}` pattern was; data through Ray per round; state memory as the growth "
+             "of Pss summed over the node's processes, state alive against state gone.", "",
+             "| array | tasks | " + " | ".join(RAY_CONTENDERS) + " | through Ray / round | state memory |",
+             "|---" * (len(RAY_CONTENDERS) + 4) + "|"]
+    for array_bytes, tasks in sorted({key[:2] for key in cells}):
+        row = cells.get((array_bytes, tasks, RAY_PATTERN))
+        ours = row["updates_per_s"] if row else None
+        values, through, memory = [], [], []
+        for contender in RAY_CONTENDERS:
+            cell = cells.get((array_bytes, tasks, contender))
+            if cell is None:
+                values.append("—")
+                continue
+            text = _number(cell["updates_per_s"])
+            if ours and contender != RAY_PATTERN:
+                text += f" ({_times(ours / cell['updates_per_s'])})"
+            values.append(text)
+            through.append(f"{cell['through_ray_per_round'] / (1 << 20):.0f}")
+            memory.append(f"{cell['state_memory'] / (1 << 20):.1f}")
+        lines.append(f"| {human(array_bytes)} | {tasks} | " + " | ".join(values) +
+                     f" | {' / '.join(through)} MiB | {' / '.join(memory)} MiB |")
+    return lines + ["", "Through Ray and state memory list the contenders in the column order.", ""]
+
+
 def other_groups(data: dict) -> list[str]:
     """Benchmarks outside the figures (the lock and the allocator): median per round."""
     known = {figure.group for figure in FIGURES}
-    records = [record for record in data["benchmarks"] if record["group"] not in known]
+    records = [record for record in data["benchmarks"] if record["group"] not in known
+               and "ray_contender" not in record["extra_info"]]
     if not records:
         return []
     lines = ["## Other benchmarks", "",
@@ -257,7 +324,7 @@ def other_groups(data: dict) -> list[str]:
 
 
 def render(data: dict, plots: list[Path] = ()) -> str:
-    lines = ["# mshare benchmark results", "",
+    lines = ["# mshare benchmark results", ""] + provenance_warning(data) + [
              "Every figure below was measured for mshare and for each peer in the same run.", ""]
     headline = summary(data)
     if headline:
@@ -270,7 +337,7 @@ def render(data: dict, plots: list[Path] = ()) -> str:
             continue
         lines += [f"## {figure.title}", "", figure.explanation, ""]
         lines += figure_tables(figure, records) + [""]
-    lines += other_groups(data)
+    lines += ray_section(data) + other_groups(data)
     if plots:
         lines += ["## 6. Scale curves", ""]
         lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.machine import source_problem, source_revision
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -38,6 +40,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and few processes (also: MSHARE_BENCH_SMOKE=1)")
     parser.add_argument("--output", type=Path, help="where results go")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="measure a tree with uncommitted changes (results.md says so loudly)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     arguments = parser.parse_args(argv)
     arguments.smoke = arguments.smoke or os.environ.get("MSHARE_BENCH_SMOKE") == "1"
@@ -51,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse(sys.argv[1:] if argv is None else argv)
     if arguments.smoke:
         os.environ["MSHARE_BENCH_SMOKE"] = "1"
+    # Figures anyone can repeat come from a commit: a full run refuses anything else.
+    problem = source_problem(source_revision())
+    if problem and not (arguments.smoke or arguments.allow_dirty):
+        print(f"refusing to benchmark: {problem}; commit first (or pass --allow-dirty, and "
+              "results.md will say the figures cannot be quoted)", file=sys.stderr)
+        return 2
     output: Path = arguments.output
     output.mkdir(parents=True, exist_ok=True)
     raw = output / "benchmark.json"

@@ -1,16 +1,25 @@
-"""N tasks on one Ray node update disjoint slices of one float64 array, three ways:
+"""N tasks on one Ray node update disjoint slices of one float64 array, five ways:
 
-- ``mshare``: every task attaches the node's region and adds to its slice in place;
-- ``actor``: every task sends its update to an actor that holds the array (what Ray
-  users do for mutable state today);
+- ``mshare long``: each of N long tasks attaches the node's region once and adds to its
+  slice in place, round after round;
+- ``mshare/task``: the README's pattern, one task per update, each attaching the region
+  (locally: the region exists, so no call to its owner actor);
+- ``mshare/owner``: the same, but each task first asks the owner actor, as every attach
+  did before attaching became local: what that round trip costs;
+- ``actor``: every update is sent to an actor that holds the array (what Ray users do
+  for mutable state today);
 - ``ray.put``: each round the driver puts a new copy, tasks return their new slices and
   the driver assembles the next array.
 
-An update is one task adding 1.0 to every element of its slice; a round is one update by
-each of the N tasks. Reported: updates per second, mshare's speed-up, the data copied
-through Ray per round, and the memory the array's state takes on the node: measured for
-mshare (the region's allocated memory) and the actor (its resident growth), counted for
-``ray.put`` (the live copies at the end of a round).
+An update is one slice getting 1.0 added to every element; a round is one update of
+each of the N slices. Reported: updates per second, mshare's speed-up (the per-task
+pattern against the others), the data copied through Ray per round, and the memory the
+array's state takes on the node, measured the same way for everyone: the growth of the
+proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``, which counts a shared page
+once across the processes mapping it) summed over the driver and every process Ray
+started, with the state alive after a warm-up round, less the same sum once the state
+is gone (its region destroyed, its actor killed, its objects dropped). mshare's regions here use 4 KiB
+pages (``hugepages="off"``): hugetlb pages are outside ``Pss``.
 
 Run: ``PYTHONPATH=. python -m pytest bench/test_bench_ray.py`` (needs ``.[ray,bench]``).
 """
@@ -27,14 +36,16 @@ ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip ins
 
 import mshare  # noqa: E402
 import mshare.ray  # noqa: E402
+from bench.report import RAY_CONTENDERS as CONTENDERS, RAY_PATTERN as MSHARE_PATTERN  # noqa: E402
 
 # (elements, rounds per timed run): a small array, where the cost of each update's trip
-# through Ray dominates, and a large one, where copying memory does.
-SIZES = [(128 << 10, 100), (4 << 20, 10)]
-TASKS = [2, 4, 8]
-CONTENDERS = ["mshare", "actor", "ray.put"]
+# through Ray dominates, and a large one, where copying memory does. A smoke run (CI)
+# only proves every contender still runs.
+if os.environ.get("MSHARE_BENCH_SMOKE") == "1":
+    SIZES, TASKS = [(128 << 10, 2)], [2]
+else:
+    SIZES, TASKS = [(128 << 10, 100), (4 << 20, 10)], [2, 4, 8]
 SUMMARY = {}   # (elements, tasks, contender) -> (updates/s, bytes through Ray per round, memory)
-BACKENDS = set()   # the backends mshare's "auto" chose for the regions
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +91,27 @@ def update_in_place(name, elements, lo, hi, rounds):
         del array
 
 
+@ray.remote
+def update_once(name, elements, lo, hi):
+    with mshare.ray.attach(name, elements * 8) as region:
+        array = region.ndarray("float64")
+        array[lo:hi] += 1.0
+        del array
+
+
+@ray.remote
+def update_once_via_owner(name, elements, lo, hi):
+    ray.get(mshare.ray.owner(name).check.remote(elements * 8))
+    with mshare.attach(mshare.ray.region_name(name)) as region:
+        array = region.ndarray("float64")
+        array[lo:hi] += 1.0
+        del array
+
+
 @ray.remote(num_cpus=0)
 class Holder:
     def __init__(self, elements):
-        self.before = _resident_anonymous()
         self.array = numpy.zeros(elements)
-
-    def memory(self):
-        return _resident_anonymous() - self.before
 
     def add(self, lo, delta):
         self.array[lo:lo + len(delta)] += delta
@@ -112,8 +136,7 @@ class Mshare:
         self.name = f"bench-{uuid.uuid4().hex[:8]}"
         self.elements, self.rounds = elements, rounds
         self.slices = _slices(elements, tasks)
-        self.region = mshare.ray.attach(self.name, elements * 8)
-        BACKENDS.add(f"{self.region.backend} ({self.region.page_size >> 10} KiB pages)")
+        self.region = mshare.ray.attach(self.name, elements * 8, hugepages="off")
 
     def run(self):
         ray.get([update_in_place.remote(self.name, self.elements, lo, hi, self.rounds)
@@ -122,15 +145,24 @@ class Mshare:
     def through_ray_per_round(self):
         return 0
 
-    def memory(self):
-        return mshare.ray.stats(self.name).memory_bytes
-
     def total(self):
         return float(self.region.ndarray("float64").sum())
 
     def close(self):
         self.region.close()
         mshare.ray.destroy(self.name, all_nodes=True)
+
+
+class MsharePerTask(Mshare):
+    update = update_once
+
+    def run(self):
+        for _ in range(self.rounds):
+            ray.get([self.update.remote(self.name, self.elements, lo, hi) for lo, hi in self.slices])
+
+
+class MshareViaOwner(MsharePerTask):
+    update = update_once_via_owner
 
 
 class Actor:
@@ -144,9 +176,6 @@ class Actor:
 
     def through_ray_per_round(self):
         return self.elements * 8                 # every slice's update, once
-
-    def memory(self):
-        return ray.get(self.holder.memory.remote())
 
     def total(self):
         return ray.get(self.holder.total.remote())
@@ -170,11 +199,6 @@ class Put:
     def through_ray_per_round(self):
         return 2 * self.elements * 8             # the new copy out, the new slices back
 
-    def memory(self):
-        # Counted: the copy put this round and the N new slices in the object store,
-        # and the driver's assembled array.
-        return 3 * self.elements * 8
-
     def total(self):
         return float(self.array.sum())
 
@@ -182,7 +206,8 @@ class Put:
         self.array = None
 
 
-APPROACHES = {"mshare": Mshare, "actor": Actor, "ray.put": Put}
+APPROACHES = {"mshare long": Mshare, "mshare/task": MsharePerTask, "mshare/owner": MshareViaOwner,
+              "actor": Actor, "ray.put": Put}
 
 
 # -- measuring -----------------------------------------------------------------------------
@@ -195,38 +220,62 @@ def test_update_slices(benchmark, node, elements, rounds, tasks, contender):
     approach = APPROACHES[contender](elements, tasks, rounds)
     try:
         approach.run()                           # warm up: workers busy, pages touched
-        memory = approach.memory()
+        alive = node_pss()
         benchmark.pedantic(approach.run, rounds=5)
         assert approach.total() == elements * rounds * (1 + 5)   # every update landed
     finally:
         approach.close()
+    # What the state held: the node with it alive, warm, against the node once it is
+    # gone (warm workers stay either way, so their own growth is not counted).
+    memory = alive - node_pss()
     benchmark.group = f"{tasks} tasks update slices of a {elements * 8 >> 20} MiB array"
-    SUMMARY[(elements, tasks, contender)] = (
-        tasks * rounds / benchmark.stats.stats.min, approach.through_ray_per_round(), memory)
+    rate = tasks * rounds / benchmark.stats.stats.min
+    SUMMARY[(elements, tasks, contender)] = (rate, approach.through_ray_per_round(), memory)
+    # What results.md's Ray table is made of (bench/report.py).
+    benchmark.extra_info.update(ray_contender=contender, array_bytes=elements * 8, tasks=tasks,
+                                updates_per_s=rate, through_ray_per_round=approach.through_ray_per_round(),
+                                state_memory=memory)
 
 
-def _resident_anonymous():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("RssAnon missing from /proc/self/status")
+def node_pss():
+    """``Pss`` summed over this driver and every process it started (Ray's raylet, object
+    store, workers and actors are its descendants), in bytes."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, pending = 0, [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        pending += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                total += next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            continue  # gone meanwhile, or a kernel thread
+    return total
 
 
 def _print_summary(config):
     if not SUMMARY:
         return
     lines = [f"mshare.ray against Ray's own ways: N tasks on one node ({os.cpu_count()} cores) "
-             f"add to disjoint slices of a float64 array; mshare regions: {', '.join(BACKENDS)}",
-             f"  {'array':>7} {'tasks':>5} {'contender':9} {'updates/s':>10} {'mshare speed-up':>16}"
+             "add to disjoint slices of a float64 array; state memory: growth of Pss summed "
+             "over the node's processes",
+             f"  {'array':>7} {'tasks':>5} {'contender':12} {'updates/s':>10} {MSHARE_PATTERN + ' speed-up':>20}"
              f" {'through Ray/round':>18} {'state memory':>13}"]
     for (elements, tasks, contender), (rate, through, memory) in sorted(
             SUMMARY.items(), key=lambda item: (item[0][0], item[0][1],
                                                CONTENDERS.index(item[0][2]))):
-        ours = SUMMARY.get((elements, tasks, "mshare"), (None,))[0]
-        ratio = f"{ours / rate:.1f}x" if ours and contender != "mshare" else ""
-        lines.append(f"  {elements * 8 >> 20:>4} MiB {tasks:>5} {contender:9} {rate:10,.0f} "
-                     f"{ratio:>16} {through >> 20:>14} MiB {memory / (1 << 20):>9.1f} MiB")
+        ours = SUMMARY.get((elements, tasks, MSHARE_PATTERN), (None,))[0]
+        ratio = f"{ours / rate:.1f}x" if ours and contender != MSHARE_PATTERN else ""
+        lines.append(f"  {elements * 8 >> 20:>4} MiB {tasks:>5} {contender:12} {rate:10,.0f} "
+                     f"{ratio:>20} {through >> 20:>14} MiB {memory / (1 << 20):>9.1f} MiB")
     capture = config.pluginmanager.get_plugin("capturemanager")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     # A module fixture's teardown runs under output capture: step out of it to print.

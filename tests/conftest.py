@@ -17,7 +17,7 @@ from helpers import (
 )
 
 BASE = "/tmp/mshare-tests"
-pytest_plugins = ["hugepage_fixtures"]
+pytest_plugins = ["hugepage_fixtures", "busy_load", "ci_skips", "backends_under_test"]
 
 
 @pytest.fixture(scope="session", autouse=True)

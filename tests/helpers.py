@@ -45,12 +45,18 @@ def child_python_path():
     return os.pathsep.join([os.path.dirname(os.path.dirname(mshare.__file__)), os.path.dirname(__file__)])
 
 
-def start_python(code, **popen_options):
-    """Start ``code`` in a fresh interpreter without waiting (for races and kills).
+def start_python(code, *, user=None, group=None, groups=(), env=None, **popen_options):
+    """Start ``code`` in a fresh interpreter without waiting (for races and kills); as
+    ``user``/``group`` when given (root only).
 
     It runs from ``/`` so that a source checkout in the working directory never shadows
     the installed package."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd="/", **popen_options)
+    interpreter, environment = _interpreter_for(user, env)
+    return subprocess.Popen(
+        [interpreter, "-c", textwrap.dedent(code)], cwd="/", env=environment,
+        user=user, group=group, extra_groups=list(groups) if user is not None else None,
+        **popen_options,
+    )
 
 
 def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True, env=None):
@@ -58,13 +64,7 @@ def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True
 
     Returns the CompletedProcess; with ``check`` a non-zero exit fails with its stderr.
     """
-    environment = dict(os.environ if env is None else env)
-    if user is None:
-        interpreter = sys.executable
-    else:
-        interpreter = SYSTEM_PYTHON
-        environment["PYTHONPATH"] = WORLD_READABLE_SITE
-        environment.pop("PYTHONHOME", None)
+    interpreter, environment = _interpreter_for(user, env)
     result = subprocess.run(
         [interpreter, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, timeout=timeout, env=environment,
@@ -76,6 +76,32 @@ def run_python(code, *, user=None, group=None, groups=(), timeout=60, check=True
             f"child exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def run_with_private_mounts(mounts, code, timeout=120):
+    """Run ``code`` in a child with a private mount namespace (root only), once the shell
+    commands ``mounts`` have run in it: what it mounts nobody else sees, and it goes
+    with the child. Returns the CompletedProcess; a non-zero exit fails."""
+    script = f"{mounts} && exec {sys.executable} -c \"$0\""
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
+         textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, cwd="/",
+        env=dict(os.environ, PYTHONPATH=child_python_path()),
+    )
+    assert result.returncode == 0, f"child exited {result.returncode}\n{result.stderr}"
+    return result
+
+
+def _interpreter_for(user, env):
+    """The interpreter and environment a child runs with: another user gets one any
+    user can run, importing the world-readable copy of mshare."""
+    environment = dict(os.environ if env is None else env)
+    if user is None:
+        return sys.executable, environment
+    environment["PYTHONPATH"] = WORLD_READABLE_SITE
+    environment.pop("PYTHONHOME", None)
+    return SYSTEM_PYTHON, environment
 
 
 def prepare_world_readable_site():

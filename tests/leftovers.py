@@ -3,16 +3,15 @@
 import os
 import signal
 
-from helpers import run_python, shm_objects_of
+from consistency import OWN_FILES, data_objects
+from helpers import run_python
 from mshare.registry import Registry
-
-OWN_FILES = {".lock", "mshare_info"}
 
 
 def state(registry_path):
     """``(registry files, data objects)`` of this registry, its lock and info file aside."""
     with Registry(registry_path) as registry:
-        objects = shm_objects_of(registry.registry_id)
+        objects = sorted(data_objects(registry.registry_id))
     return sorted(set(os.listdir(registry_path)) - OWN_FILES), objects
 
 

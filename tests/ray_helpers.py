@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from consistency import data_objects
 from helpers import shm_objects_of
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install '.[test,ray]'")
@@ -26,8 +27,6 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 import mshare.ray  # noqa: E402
-from mshare.addresses import round_up  # noqa: E402
-from mshare.operations import bookkeeping_length  # noqa: E402
 from mshare.registry import Registry  # noqa: E402
 
 BASE = "/tmp/mshare-tests"
@@ -99,9 +98,28 @@ def assert_nothing_left(registry):
     assert not objects, f"data objects left in /dev/shm: {objects}"
 
 
-def region_memory(size, page_size):
-    """The memory one region of ``size`` bytes holds: its pages and its bookkeeping tail."""
-    return round_up(size, page_size) + bookkeeping_length(page_size)
+def smaps_rollup(pid="self"):
+    """A process's memory as the kernel accounts it (``/proc/PID/smaps_rollup``), in
+    bytes by field (``Rss``, ``Pss``, ``Anonymous``, ...), and ``Resident``: every
+    resident page, huge pages included."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                fields[key] = int(parts[0]) * 1024
+    # hugetlb pages are not part of Rss; the kernel counts them on lines of their own.
+    fields["Resident"] = fields["Rss"] + fields.get("Shared_Hugetlb", 0) + fields.get("Private_Hugetlb", 0)
+    return fields
+
+
+def data_object_bytes(registry):
+    """``{data object path: bytes allocated}`` of every data object of ``registry``, on
+    every backend, from the file system itself."""
+    with Registry(registry) as opened:
+        objects = data_objects(opened.registry_id)
+    return {path: os.stat(path).st_blocks * 512 for path in objects}
 
 
 def on(node_id):

@@ -122,13 +122,13 @@ def survives(step, iteration):
     return True
 
 
-def run_step(step, target, size, iteration):
+def run_step(step, target, size, iteration, backend):
     """Strike ``step`` once, on a target region that exists when the operation needs it."""
     operation = step.split(":")[0]
     if operation == "create":
-        crash(f"import mshare; mshare.create({target!r}, {size})", step)
+        crash(f"import mshare; {backend.create_code(target, size)}", step)
         return
-    with mshare.create(target, size) as region:
+    with mshare.create(target, size, hugepages=backend.hugepages) as region:
         region.buf[:8] = iteration.to_bytes(8, "little")
     if operation == "attach":
         crash(f"import mshare; mshare.attach({target!r})", step)
@@ -141,15 +141,15 @@ def run_step(step, target, size, iteration):
         crash(f"import mshare; mshare.unlink({target!r})", step)
 
 
-def test_kill_at_every_step(registry_path, survivor, watcher):
+def test_kill_at_every_step(registry_path, survivor, watcher, backend):
     iterations = scaled(10)
     for iteration in range(iterations):
         for step in STEPS:
             target = f"target-{iteration}"
-            size = 4096 * (iteration + 1) + 123
+            size = backend.size(4096 * (iteration + 1) + 123)
             with watcher.pause():
                 before = state(registry_path)
-            run_step(step, target, size, iteration)
+            run_step(step, target, size, iteration, backend)
             with watcher.pause():
                 exists = survives(step, iteration)
                 assert (target in visible_regions(registry_path)) == exists, step
@@ -158,7 +158,7 @@ def test_kill_at_every_step(registry_path, survivor, watcher):
                 assert (target in assert_clean(registry_path)) == exists, step
                 if exists:
                     with mshare.attach(target, readonly=True) as region:
-                        assert region.size == size
+                        assert (region.size, region.backend) == (size, backend.name)
                         expected = 0 if step.startswith("create") else iteration
                         assert int.from_bytes(region.buf[:8], "little") == expected, step
                     mshare.unlink(target)
@@ -167,11 +167,11 @@ def test_kill_at_every_step(registry_path, survivor, watcher):
                 assert_survivor_intact()
     looks = watcher.finish()
     assert looks > 0
-    record("fault injection", steps=len(STEPS), iterations=iterations,
+    record("fault injection", backend=backend.name, steps=len(STEPS), iterations=iterations,
            kills=len(STEPS) * iterations, watcher_looks=looks)
 
 
-def test_kill_at_random_moments(registry_path, survivor):
+def test_kill_at_random_moments(registry_path, survivor, backend):
     iterations = scaled(400)
     names = [f"churn-{index}" for index in range(4)]
     rng = random.Random(5)
@@ -180,7 +180,7 @@ def test_kill_at_random_moments(registry_path, survivor):
     for iteration in range(iterations):
         pid = os.fork()
         if pid == 0:
-            _churn(names, iteration)
+            _churn(names, iteration, backend)
         time.sleep(rng.uniform(0, 0.02))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
@@ -201,11 +201,11 @@ def test_kill_at_random_moments(registry_path, survivor):
     assert list(visible_regions(registry_path)) == ["survivor"]
     assert_survivor_intact()
     assert swept > 0  # the kills did strike in the middle of operations
-    record("random kills", kills=iterations, leftovers_swept=swept,
+    record("random kills", backend=backend.name, kills=iterations, leftovers_swept=swept,
            seconds=round(time.monotonic() - started, 1))
 
 
-def _churn(names, seed):
+def _churn(names, seed, backend):
     """In a forked child: create, attach, write, close and unlink until killed."""
     code = 1
     try:
@@ -215,7 +215,8 @@ def _churn(names, seed):
             try:
                 action = rng.randrange(3)
                 if action == 0:
-                    mshare.create(name, 4096 * rng.randint(1, 8)).close()
+                    mshare.create(name, backend.size(4096 * rng.randint(1, 8)),
+                                  hugepages=backend.hugepages).close()
                 elif action == 1:
                     with mshare.attach(name) as region:
                         region.buf[:4] = b"busy"

@@ -72,9 +72,9 @@ def demo_processes(tag):
     return found
 
 
-def test_demo_table_numbers(registry_path):
+def test_demo_table_numbers(registry_path, backend):
     before = set(os.listdir(SHM))
-    demo = start_demo("--size", "256M", "--workers", "4")
+    demo = start_demo("--size", "256M", "--workers", "4", "--hugepages", backend.hugepages)
     output, errors = demo.communicate(timeout=300)
     assert demo.returncode == 0, errors
 
@@ -83,16 +83,20 @@ def test_demo_table_numbers(registry_path):
     rows = rows_of(output)
     assert set(rows) == {"mshare", "shared_memory"}, output
     assert rows["mshare"]["same_address"] is True
+    assert rows["mshare"]["backend"] == backend.name, output
     assert rows["shared_memory"]["page_size"] == "4K"
     # 256 MiB in 4 KiB pages needs 512 KiB of page tables in every worker that maps it.
     # The counter is system-wide: other programs starting or ending meanwhile move it by a
     # few hundred KiB, hence the wide bounds (huge pages would show ~0).
     assert 256 <= rows["shared_memory"]["kib"] <= 2048, output
-    if rows["mshare"]["backend"] == "shm":
+    if backend.name == "shm":
+        assert rows["mshare"]["page_size"] == "4K", output
         assert 256 <= rows["mshare"]["kib"] <= 2048, output
         assert "mshare doctor" in output
-    elif rows["mshare"]["backend"] == "hugetlb":
-        # Shared PMD tables: a worker adds at most an upper-level table page or two.
+    else:
+        # 2 MiB pages (shared PMD tables with hugetlb, 512 times fewer entries with thp):
+        # a worker adds at most a table page or two.
+        assert rows["mshare"]["page_size"] == "2M", output
         assert rows["mshare"]["kib"] < 128, output
     assert all(row["ms"] > 0 for row in rows.values())
     assert re.search(r"shared_memory / mshare\s+[\d.]+x\s+(>= )?[\d,.]+x", output), output

@@ -10,8 +10,6 @@ tiny tmpfs mounted over /dev/shm (or over their registry) that nobody else sees.
 import fcntl
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 import mshare
 from consistency import assert_clean
 from figures import record
-from helpers import run_python
+from helpers import run_python, run_with_private_mounts
 from leftovers import state
 from mshare import addresses
 from mshare.registry import range_file_name
@@ -29,13 +27,10 @@ GiB = 1 << 30
 # Shared by the children below: what this registry holds, to compare before and after.
 SNAPSHOT = """
 import errno, json, os, mshare
-from mshare.registry import Registry
+from leftovers import state
 
 def snapshot():
-    root = os.environ["MSHARE_ROOT"]
-    with Registry(root) as registry:
-        objects = sorted(f for f in os.listdir("/dev/shm") if registry.registry_id in f)
-    return sorted(set(os.listdir(root)) - {".lock", "mshare_info"}), objects
+    return state(os.environ["MSHARE_ROOT"])
 
 def touch_all(region):
     for offset in range(0, region.size, 4096):
@@ -46,16 +41,7 @@ def touch_all(region):
 def run_isolated(mounts, code):
     """Run ``code`` (after SNAPSHOT) in a child with a private mount namespace, once the
     shell commands ``mounts`` have run in it; return its JSON output."""
-    script = f"{mounts} && exec {sys.executable} -c \"$0\""
-    package = os.path.dirname(os.path.dirname(mshare.__file__))
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
-         SNAPSHOT + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=120, cwd="/",
-        env=dict(os.environ, PYTHONPATH=package),
-    )
-    assert result.returncode == 0, f"child exited {result.returncode}\n{result.stderr}"
-    return json.loads(result.stdout)
+    return json.loads(run_with_private_mounts(mounts, SNAPSHOT + textwrap.dedent(code)).stdout)
 
 
 @pytest.fixture
@@ -69,11 +55,12 @@ def test_dev_shm_full(registry):
         before = snapshot()
         made, refused = [], []
         for index in range(8):
+            before_this_create = snapshot()
             try:
                 region = mshare.create(f"piece-{index}", 256 << 10)
             except OSError as error:
                 refused.append([error.errno, error.strerror])
-                assert snapshot()[1] == sorted(snapshot()[1])
+                assert snapshot() == before_this_create  # the refused create left nothing
                 continue
             touch_all(region)
             made.append(region)
@@ -140,7 +127,7 @@ def test_registry_file_system_out_of_inodes(registry_path, spare_inodes):
         assert outcome["result"] == "created"
 
 
-def test_address_arena_used_up(registry_path, name):
+def test_address_arena_used_up(registry_path, name, backend):
     # Someone holds every 1 GiB slot of the arena but the last; the first create takes
     # that slot, the next one finds nothing.
     start, end = addresses.arena()
@@ -151,14 +138,14 @@ def test_address_arena_used_up(registry_path, name):
     holder = os.open(planted, os.O_RDONLY)
     fcntl.flock(holder, fcntl.LOCK_SH)  # it is mapped, as far as anyone can tell
     try:
-        last = mshare.create(name, 4096)
+        last = mshare.create(name, backend.size(4096), hugepages=backend.hugepages)
         assert last.addr == end - GiB
         before = state(registry_path)
         with pytest.raises(mshare.MshareError, match="no free .* range left in the address arena") as raised:
-            mshare.create(name + "-more", 4096)
+            mshare.create(name + "-more", backend.size(4096), hugepages=backend.hugepages)
         assert raised.value.errno == 12  # ENOMEM
         with pytest.raises(mshare.AddressConflictError):
-            mshare.create(name + "-placed", 4096, addr=start)
+            mshare.create(name + "-placed", backend.size(4096), addr=start, hugepages=backend.hugepages)
         assert state(registry_path) == before
         last.close()
         mshare.unlink(name)
@@ -168,9 +155,9 @@ def test_address_arena_used_up(registry_path, name):
     assert_clean(registry_path)
 
 
-def test_file_descriptor_limit(registry_path):
-    mshare.create("base", 1 << 20).close()
-    outcomes = json.loads(run_python(SNAPSHOT + textwrap.dedent("""
+def test_file_descriptor_limit(registry_path, backend):
+    mshare.create("base", backend.size(1 << 20), hugepages=backend.hugepages).close()
+    outcomes = json.loads(run_python(SNAPSHOT + textwrap.dedent(f"""
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         def open_fds():
@@ -188,7 +175,8 @@ def test_file_descriptor_limit(registry_path):
                 before = snapshot()
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max(baseline) + 1 + spare, hard))
                 try:
-                    region = mshare.create("extra", 4096) if what == "create" else mshare.attach("base")
+                    region = ({backend.create_code("extra", 4096)} if what == "create"
+                              else mshare.attach("base"))
                     outcome = "ok"
                 except OSError as error:
                     outcome = [error.errno, str(error)]
@@ -210,18 +198,18 @@ def test_file_descriptor_limit(registry_path):
             assert result[0] == 24 or "open files" in result[1], (what, spare, result)
     mshare.unlink("base")
     assert_clean(registry_path)
-    record("fd limit", limits_tried=len(outcomes), refused=len(failures))
+    record("fd limit", backend=backend.name, limits_tried=len(outcomes), refused=len(failures))
 
 
-def test_address_space_limit(registry_path):
-    mshare.create("big", 64 << 20).close()
-    outcome = json.loads(run_python(SNAPSHOT + textwrap.dedent("""
+def test_address_space_limit(registry_path, backend):
+    mshare.create("big", 64 << 20, hugepages=backend.hugepages).close()
+    outcome = json.loads(run_python(SNAPSHOT + textwrap.dedent(f"""
         import resource
         with open("/proc/self/status") as status:
             size = next(int(line.split()[1]) for line in status if line.startswith("VmSize")) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size + (32 << 20), resource.RLIM_INFINITY))
         results = []
-        for call in (lambda: mshare.create("another", 64 << 20), lambda: mshare.attach("big")):
+        for call in (lambda: {backend.create_code("another", 64 << 20)}, lambda: mshare.attach("big")):
             before = snapshot()
             try:
                 call().close()

@@ -1,7 +1,9 @@
-"""Page-table accounting, and the reason huge pages matter: 8 independent processes attach
-a 2 GiB region and touch every page; the machine's page tables grow by almost nothing per
-process with hugetlb (the PMD tables are shared) and by 2 MiB per GiB with shm."""
+"""Page-table accounting, and the reason huge pages matter: independent processes (8, and
+32 for the small hugetlb signal) attach a 2 GiB region and touch every page; the machine's
+page tables grow by almost nothing per process with hugetlb (the PMD tables are shared)
+and by 2 MiB per GiB with shm."""
 
+import statistics
 import subprocess
 
 import pytest
@@ -33,29 +35,29 @@ sys.stdin.readline()
 """
 
 
-def pagetable_growth(name, rounds):
-    """System-wide ``PageTables`` growth, in bytes per process, while ``PROCESSES`` live
+def pagetable_growth(name, rounds, processes):
+    """System-wide ``PageTables`` growth, in bytes per process, while ``processes`` live
     interpreters attach ``name`` and touch every page, and the page sizes they touched.
 
     Measured in the same processes before and after (a separate baseline batch differs by
     address randomisation). Other processes starting or ending on the machine meanwhile
     move the figure by hundreds of KiB at random, so rounds are repeated until two agree
-    within 1 KiB per process: the same figure twice is the quiet one. A machine too busy
-    for that in ``rounds`` rounds skips the test, saying so."""
+    within 1 KiB per process (the same figure twice is the quiet one); on a machine too
+    busy for that, the median of all ``rounds``: it is wrong only if most rounds were
+    disturbed, each by more than the margin the assertion leaves."""
     measured = []
     for _ in range(rounds):
-        growth, steps = _one_round(name)
+        growth, steps = _one_round(name, processes)
         if any(abs(growth - earlier) <= KiB for earlier in measured):
             return growth, steps
         measured.append(growth)
-    pytest.skip(f"the machine is too busy to measure page tables: no two of {rounds} rounds "
-                f"agreed ({sorted(round(growth / KiB, 1) for growth in measured)} KiB per process)")
+    return statistics.median(measured), steps
 
 
-def _one_round(name):
+def _one_round(name, processes=PROCESSES):
     children = [start_python(CHILD.format(name=name), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(PROCESSES)]
+                for _ in range(processes)]
     try:
         for child in children:
             _expect(child, "ready")
@@ -76,7 +78,7 @@ def _one_round(name):
                 child.wait(timeout=60)
             child.stdout.close()
             child.stderr.close()
-    return (after - before) / PROCESSES, steps
+    return (after - before) / processes, steps
 
 
 def _expect(child, answer):
@@ -120,7 +122,9 @@ def test_hugetlb_processes_share_page_tables(registry_path, name, hugetlbfs):
         with mshare.create(name, 2 * GiB, hugepages="hugetlb", populate=True) as region:
             assert region.stats().shared_span == 2 * GiB
             addr, map_length = region.addr, region.stats().mapped
-            growth, steps = pagetable_growth(name, rounds=12)
+            # More processes than the shm test: the signal per process is a few KiB, so
+            # many of them lift it above what the rest of the machine does meanwhile.
+            growth, steps = pagetable_growth(name, rounds=9, processes=4 * PROCESSES)
     finally:
         mshare.unlink(name)
     assert steps == {2 << 20}

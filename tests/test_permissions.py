@@ -8,13 +8,14 @@ import itertools
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 
 import mshare
-from consistency import assert_clean
+from consistency import assert_clean, read_documented_entry
 from figures import record
-from helpers import run_python
+from helpers import run_python, start_python
 from mshare.backends.shm import SHM_DIRECTORY
 from mshare.registry import Registry
 from people import OWNER, OWNER_GROUP, as_member, as_owner, as_stranger
@@ -202,3 +203,67 @@ def test_group_member_who_rewrites_an_entry_cannot_redirect_it(registry_path, re
         assert bytes(region.buf[:8]) == marker(0o600)
     # The rewritten region's own data object is now an orphan, which gc sweeps.
     assert [finding.kind for finding in mshare.gc().removed] == ["data object", "range"]
+
+
+def test_a_region_the_caller_may_not_read_is_listed_as_no_access(registry_path, regions):
+    # Run as users who really lack the read bit: root reads every entry, so only a
+    # non-root caller can meet this state. Owner-only (0o600) and group-only (0o060).
+    result = run_python("""
+        import json, subprocess, sys, mshare
+        listed = {info.name: [info.status, info.mode, info.uid, info.size, info.addr, info.backend]
+                  for info in mshare.list()}
+        command = subprocess.run([sys.executable, "-m", "mshare", "ls"], capture_output=True, text=True)
+        print(json.dumps({"listed": listed, "ls": command.stdout, "ls_exit": command.returncode}))
+    """, **as_stranger())
+    seen = json.loads(result.stdout)
+    assert seen["ls_exit"] == 0
+    # `mshare ls` puts the name after the columns, then "(no access)" when it applies.
+    ls_lines = {line.split()[8]: line for line in seen["ls"].splitlines()
+                if len(line.split()) > 8 and line.split()[8].startswith("perm-")}
+    assert set(seen["listed"]) == {region_name(mode) for mode in MODES}
+    for mode in MODES:
+        status, listed_mode, uid, *from_entry = seen["listed"][region_name(mode)]
+        assert (listed_mode, uid) == (mode, OWNER)  # from stat, readable by anyone
+        if allowed(mode, 0, write=False):
+            assert status == "ok" and None not in from_entry, (mode, from_entry)
+            assert "no access" not in ls_lines[region_name(mode)]
+        else:
+            assert status == "no access" and from_entry == [None, None, None], (mode, from_entry)
+            assert "no access" in ls_lines[region_name(mode)], ls_lines[region_name(mode)]
+
+
+def test_write_taken_away_is_refused_to_a_process_that_already_maps_the_region(registry_path, user_site):
+    # The second attach finds the region mapped writable in its own process already:
+    # only the kernel's check on the entry itself can refuse it.
+    mshare.list()
+    run_python("import mshare; mshare.create('shared', 4096, mode=0o666).close()", **as_owner())
+    child = start_python("""
+        import sys, mshare
+        first = mshare.attach("shared")
+        print("attached", flush=True)
+        sys.stdin.readline()
+        try:
+            mshare.attach("shared").close()
+            print("attached again")
+        except PermissionError as error:
+            print("refused", error)
+        with mshare.attach("shared", readonly=True) as reader:
+            print("readonly", reader.readonly)
+        first.close()
+    """, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        **as_stranger())
+    try:
+        assert child.stdout.readline() == "attached\n", child.stderr.read()
+        entry = read_documented_entry(registry_path, "shared")
+        for path in (os.path.join(registry_path, "shared"), entry.data_path):
+            os.chmod(path, 0o644)  # the owner takes write away from everyone else
+        output, errors = child.communicate("go\n", timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, errors
+    refused, readonly = output.splitlines()
+    assert refused.startswith("refused") and "does not let you read and write" in refused, output
+    assert readonly == "readonly True"
+    mshare.unlink("shared")

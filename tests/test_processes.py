@@ -1,16 +1,17 @@
 """Real processes: independent interpreters, spawn/forkserver pools, fork, pointers."""
 
+import fcntl
 import multiprocessing
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 import mshare
 
-from helpers import run_python, start_python
+from helpers import run_python, shm_objects_of, start_python
+from mshare.registry import Registry
 
 
 def test_independent_process_sees_data_at_same_address(registry_path, name):
@@ -65,18 +66,20 @@ def test_pickled_readonly_region_stays_readonly(registry_path, name):
 
 def test_forked_child_uses_inherited_region_and_is_counted(registry_path, name):
     region = mshare.create(name, 4096)
-    reader, writer = os.pipe()
+    child_wrote, writer = os.pipe()
+    parent_counted, tell_child = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: same mapping, same address, its own attach mark
         try:
             region.buf[:5] = b"child"
             os.write(writer, b"x")
-            time.sleep(0.5)
+            os.read(parent_counted, 1)  # keep the mapping until the parent has counted it
             region.close()  # unmaps only in the child
         finally:
             os._exit(0)
-    os.read(reader, 1)
+    os.read(child_wrote, 1)
     assert mshare.info(name).attached == 2
+    os.write(tell_child, b"x")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert bytes(region.buf[:5]) == b"child"
@@ -170,12 +173,16 @@ def test_attach_refuses_an_occupied_address_and_leaves_it_alone(registry_path, n
     mshare.unlink(name)
 
 
-def test_creation_race_has_exactly_one_winner(registry_path, name):
+def test_creation_race_has_exactly_one_winner(registry_path, name, tmp_path):
     racers = 16
+    gate = tmp_path / "gate"
+    gate.touch()
+    holder = os.open(gate, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # every racer waits here until all have started
     code = f"""
-        import os, sys, time, mshare
-        while time.time() < {time.time() + 1.0}:
-            pass
+        import fcntl, os, mshare
+        print("ready", flush=True)
+        fcntl.flock(os.open({str(gate)!r}, os.O_RDONLY), fcntl.LOCK_SH)
         try:
             region = mshare.create({name!r}, 4096)
         except FileExistsError:
@@ -186,6 +193,9 @@ def test_creation_race_has_exactly_one_winner(registry_path, name):
             region.close()
     """
     children = [start_python(code, stdout=subprocess.PIPE, text=True) for _ in range(racers)]
+    for child in children:
+        assert child.stdout.readline() == "ready\n"
+    os.close(holder)
     outputs = [child.communicate(timeout=60)[0].split() for child in children]
     assert all(child.returncode == 0 for child in children)
     winners = [out for out in outputs if out[0] == "won"]
@@ -196,29 +206,34 @@ def test_creation_race_has_exactly_one_winner(registry_path, name):
 
 
 def test_process_killed_during_create_leaves_no_visible_entry(registry_path, name):
-    size = 512 << 20  # reserving this takes long enough to be interrupted
-    outcomes = set()
-    for attempt in range(20):
-        # In /dev/shm, where the sweep below looks for what a killed create left.
+    # The child is stopped (SIGSTOP) the moment its data object appears, which is before
+    # its entry can be published; then the registry is looked at and the child killed.
+    # No clock decides where it stops: the create's own progress does.
+    size = 512 << 20  # reserving this keeps create busy long after the object appears
+    mshare.list()  # makes the registry, and with it the id its data objects carry
+    with Registry(registry_path) as registry:
+        registry_id = registry.registry_id
+    seen_midway = 0
+    for _ in range(5):
         child = start_python(f"import mshare; mshare.create({name!r}, {size}, hugepages='off').close()")
-        time.sleep(0.015 * attempt)  # from before import to after create
-        child.send_signal(signal.SIGKILL)
+        while not shm_objects_of(registry_id) and child.poll() is None:
+            pass
+        child.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        stopped = os.WIFSTOPPED(status)
+        if not stopped:  # it finished first, and waitpid has reaped it
+            child.returncode = os.waitstatus_to_exitcode(status)
+        published = name in os.listdir(registry_path)
+        child.kill()
         child.wait()
         try:
             region = mshare.attach(name)
         except FileNotFoundError:
-            outcomes.add("absent")
+            assert not published
         else:
-            outcomes.add("complete")
-            assert region.size == size
+            assert published and region.size == size
             region.close()
             mshare.unlink(name)
-        _sweep_leftovers(registry_path)
-    # Each attempt ended with the region absent or complete (any other error would have
-    # propagated); both outcomes must have been seen for the test to have probed anything.
-    assert outcomes == {"absent", "complete"}, outcomes
-
-
-def _sweep_leftovers(registry_path):
-    """Remove what a killed create may leave, so the next attempt starts clean."""
-    mshare.gc()
+        seen_midway += stopped and not published
+        mshare.gc()  # what the killed create left, so the next attempt starts clean
+    assert seen_midway > 0, "the child never stopped between its data object and its entry"

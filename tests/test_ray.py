@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from ray_helpers import (  # noqa: F401  (cluster, name, nothing_left are fixtures)
-    cluster, name, nothing_left, assert_nothing_left, on, ray, ray_cluster, region_memory, run_on
+    cluster, name, nothing_left, assert_nothing_left, data_object_bytes, on, ray, ray_cluster, run_on,
+    smaps_rollup,
 )
 
 import mshare
@@ -29,14 +30,19 @@ def nodes(cluster):
 
 
 def _fill(name, size, value):
-    """In a task: attach (creating if needed), fill with ``value``, report what it saw."""
+    """In a task: attach (creating if needed), fill with ``value``, report what it saw
+    and how this process's memory grew while it held the filled region mapped."""
+    memory_before = smaps_rollup()
     with mshare.ray.attach(name, size) as region:
         array = region.ndarray("float64")
         before = float(array[0])
         array[:] = value
+        memory_filled = smaps_rollup()
         del array
         return {"addr": region.addr, "before": before, "pid": os.getpid(),
-                "node": mshare.ray.cluster.current_node_id(ray)}
+                "node": mshare.ray.cluster.current_node_id(ray),
+                "resident_growth": memory_filled["Resident"] - memory_before["Resident"],
+                "anonymous_growth": memory_filled["Anonymous"] - memory_before["Anonymous"]}
 
 
 @ray.remote(num_cpus=0)
@@ -149,15 +155,22 @@ def test_stats_report_owner_and_memory(cluster, nodes, name):
     head, worker = nodes
     mshare.ray.ensure(name, 8 * SIZE)
     stats = mshare.ray.stats(name, worker)
-    one_region = region_memory(8 * SIZE, stats.info.page_size)
-    assert stats.memory_bytes == one_region       # reserved in full when created
+    allocations = data_object_bytes(cluster.registry)   # one region per node
+    assert stats.memory_bytes in allocations.values()   # what the node's file system says
+    assert stats.memory_bytes >= 8 * SIZE               # reserved in full when created
     assert stats.registry == cluster.registry
     assert stats.name == mshare.ray.region_name(name, worker)
     assert stats.info.attached == 1               # the owner
     fill = ray.remote(num_cpus=0)(_fill)
-    ray.get([fill.options(**on(worker)).remote(name, 8 * SIZE, 1.0) for _ in range(3)],
-            timeout=60)
-    assert mshare.ray.stats(name, worker).memory_bytes == one_region   # no copies
+    fills = ray.get([fill.options(**on(worker)).remote(name, 8 * SIZE, 1.0) for _ in range(3)],
+                    timeout=60)
+    # No copies: each filling process has the whole region resident, none of it in
+    # private (anonymous) memory, and the node holds still one region's data.
+    for filled in fills:
+        assert filled["resident_growth"] >= 8 * SIZE, filled
+        assert filled["anonymous_growth"] < 4 * SIZE, filled
+    assert data_object_bytes(cluster.registry) == allocations
+    assert mshare.ray.stats(name, worker).memory_bytes == stats.memory_bytes
     assert mshare.ray.info(name, worker).size == 8 * SIZE
     handle = mshare.ray.owner(name, worker)
     assert ray.get(handle.stats.remote(), timeout=30).owner_pid == stats.owner_pid

@@ -16,6 +16,7 @@ import struct
 import pytest
 
 import mshare
+from consistency import read_documented_entry
 from figures import record
 from forge import ADDR_AT, CREATED_AT, FIXED_SIZE, Forger, patched, recrc
 from helpers import run_python
@@ -47,12 +48,14 @@ def forger(registry_path):
 
 
 @pytest.fixture
-def victim(registry_path, name):
-    """A region of root's, mode 0644, holding known bytes, mapped by nobody."""
-    with mshare.create(name, 4096, mode=0o644) as region:
+def victim(registry_path, name, backend):
+    """A region of root's on each backend, mode 0644, holding known bytes, mapped by
+    nobody; its entry as the documented format gives it."""
+    with mshare.create(name, backend.size(4096), mode=0o644, hugepages=backend.hugepages) as region:
         region.buf[:11] = b"victim data"
-    with Registry(registry_path) as registry:
-        entry = registry.read_entry(name)[0]
+        region.buf[-11:] = b"victim tail"
+    entry = read_documented_entry(registry_path, name)
+    assert entry.backend == backend.name
     yield entry
     try:
         mshare.unlink(name)
@@ -168,14 +171,14 @@ def plant_entries(forger, victim_name):
 
 def test_malformed_entries_give_clear_errors(forger, victim, name):
     cases = plant_entries(forger, name)
-    outcomes = probe(cases, ENTRY_OPS)
+    outcomes = probe(cases, ENTRY_OPS, check_victim=name)
     check_outcomes(outcomes, {(case, op): cases[case] for case in cases for op in ENTRY_OPS})
-    record("malformed entries", entries=len(cases), probes=len(outcomes))
+    record("malformed entries", backend=victim.backend, entries=len(cases), probes=len(outcomes))
 
 
 def test_malformed_entries_seen_by_another_user(forger, victim, name, user_site):
     cases = plant_entries(forger, name)
-    outcomes = probe(cases, ("attach-ro", "info"), **as_member())
+    outcomes = probe(cases, ("attach-ro", "info"), check_victim=name, **as_member())
     check_outcomes(outcomes, {(name, op): cases[name] for name in cases for op in ("attach-ro", "info")})
 
 
@@ -191,7 +194,10 @@ def plant_bad_data(forger, victim):
         cases[name] = (expected, fragment)
         return entry
 
-    entry = region("victim-data", 0, "but its data by uid 0", location=victim.location)
+    entry = region("victim-data", 0, "but its data by uid 0", location=victim.location,
+                   backend=victim.backend, page_size=victim.page_size, size=victim.size,
+                   data_length=victim.data_length, map_length=victim.map_length,
+                   reserved_length=victim.reserved_length)
     forger.plant_range(entry.addr, entry.end, entry.location)
     entry = region("stale", 1, "is gone", expected="FileNotFoundError")
     forger.plant_range(entry.addr, entry.end, entry.location)
@@ -225,7 +231,8 @@ def test_entries_with_hostile_data_or_ranges(forger, victim, name):
     cases = plant_bad_data(forger, victim)
     outcomes = probe(cases, DATA_OPS, check_victim=name)
     check_outcomes(outcomes, {(case, op): cases[case] for case in cases for op in DATA_OPS})
-    record("hostile data objects and ranges", entries=len(cases), probes=len(outcomes))
+    record("hostile data objects and ranges", backend=victim.backend, entries=len(cases),
+           probes=len(outcomes))
 
 
 def test_range_held_exclusively_by_an_attacker_fails_instead_of_hanging(forger):
@@ -257,14 +264,17 @@ def test_entry_over_the_victims_own_mapping_is_refused(forger, victim, name):
 
 def test_root_unlinking_a_planted_entry_spares_the_victim(forger, victim, name, registry_path):
     # One entry names the victim's data object, another only its address range.
-    forger.plant_entry("takes-data", forger.entry(region_id(400), victim.addr, location=victim.location))
+    forger.plant_entry("takes-data", forger.entry(
+        region_id(400), victim.addr, location=victim.location, backend=victim.backend,
+        page_size=victim.page_size, size=victim.size, data_length=victim.data_length,
+        map_length=victim.map_length, reserved_length=victim.reserved_length))
     forger.plant_entry("takes-range", forger.entry(region_id(401), victim.addr))
     mshare.unlink("takes-data")
     mshare.unlink("takes-range")
-    assert os.path.exists(SHM_DIRECTORY + victim.location)
-    assert os.path.exists(os.path.join(registry_path, range_file_name(victim.addr, victim.end)))
+    assert os.path.exists(victim.data_path)
+    assert os.path.exists(os.path.join(registry_path, range_file_name(victim.addr, victim.range_file_end)))
     with mshare.attach(name, readonly=True) as region:
-        assert bytes(region.buf[:11]) == b"victim data"
+        assert (bytes(region.buf[:11]), bytes(region.buf[-11:])) == (b"victim data", b"victim tail")
     assert [info.name for info in mshare.list()] == [name]
 
 

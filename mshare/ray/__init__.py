@@ -26,7 +26,7 @@ from mshare.names import validate_mode, validate_name, validate_size
 from mshare.ray import cluster
 from mshare.ray.cluster import DEFAULT_TIMEOUT, Deadline
 from mshare.ray.errors import NodeDiedError, OwnerLostError
-from mshare.ray.owner import RegionOwner, RegionStats, local_info, unlink_local
+from mshare.ray.owner import RegionOwner, RegionStats, local_info, size_mismatch, unlink_local
 from mshare.ray.sizing import doctor_notes
 from mshare.registry import registry_root
 
@@ -69,10 +69,11 @@ def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, hugepage
 
     Call it from any task, actor or driver; it returns an ordinary ``mshare.Region``
     mapped at the same address in every process of this node (close it when done).
-    Creation goes through the node's owner actor, so concurrent callers get one region.
-    Without ``size`` the region must exist: ``FileNotFoundError`` otherwise. With
-    ``size``, an existing region of another size raises ``ValueError``. ``mode`` and
-    ``hugepages`` apply when the region is created, as in ``mshare.create``.
+    A region that exists on this node is attached directly, with no call to Ray: the
+    node's owner actor is needed only to create it, so that concurrent callers get one
+    region. Without ``size`` the region must exist: ``FileNotFoundError`` otherwise.
+    With ``size``, an existing region of another size raises ``ValueError``. ``mode``
+    and ``hugepages`` apply when the region is created, as in ``mshare.create``.
 
     >>> with mshare.ray.attach("weights", 1 << 30) as region:
     ...     weights = region.array("w", (1024, 1024), "float32", exist_ok=True)
@@ -84,14 +85,23 @@ def attach(name: str, size: Optional[int] = None, *, mode: int = 0o600, hugepage
     ray = cluster.import_ray()
     node_id = cluster.current_node_id(ray)
     scoped = region_name(name, node_id)
-    if size is None and local_info(scoped) is None:
-        # Fail fast and clearly instead of starting an owner that can only fail.
-        raise FileNotFoundError(
-            errno.ENOENT, f"no region {name!r} on this Ray node ({node_id}) yet: pass size= "
-            "to create it, or call mshare.ray.ensure() first", name,
-        )
-    _open_owner(ray, node_id, name, size, options, deadline)
-    return mshare.attach(scoped, readonly=readonly, populate=populate)
+    try:
+        region = mshare.attach(scoped, readonly=readonly)
+    except FileNotFoundError:
+        if size is None:
+            # Fail fast and clearly instead of starting an owner that can only fail.
+            raise FileNotFoundError(
+                errno.ENOENT, f"no region {name!r} on this Ray node ({node_id}) yet: pass "
+                "size= to create it, or call mshare.ray.ensure() first", name,
+            ) from None
+        _open_owner(ray, node_id, name, size, options, deadline)
+        region = mshare.attach(scoped, readonly=readonly)
+    if size is not None and region.size != size:
+        region.close()
+        raise size_mismatch(scoped, region.size, size)
+    if populate:
+        region.populate()
+    return region
 
 
 def ensure(name: str, size: int, *, mode: int = 0o600, hugepages: str = "auto",

@@ -51,10 +51,7 @@ class RegionOwner:
         """The region's ``RegionInfo``; ``ValueError`` if it is not ``size`` bytes."""
         region = self._started()
         if size is not None and size != region.size:
-            raise ValueError(
-                f"region {self._name!r} exists with {region.size} bytes, not {size}; "
-                "destroy it first to change its size"
-            )
+            raise size_mismatch(self._name, region.size, size)
         return mshare.info(self._name)
 
     def holds_region(self):
@@ -99,9 +96,14 @@ def _create_or_adopt(name, size, create_options):
     region = mshare.attach(name)
     if region.size != size:
         region.close()
-        raise ValueError(f"region {name!r} exists with {region.size} bytes, not {size}; "
-                         "destroy it first to change its size")
+        raise size_mismatch(name, region.size, size)
     return region
+
+
+def size_mismatch(name, actual, wanted):
+    """The error for a region asked for with a size other than the one it has."""
+    return ValueError(f"region {name!r} exists with {actual} bytes, not {wanted}; "
+                      "destroy it first to change its size")
 
 
 def local_info(name):
