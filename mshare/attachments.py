@@ -7,9 +7,10 @@ chooses its id. Attaching a data object this process already maps reuses the map
 An ``Attachment`` lives while an open ``Region``, a view of its memory, or its
 ``Bookkeeping`` (a held lock, a call in flight) refers to it; the table refers to it only
 weakly. ``close()`` of the last open ``Region`` unmaps at once; when the last reference
-is simply dropped, the mapping and its attach mark go with the object, and no finalizer
-takes a lock: the address range of an unlinked region let go that way is released at the
-next call into mshare (``release_pending``), or by the next ``create`` or ``gc``.
+is simply dropped, the mapping and its attach mark go with the object. No finalizer takes
+a lock: the table's weak reference calls back into C only (``list.append``), and the
+address range of an unlinked region let go that way is released at the next call into
+mshare (``release_pending``), or by the next ``create`` or ``gc``.
 
 Each mapping holds a shared ``flock`` on its region's range file (the attach mark). Fork
 never lands inside ``table_lock``; the child takes marks of its own and closes every
@@ -30,10 +31,28 @@ from mshare.errors import CorruptEntryError
 from mshare.registry import RangeClaim, Registry, close_inherited_locks
 
 table_lock = threading.RLock()
-_attachments = weakref.WeakValueDictionary()
-# (registry path, RangeClaim) of mappings that went without close(); appended by
-# finalizers (which must not block), consumed at safe points.
-_pending_releases = []
+
+
+class _Watch(weakref.ref):
+    """The table's weak reference to an attachment, with what releasing its address range
+    takes once the attachment has gone."""
+
+    __slots__ = ("key", "registry_path", "claim")
+
+    def __new__(cls, attachment, callback):
+        return super().__new__(cls, attachment, callback)
+
+    def __init__(self, attachment, callback):
+        super().__init__(attachment, callback)
+        self.key = attachment.key
+        self.registry_path = attachment.registry_path
+        self.claim = attachment.claim()
+
+
+_table = {}  # data identity -> _Watch
+# Watches of attachments that went without close(), appended by the weakref machinery
+# itself; consumed at safe points.
+_dropped = []
 
 
 def data_identity(backend_name, data):
@@ -44,6 +63,12 @@ def data_identity(backend_name, data):
 
 class Attachment:
     """One mapping of one region's data object in this process."""
+
+    # Slots are released in the order of their sorted names, so `mapping` (the munmap)
+    # goes before `mark` (whose close runs Python code, where another thread may run):
+    # no thread ever finds the table empty while the address is still mapped.
+    __slots__ = ("_bookkeeping", "_watch", "entry", "handles", "key", "mapping", "mark",
+                 "name", "range_file", "registry_identity", "registry_path", "__weakref__")
 
     def __init__(self, key, registry, name, entry, mapping, mark, range_file):
         self.key = key
@@ -56,10 +81,7 @@ class Attachment:
         self.range_file = range_file
         self.handles = weakref.WeakSet()
         self._bookkeeping = None
-        claim = RangeClaim(entry.addr, entry.end, range_file, entry.backend, entry.location)
-        self._release_when_dropped = weakref.finalize(
-            self, _pending_releases.append, (registry.path, claim))
-        self._release_when_dropped.atexit = False
+        self._watch = None
 
     def bookkeeping(self):
         """The region's one ``Bookkeeping`` in this process (``None`` without a bookkeeping
@@ -103,10 +125,12 @@ class Attachment:
             bookkeeping.detach()
         self.mapping.unmap()
         faults.point("close:unmapped")
-        if _attachments.get(self.key) is self:
-            del _attachments[self.key]
+        if _table.get(self.key) is self._watch:
+            del _table[self.key]
+        # Dropped before the attachment, the watch never calls back: close() releases
+        # the range itself.
+        self._watch = None
         self.mark.close()
-        self._release_when_dropped.detach()
         faults.point("close:unmarked")
 
     def release_range_if_unlinked(self):
@@ -140,22 +164,33 @@ def release_range_if_unlinked(registry_path, claim, wait=True):
 def release_pending():
     """Release ranges of mappings that went without ``close()``, if the registry lock is
     free now; what cannot be done now stays for the next safe point."""
-    while _pending_releases:
-        pending = _pending_releases[0]
-        if not release_range_if_unlinked(*pending, wait=False):
+    while _dropped:
+        watch = _dropped[0]
+        if _table.get(watch.key) is watch:
+            del _table[watch.key]
+        if not release_range_if_unlinked(watch.registry_path, watch.claim, wait=False):
             return
         try:
-            _pending_releases.remove(pending)
+            _dropped.remove(watch)
         except ValueError:
             pass  # another thread took it
 
 
 def find(key):
-    return _attachments.get(key)
+    """The live attachment of the data object ``key``, or ``None``."""
+    watch = _table.get(key)
+    return None if watch is None else watch()
 
 
 def add(attachment):
-    _attachments[attachment.key] = attachment
+    """Track ``attachment``; call with ``table_lock`` held."""
+    attachment._watch = _Watch(attachment, _dropped.append)
+    _table[attachment.key] = attachment._watch
+
+
+def live():
+    """Every attachment alive in this process."""
+    return [attachment for attachment in map(find, list(_table)) if attachment is not None]
 
 
 def _before_fork():
@@ -170,7 +205,7 @@ def _after_fork_in_child():
     global table_lock
     table_lock = threading.RLock()
     marks = set()
-    for attachment in list(_attachments.values()):
+    for attachment in live():
         # The inherited descriptor shares the parent's lock; closing it does not drop
         # the parent's mark, and a fresh open gives the child a mark of its own.
         try:

@@ -1,6 +1,7 @@
 """``Region``: one process's handle on a named region."""
 
 import stat
+import weakref
 from typing import TYPE_CHECKING
 
 from mshare import attachments, pagetables
@@ -167,8 +168,10 @@ class Region(ManagedMemory):
         nothing; the last open handle in the process unmaps the region.
 
         Raises ``BufferError`` (and stays open) while numpy arrays or memoryviews made
-        from ``buf`` are alive, because unmapping under them would crash the process;
-        ``RuntimeError`` when it is the last handle and this process holds the lock.
+        from this handle's ``buf`` are alive, because unmapping under them would crash the
+        process; ``RuntimeError`` when it is the last handle and this process holds the
+        lock. Views made through handles that were dropped unclosed keep the mapping
+        until they go.
         """
         attachments.release_pending()
         with attachments.table_lock:
@@ -178,20 +181,19 @@ class Region(ManagedMemory):
             last = set(attachment.handles) == {self}
             if last:
                 attachment.check_lock_released()
+            # Slices and arrays of buf share its export of the memory, which outlives the
+            # release below exactly as long as one of them does.
+            exporter = weakref.ref(self._buf.obj)
             try:
                 self._buf.release()
             except BufferError:
-                raise BufferError(
-                    f"region {self._name!r} cannot be closed: arrays or memoryviews made from "
-                    "its buf are still alive; delete them (or call .release()) first"
-                ) from None
-            if last and attachment.mapping.exports:
-                self._buf = _attached_view(attachment, self._readonly)
-                raise BufferError(
-                    f"region {self._name!r} cannot be closed: {attachment.mapping.exports} "
-                    "view(s) of its memory are still alive (slices of its buf, arrays, or a "
-                    "populate() in another thread); release them first"
-                )
+                raise self._views_alive() from None
+            if exporter() is not None:
+                self._buf = memoryview(exporter())
+                raise self._views_alive()
+            # Views made through handles already dropped (or a populate() running in
+            # another thread) keep the memory: then the mapping goes with the last of them.
+            last = last and not attachment.mapping.exports
             attachment.handles.discard(self)
             self._closed = True
             self._attachment = self._bookkeeping_object = None
@@ -199,6 +201,11 @@ class Region(ManagedMemory):
                 attachment.detach()
         if last:
             attachment.release_range_if_unlinked()
+
+    def _views_alive(self):
+        return BufferError(
+            f"region {self._name!r} cannot be closed: arrays, memoryviews or slices made from "
+            "its buf are still alive; delete them (or call .release()) first")
 
     def __enter__(self) -> "Region":
         return self

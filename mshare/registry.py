@@ -341,21 +341,25 @@ class Registry:
         return True
 
     def attach_count(self, start, end):
-        """How many open files hold a mark on the range (``/proc/locks``)."""
+        """How many processes hold a mark on the range (``/proc/locks``): locks placed by
+        one process count once (a thread may take a new mark while another lets go of an
+        old one); locks whose owner this pid namespace cannot see count one each."""
         try:
             info = os.stat(range_file_name(start, end), dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return 0
         key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-        count = 0
+        owners, unseen = set(), 0
         with open("/proc/locks") as locks:
             for line in locks:
                 fields = line.split()
                 if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
                     continue
                 if fields[5] == key:
-                    count += 1
-        return count
+                    if fields[4] == "0":
+                        unseen += 1
+                    owners.add(fields[4])
+        return len(owners - {"0"}) + unseen
 
     # -- helpers -------------------------------------------------------------------
 
