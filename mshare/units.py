@@ -4,8 +4,9 @@ import argparse
 import re
 
 _MULTIPLIERS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-# ASCII digits only; a unit letter, optionally followed by "B" or "iB".
-_SIZE = re.compile(r"\s*([0-9]+)(?:\.([0-9]+))?\s*([KMGTP]?)(?:I?B)?\s*\Z", re.IGNORECASE | re.ASCII)
+# ASCII digits only; a unit letter, optionally followed by "B" or "iB"; or just "B".
+_SIZE = re.compile(r"\s*([0-9]+)(?:\.([0-9]+))?\s*(?:([KMGTP])(?:I?B)?|B)?\s*\Z",
+                   re.IGNORECASE | re.ASCII)
 # Longer spellings are refused before any arithmetic, so no input is costly to reject.
 _MAX_SIZE_TEXT = 64
 # No address space holds more bytes.
@@ -22,7 +23,7 @@ def parse_size(text):
     if not match:
         raise ValueError(f"not a size: {text!r} (try 4096, 64M, 2G)")
     whole, fraction, unit = match.groups()
-    fraction = fraction or ""
+    fraction, unit = fraction or "", unit or ""
     # Exact integer arithmetic: size = (whole.fraction) * multiplier.
     scaled = int(whole + fraction) * _MULTIPLIERS[unit.upper()]
     size, remainder = divmod(scaled, 10 ** len(fraction))

@@ -8,6 +8,7 @@ import numpy
 
 import mshare
 from figures import record, scaled
+from helpers import run_threads
 from mshare import procmaps
 
 ROUNDS = scaled(400)
@@ -55,30 +56,20 @@ def test_two_threads_attaching_and_dropping_while_a_closed_handle_lives(registry
     closed = mshare.create(name, 4096)
     addr = closed.addr
     closed.close()
-    errors = []
     counts = []
     start = threading.Barrier(2)
 
     def churn(index):
-        try:
-            start.wait()
-            for round_number in range(ROUNDS):
-                region = mshare.attach(name)
-                region.buf[index] = round_number % 256
-                counts.append(mshare.info(name).attached)
-                if round_number % 2:
-                    region.close()
-                del region
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
+        start.wait()
+        for round_number in range(ROUNDS):
+            region = mshare.attach(name)
+            region.buf[index] = round_number % 256
+            counts.append(mshare.info(name).attached)
+            if round_number % 2:
+                region.close()
+            del region
 
-    threads = [threading.Thread(target=churn, args=(index,)) for index in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not any(thread.is_alive() for thread in threads), "a thread is stuck"
-    assert errors == []
+    assert run_threads(churn, 2) == []
     # Every count was taken while this thread held a handle: one process maps it.
     assert set(counts) == {1}
     gc.collect()
