@@ -125,18 +125,12 @@ class Attachment:
             bookkeeping.detach()
         self.mapping.unmap()
         faults.point("close:unmapped")
-        if _table.get(self.key) is self._watch:
-            del _table[self.key]
-        # Dropped before the attachment, the watch never calls back: close() releases
-        # the range itself.
-        self._watch = None
         self.mark.close()
         faults.point("close:unmarked")
-
-    def release_range_if_unlinked(self):
-        """Call after ``detach``, outside ``table_lock``: it takes the registry lock, and
-        attach takes the two in the other order."""
-        release_range_if_unlinked(self.registry_path, self.claim())
+        # Queued now rather than left to the caller, so an interrupt before the caller
+        # releases the range only delays it to the next safe point.
+        _dropped.append(self._watch)
+        self._watch = None  # then it dies before the attachment and never calls back
 
     def claim(self):
         entry = self.entry

@@ -10,7 +10,6 @@ import errno
 import os
 import stat
 import time
-from contextlib import ExitStack
 from typing import List, Optional
 
 from mshare import addresses, attachments, binding, faults
@@ -23,7 +22,7 @@ from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
 from mshare.info import RegionInfo
 from mshare.names import validate_mode, validate_name, validate_size
-from mshare.owned import signals_deferred
+from mshare.owned import Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
 from mshare.registry import Registry, range_file_name
@@ -81,7 +80,7 @@ def create(
         # Everything made below is pushed on `undo` in the step that makes it, and
         # `undo` is emptied in the step that hands the region over: an exception at any
         # point leaves either nothing or the complete region.
-        with registry.locked(), ExitStack() as undo:
+        with registry.locked(), Undo() as undo:
             registry.refuse_existing(name)
             faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)

@@ -13,15 +13,17 @@ things close that window:
   signal to (blocking it with ``pthread_sigmask`` in the main thread would not: another
   thread's delivery still makes the main thread run the handler).
 - ``Descriptor``: an open file descriptor closed exactly once, explicitly or when the
-  object is dropped, so a descriptor that an exception carries away is closed too.
+  object is dropped (in C, so no signal handler can run in between), so a descriptor
+  that an exception carries away is closed too.
 
 Handlers other than ``SIGINT``'s are left alone.
 """
 
 import os
+import select
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 _recorded = []
 
@@ -52,23 +54,28 @@ def signals_deferred():
 
 class Descriptor:
     """An open file descriptor, closed exactly once: by ``close()``, by leaving a ``with``
-    block, or when the object is dropped."""
+    block, or when the object is dropped.
 
-    __slots__ = ("fd",)
+    Dropping it runs no Python code: the descriptor is held by a ``select.epoll`` object
+    (the one standard object that takes ownership of any descriptor, ``epoll.fromfd``, and
+    closes it in C when deallocated, without a warning). A Python ``__del__`` could itself
+    be interrupted by a signal handler on entry and leak the descriptor it was to close."""
+
+    __slots__ = ("fd", "_owner")
 
     def __init__(self, fd):
+        self._owner = select.epoll.fromfd(fd)
         self.fd = fd
 
-    def close(self, _close=os.close):
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            _close(fd)
+    def close(self):
+        self.fd = -1
+        self._owner.close()
 
     def replace(self, fd):
         """Own ``fd`` instead, closing the descriptor owned so far."""
-        old, self.fd = self.fd, fd
-        if old >= 0:
-            os.close(old)
+        previous, self._owner = self._owner, select.epoll.fromfd(fd)
+        self.fd = fd
+        previous.close()
 
     def __enter__(self):
         return self
@@ -76,12 +83,17 @@ class Descriptor:
     def __exit__(self, *exc):
         self.close()
 
-    def __del__(self):
-        # Closing never blocks and takes no lock, so it is safe in a finalizer.
-        self.close()
-
     def __repr__(self):
         return f"<Descriptor {self.fd}>"
+
+
+class Undo(ExitStack):
+    """An ``ExitStack`` that no signal handler interrupts while it unwinds: an interrupt
+    between two of its callbacks would skip the second."""
+
+    def __exit__(self, *exc):
+        with signals_deferred():
+            return super().__exit__(*exc)
 
 
 def open_descriptor(path, flags, mode=0o777, *, dir_fd=None):
@@ -92,8 +104,8 @@ def open_descriptor(path, flags, mode=0o777, *, dir_fd=None):
 
 def create_file(undo, path, flags, mode, remove, *, dir_fd=None):
     """Create a file with ``O_CREAT | O_EXCL``; ``remove`` (which must tolerate a file
-    already gone) is pushed on the ``ExitStack`` ``undo`` in the same uninterruptible step,
-    so the file is never left behind by an exception that ``undo`` unwinds."""
+    already gone) is pushed on the ``Undo`` stack ``undo`` in the same uninterruptible
+    step, so the file is never left behind by an exception that ``undo`` unwinds."""
     with signals_deferred():
         descriptor = Descriptor(os.open(path, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd))
         undo.callback(remove)

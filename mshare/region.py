@@ -200,7 +200,8 @@ class Region(ManagedMemory):
             if last:
                 attachment.detach()
         if last:
-            attachment.release_range_if_unlinked()
+            # Outside table_lock: it takes the registry lock, which attach takes first.
+            attachments.release_pending()
 
     def _views_alive(self):
         return BufferError(

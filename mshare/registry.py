@@ -27,13 +27,13 @@ import fcntl
 import hashlib
 import os
 import stat
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from mshare import addresses, entry as entry_format, faults
 from mshare.backends import BACKENDS, get_backend
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
-from mshare.owned import create_file, open_descriptor, signals_deferred
+from mshare.owned import Undo, create_file, open_descriptor, signals_deferred
 
 DEFAULT_ROOT = "/dev/shm/mshare"
 INFO_FILE = "mshare_info"
@@ -197,9 +197,9 @@ class Registry:
     def publish(self, name, data, mode, region_id, undo):
         """Make an entry visible atomically with exactly ``mode``; ``FileExistsError``
         if the name is taken. Readers never see a partial entry. Its removal is pushed on
-        the ``ExitStack`` ``undo`` in the same step that links it."""
+        the ``Undo`` stack ``undo`` in the same step that links it."""
         temp_name = TEMP_PREFIX + region_id
-        with ExitStack() as temporary:
+        with Undo() as temporary:
             with create_file(temporary, temp_name, _CREATE_FLAGS, 0o600,
                              lambda: _unlink_quietly(temp_name, self.dir_fd),
                              dir_fd=self.dir_fd) as temp:
@@ -265,7 +265,7 @@ class Registry:
 
     def claim_range(self, start, end, backend, location, undo):
         """Record ``[start, end)`` as taken by a region's data object; the file's removal
-        is pushed on the ``ExitStack`` ``undo`` the instant it exists."""
+        is pushed on the ``Undo`` stack ``undo`` the instant it exists."""
         file_name = range_file_name(start, end)
         with create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
                          lambda: _unlink_quietly(file_name, self.dir_fd),
@@ -396,7 +396,7 @@ class Registry:
     def _make_public_file(self, file_name, content):
         """Link a complete mode-0444 ``file_name`` into place unless one appeared first."""
         temp_name = f"{TEMP_PREFIX}{file_name.lstrip('.')}-{os.getpid()}-{os.urandom(4).hex()}"
-        with ExitStack() as temporary:
+        with Undo() as temporary:
             with create_file(temporary, temp_name, _CREATE_FLAGS, PUBLIC_READ,
                              lambda: _unlink_quietly(temp_name, self.dir_fd),
                              dir_fd=self.dir_fd) as temp:

@@ -64,7 +64,7 @@ class Backend:
     def create(self, location, length, mode, undo):
         """Create the data object exclusively, reserve ``length`` bytes, apply ``mode``
         exactly; return a read-write ``Descriptor``. Its removal is pushed on the
-        ``ExitStack`` ``undo`` the instant it exists, so nothing is left on failure."""
+        ``Undo`` stack ``undo`` the instant it exists, so nothing is left on failure."""
         data = create_file(undo, self.path(location), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
                            0o600, lambda: self.unlink(location))
         try:
