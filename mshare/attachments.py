@@ -67,8 +67,9 @@ class Attachment:
     # Slots are released in the order of their sorted names, so `mapping` (the munmap)
     # goes before `mark` (whose close runs Python code, where another thread may run):
     # no thread ever finds the table empty while the address is still mapped.
-    __slots__ = ("_bookkeeping", "_watch", "entry", "handles", "key", "mapping", "mark",
-                 "name", "range_file", "registry_identity", "registry_path", "__weakref__")
+    __slots__ = ("_bookkeeping", "_watch", "detached", "entry", "handles", "key", "mapping",
+                 "mark", "name", "range_file", "registry_identity", "registry_path",
+                 "__weakref__")
 
     def __init__(self, key, registry, name, entry, mapping, mark, range_file):
         self.key = key
@@ -82,6 +83,7 @@ class Attachment:
         self.handles = weakref.WeakSet()
         self._bookkeeping = None
         self._watch = None
+        self.detached = False
 
     def bookkeeping(self):
         """The region's one ``Bookkeeping`` in this process (``None`` without a bookkeeping
@@ -120,11 +122,16 @@ class Attachment:
         """Unmap now and drop the attach mark; call with ``table_lock`` held, once no view
         of the memory is alive."""
         self.check_lock_released()
+        # First, so that no attach ever shares a mapping half torn down (an interrupt
+        # may stop this anywhere).
+        self.detached = True
         bookkeeping = self._live_bookkeeping()
         if bookkeeping is not None:
             bookkeeping.detach()
         self.mapping.unmap()
         faults.point("close:unmapped")
+        if _table.get(self.key) is self._watch:
+            del _table[self.key]
         self.mark.close()
         faults.point("close:unmarked")
         # Queued now rather than left to the caller, so an interrupt before the caller
@@ -173,7 +180,8 @@ def release_pending():
 def find(key):
     """The live attachment of the data object ``key``, or ``None``."""
     watch = _table.get(key)
-    return None if watch is None else watch()
+    attachment = None if watch is None else watch()
+    return None if attachment is None or attachment.detached else attachment
 
 
 def add(attachment):
