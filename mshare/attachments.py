@@ -80,10 +80,23 @@ class Attachment:
         self.mapping = mapping
         self.mark = mark
         self.range_file = range_file
-        self.handles = weakref.WeakSet()
+        # Weak references without callbacks: dropping a Region runs no Python code.
+        self.handles = []
         self._bookkeeping = None
         self._watch = None
         self.detached = False
+
+    def add_handle(self, region):
+        """Call with ``table_lock`` held, as the next two."""
+        self.handles = [weakref.ref(other) for other in self.open_handles()]
+        self.handles.append(weakref.ref(region))
+
+    def open_handles(self):
+        """The ``Region``s over this mapping that are open and alive."""
+        return [region for region in (handle() for handle in self.handles) if region is not None]
+
+    def remove_handle(self, region):
+        self.handles = [weakref.ref(other) for other in self.open_handles() if other is not region]
 
     def bookkeeping(self):
         """The region's one ``Bookkeeping`` in this process (``None`` without a bookkeeping

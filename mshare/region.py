@@ -48,7 +48,7 @@ class Region(ManagedMemory):
         self._buf = _attached_view(attachment, readonly)
         self._bookkeeping_object = attachment.bookkeeping()
         self._closed = False
-        attachment.handles.add(self)
+        attachment.add_handle(self)
 
     # -- what the region is ------------------------------------------------------------
 
@@ -178,7 +178,7 @@ class Region(ManagedMemory):
             if self._closed:
                 return
             attachment = self._attachment
-            last = set(attachment.handles) == {self}
+            last = attachment.open_handles() == [self]
             if last:
                 attachment.check_lock_released()
             # Slices and arrays of buf share its export of the memory, which outlives the
@@ -194,7 +194,7 @@ class Region(ManagedMemory):
             # Views made through handles already dropped (or a populate() running in
             # another thread) keep the memory: then the mapping goes with the last of them.
             last = last and not attachment.mapping.exports
-            attachment.handles.discard(self)
+            attachment.remove_handle(self)
             self._closed = True
             self._attachment = self._bookkeeping_object = None
             if last:
