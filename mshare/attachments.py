@@ -157,15 +157,15 @@ class Attachment:
         return RangeClaim(entry.addr, entry.end, self.range_file, entry.backend, entry.location)
 
 
-def release_range_if_unlinked(registry_path, claim, wait=True):
+def _release_range_if_unlinked(registry_path, claim):
     """After unlink the range stays reserved until the last process lets go of it; the
-    last one out frees it so the address space is not leaked. Without ``wait`` nothing
-    happens (and False is returned) while the registry lock is taken."""
+    last one out frees it so the address space is not leaked. Never waits: False (and
+    nothing done) while the registry lock is taken."""
     if get_backend(claim.backend).exists(claim.location):
         return True
     try:
         with Registry(registry_path) as registry:
-            lock = registry.locked() if wait else registry.try_locked()
+            lock = registry.try_locked()
             if lock is None:
                 return False
             with lock:
@@ -182,7 +182,7 @@ def release_pending():
         watch = _dropped[0]
         if _table.get(watch.key) is watch:
             del _table[watch.key]
-        if not release_range_if_unlinked(watch.registry_path, watch.claim, wait=False):
+        if not _release_range_if_unlinked(watch.registry_path, watch.claim):
             return
         try:
             _dropped.remove(watch)

@@ -46,6 +46,9 @@ class Region(ManagedMemory):
         self._readonly = readonly
         self._mode = stat.S_IMODE(entry_stat.st_mode)
         self._buf = _attached_view(attachment, readonly)
+        # Slices and arrays of buf share its export of the memory, which lives exactly as
+        # long as one of them (or buf) does; close() looks at it through this.
+        self._exporter = weakref.ref(self._buf.obj)
         self._bookkeeping_object = attachment.bookkeeping()
         self._closed = False
         attachment.add_handle(self)
@@ -181,15 +184,13 @@ class Region(ManagedMemory):
             last = attachment.open_handles() == [self]
             if last:
                 attachment.check_lock_released()
-            # Slices and arrays of buf share its export of the memory, which outlives the
-            # release below exactly as long as one of them does.
-            exporter = weakref.ref(self._buf.obj)
             try:
                 self._buf.release()
             except BufferError:
                 raise self._views_alive() from None
-            if exporter() is not None:
-                self._buf = memoryview(exporter())
+            exporter = self._exporter()
+            if exporter is not None:
+                self._buf = memoryview(exporter)
                 raise self._views_alive()
             # Views made through handles already dropped (or a populate() running in
             # another thread) keep the memory: then the mapping goes with the last of them.

@@ -5,6 +5,7 @@ import gc
 import threading
 
 import numpy
+import pytest
 
 import mshare
 from figures import record, scaled
@@ -89,4 +90,20 @@ def test_closing_one_handle_leaves_the_others_working(registry_path, name):
     del numbers
     second.close()
     assert not mapped(first.addr)
+    mshare.unlink(name)
+
+
+def test_close_after_releasing_buf_and_with_a_live_slice(registry_path, name):
+    region = mshare.create(name, 4096)
+    region.buf.release()
+    region.close()  # a buf released by its user is no view
+    assert region.closed
+    again = mshare.attach(name)
+    piece = again.buf[:8]
+    with pytest.raises(BufferError, match="still alive"):
+        again.close()
+    piece[0] = 9
+    assert again.buf[0] == 9  # the refused close left the handle working
+    piece.release()
+    again.close()
     mshare.unlink(name)
