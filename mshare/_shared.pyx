@@ -126,23 +126,22 @@ cdef class Bookkeeping:
     cdef bint closing
     cdef Py_ssize_t in_flight  # calls of this process's threads now using the memory
     cdef uint64_t held_by      # lock word of this process's thread holding the user lock
-    cdef RegionLock forever
     cdef object __weakref__
 
     def __cinit__(self, token=None):
         if token is not _CONSTRUCT:
             raise TypeError("Bookkeeping objects are made by Bookkeeping.over_mapping(), "
                             "from a live mapping")
-        _instances.add(self)
+        _remember(self)
 
     @staticmethod
-    def over_mapping(mapping, data_length, arena_size, *, name=None):
+    def over_mapping(mapping, data_length, arena_size, *, name=None, keepalive=None):
         """The bookkeeping of the region ``mapping`` (a ``mshare._core.Mapping``) maps.
 
         Its area of ``BOOKKEEPING_SIZE`` bytes starts ``data_length`` bytes into the
         mapping and manages the arena of the mapping's first ``arena_size`` bytes. Every
-        address comes from the mapping itself; the mapping stays referenced until
-        ``detach()``. ``name`` only labels errors."""
+        address comes from the mapping itself; the mapping, and ``keepalive`` (its owner,
+        say), stay referenced until ``detach()``. ``name`` only labels errors."""
         cdef Bookkeeping self
         if not isinstance(mapping, Mapping):
             raise TypeError(f"mapping must be a mshare._core.Mapping, not {type(mapping).__name__}")
@@ -158,7 +157,7 @@ cdef class Bookkeeping:
             raise ValueError(f"an arena of {arena_size} bytes overlaps the bookkeeping area "
                              f"at offset {data_length}")
         self = Bookkeeping.__new__(Bookkeeping, _CONSTRUCT)
-        self.keepalive = mapping
+        self.keepalive = (mapping, keepalive)
         self.name = name
         self.bookkeeping_addr = mapping.addr + data_length
         self.arena.bk = <ms_bookkeeping_t *><uintptr_t>self.bookkeeping_addr
@@ -277,11 +276,10 @@ cdef class Bookkeeping:
     # The user lock.
 
     def lock(self, timeout=None):
-        """A ``RegionLock`` context manager on the region's lock."""
-        if timeout is None:
-            if self.forever is None:
-                self.forever = RegionLock(self)
-            return self.forever
+        """A new ``RegionLock`` context manager on the region's lock.
+
+        Not cached here: a cached lock would refer back to this object, and the cycle would
+        keep the mapping alive until the cyclic collector ran (``Region`` caches it)."""
         return RegionLock(self, timeout)
 
     cdef int acquire_user(self, double timeout) except -1:
@@ -647,13 +645,28 @@ cdef class Bookkeeping:
         self.end(bk, True)
 
 
-_instances = weakref.WeakSet()
+# Plain weak references without callbacks: freeing a Bookkeeping runs no Python code,
+# so no KeyboardInterrupt can land (and be lost) in a finalizer of this module.
+_instances = []
+cdef Py_ssize_t _live_at_last_prune = 0
+
+
+cdef int _remember(Bookkeeping bookkeeping) except -1:
+    global _live_at_last_prune
+    _instances.append(weakref.ref(bookkeeping))
+    if len(_instances) > 2 * _live_at_last_prune + 64:
+        _instances[:] = [ref for ref in _instances if ref() is not None]
+        _live_at_last_prune = len(_instances)
+    return 0
 
 
 def _forget_after_fork():
     # A forked child inherits the memory, not the parent's threads: their holds and their
     # calls in flight stay with the parent.
-    for bookkeeping in list(_instances):
+    for ref in _instances:
+        bookkeeping = ref()
+        if bookkeeping is None:
+            continue
         (<Bookkeeping>bookkeeping).in_flight = 0
         if (<Bookkeeping>bookkeeping).held_by:
             (<Bookkeeping>bookkeeping).drop_hold()

@@ -1,107 +1,244 @@
 """This process's mappings of regions, shared by every ``Region`` object over them.
 
-Attaching a region the process already maps reuses the mapping; the mapping goes when
-the last ``Region`` over it closes. Each mapping holds a shared ``flock`` on its
-region's range file (the attach mark); after ``fork`` the child takes marks of its own
-so that attachers are counted per process.
+A mapping is known by what the kernel says about the data object actually opened (its
+backend, device and inode), never by an id an entry claims: whoever may write an entry
+chooses its id. Attaching a data object this process already maps reuses the mapping.
+
+An ``Attachment`` lives while an open ``Region``, a view of its memory, or its
+``Bookkeeping`` (a held lock, a call in flight) refers to it; the table refers to it only
+weakly. ``close()`` of the last open ``Region`` unmaps at once; when the last reference
+is simply dropped, the mapping and its attach mark go with the object. No finalizer takes
+a lock: the table's weak reference calls back into C only (``list.append``), and the
+address range of an unlinked region let go that way is released at the next call into
+mshare (``release_pending``), or by the next ``create`` or ``gc``.
+
+Each mapping holds a shared ``flock`` on its region's range file (the attach mark). Fork
+never lands inside ``table_lock``; the child takes marks of its own and closes every
+registry lock it inherited, so attachers are counted per process and no child holds a
+lock a parent thread took.
 """
 
+import atexit
 import fcntl
 import os
 import threading
+import weakref
 
 from mshare import faults
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.backends import get_backend
-from mshare.registry import RangeClaim, Registry
+from mshare.errors import CorruptEntryError
+from mshare.registry import RangeClaim, Registry, close_inherited_locks
 
 table_lock = threading.RLock()
-_attachments = {}
+
+
+class _Watch(weakref.ref):
+    """The table's weak reference to an attachment, with what releasing its address range
+    takes once the attachment has gone."""
+
+    __slots__ = ("key", "registry_path", "claim")
+
+    def __new__(cls, attachment, callback):
+        return super().__new__(cls, attachment, callback)
+
+    def __init__(self, attachment, callback):
+        super().__init__(attachment, callback)
+        self.key = attachment.key
+        self.registry_path = attachment.registry_path
+        self.claim = attachment.claim()
+
+
+_table = {}  # data identity -> _Watch
+# Watches of attachments that went without close(), appended by the weakref machinery
+# itself; consumed at safe points.
+_dropped = []
+
+
+def data_identity(backend_name, data):
+    """The table key of the data object open as the ``Descriptor`` ``data``."""
+    info = os.fstat(data.fd)
+    return backend_name, info.st_dev, info.st_ino
 
 
 class Attachment:
-    """One mapping of one region in this process."""
+    """One mapping of one region's data object in this process."""
 
-    def __init__(self, key, registry_path, entry, mapping, mark_fd, range_file):
+    # Slots are released in the order of their sorted names, so `mapping` (the munmap)
+    # goes before `mark` (whose close runs Python code, where another thread may run):
+    # no thread ever finds the table empty while the address is still mapped.
+    __slots__ = ("_bookkeeping", "_watch", "detached", "entry", "handles", "key", "mapping",
+                 "mark", "name", "range_file", "registry_identity", "registry_path",
+                 "__weakref__")
+
+    def __init__(self, key, registry, name, entry, mapping, mark, range_file):
         self.key = key
-        self.registry_path = registry_path
+        self.registry_identity = registry.identity
+        self.registry_path = registry.path
+        self.name = name
         self.entry = entry
         self.mapping = mapping
-        self.mark_fd = mark_fd
+        self.mark = mark
         self.range_file = range_file
-        self.users = 0
-        self.bookkeeping = None
-        if entry.map_length - entry.data_length >= BOOKKEEPING_SIZE:
-            self.bookkeeping = Bookkeeping.over_mapping(mapping, entry.data_length, entry.size,
-                                                        name=mapping.label)
+        # Weak references without callbacks: dropping a Region runs no Python code.
+        self.handles = []
+        self._bookkeeping = None
+        self._watch = None
+        self.detached = False
+
+    def add_handle(self, region):
+        """Call with ``table_lock`` held, as the next two."""
+        self.handles = [weakref.ref(other) for other in self.open_handles()]
+        self.handles.append(weakref.ref(region))
+
+    def open_handles(self):
+        """The ``Region``s over this mapping that are open and alive."""
+        return [region for region in (handle() for handle in self.handles) if region is not None]
+
+    def remove_handle(self, region):
+        self.handles = [weakref.ref(other) for other in self.open_handles() if other is not region]
+
+    def bookkeeping(self):
+        """The region's one ``Bookkeeping`` in this process (``None`` without a bookkeeping
+        area). Call with ``table_lock`` held, so that two are never made."""
+        entry = self.entry
+        if entry.map_length - entry.data_length < BOOKKEEPING_SIZE:
+            return None
+        found = self._live_bookkeeping()
+        if found is None:
+            # It keeps this attachment (so the mapping and the mark) alive while in use;
+            # the attachment refers back only weakly, so no cycle delays the unmap.
+            found = Bookkeeping.over_mapping(self.mapping, entry.data_length, entry.size,
+                                             name=self.mapping.label, keepalive=self)
+            self._bookkeeping = weakref.ref(found)
+        return found
+
+    def _live_bookkeeping(self):
+        return None if self._bookkeeping is None else self._bookkeeping()
 
     def check_lock_released(self):
-        """A lock this process holds must stay mapped until it is released."""
-        if self.bookkeeping is not None and self.bookkeeping.locks_held:
+        """Unmapping the lock while this process holds it would leave it held for ever."""
+        bookkeeping = self._live_bookkeeping()
+        if bookkeeping is not None and bookkeeping.locks_held:
             raise RuntimeError(f"{self.mapping.label} cannot be closed while this process holds "
                                "its lock; leave the `with region.lock():` block first")
 
+    def check_same_region(self, registry, name, entry):
+        """Refuse an entry that names this mapping's data object but is not the entry it
+        was mapped from: two entries naming one data object."""
+        if (registry.identity, name, entry) != (self.registry_identity, self.name, self.entry):
+            raise CorruptEntryError(
+                f"registry entry {name!r} names the data object this process already maps as "
+                f"region {self.name!r} at {self.entry.addr:#x}; refusing to attach it", name)
+
     def detach(self):
-        """Unmap (``BufferError`` while views are alive) and drop the attach mark."""
+        """Unmap now and drop the attach mark; call with ``table_lock`` held, once no view
+        of the memory is alive."""
         self.check_lock_released()
-        if self.bookkeeping is not None:
-            self.bookkeeping.detach()
+        # First, so that no attach ever shares a mapping half torn down (an interrupt
+        # may stop this anywhere).
+        self.detached = True
+        bookkeeping = self._live_bookkeeping()
+        if bookkeeping is not None:
+            bookkeeping.detach()
         self.mapping.unmap()
         faults.point("close:unmapped")
-        self.forget()
+        if _table.get(self.key) is self._watch:
+            del _table[self.key]
+        self.mark.close()
+        faults.point("close:unmarked")
+        # Queued now rather than left to the caller, so an interrupt before the caller
+        # releases the range only delays it to the next safe point.
+        _dropped.append(self._watch)
+        self._watch = None  # then it dies before the attachment and never calls back
 
-    def forget(self):
-        """Stop tracking this mapping; it is unmapped once no view references it."""
-        with table_lock:
-            if _attachments.get(self.key) is self:
-                del _attachments[self.key]
-        if self.mark_fd >= 0:
-            os.close(self.mark_fd)
-            self.mark_fd = -1
-            faults.point("close:unmarked")
-
-    def release_range_if_unlinked(self):
-        """Call after ``detach``/``forget``, outside ``table_lock``: it takes the registry
-        lock, and attach takes the two in the other order."""
-        # After unlink the range stays reserved until the last process lets go of it;
-        # the last one out frees it so the address space is not leaked.
+    def claim(self):
         entry = self.entry
-        backend = get_backend(entry.backend)
-        if backend.exists(entry.location):
+        return RangeClaim(entry.addr, entry.end, self.range_file, entry.backend, entry.location)
+
+
+def _release_range_if_unlinked(registry_path, claim):
+    """After unlink the range stays reserved until the last process lets go of it; the
+    last one out frees it so the address space is not leaked. Never waits: False (and
+    nothing done) while the registry lock is taken."""
+    if get_backend(claim.backend).exists(claim.location):
+        return True
+    try:
+        with Registry(registry_path) as registry:
+            lock = registry.try_locked()
+            if lock is None:
+                return False
+            with lock:
+                registry.release_range_if_unused(claim)
+    except OSError:
+        pass  # the registry itself may be gone; gc sweeps what is left
+    return True
+
+
+def release_pending():
+    """Release ranges of mappings that went without ``close()``, if the registry lock is
+    free now; what cannot be done now stays for the next safe point."""
+    while _dropped:
+        watch = _dropped[0]
+        if _table.get(watch.key) is watch:
+            del _table[watch.key]
+        if not _release_range_if_unlinked(watch.registry_path, watch.claim):
             return
         try:
-            with Registry(self.registry_path) as registry, registry.locked():
-                registry.release_range_if_unused(
-                    RangeClaim(entry.addr, entry.end, self.range_file, entry.backend, entry.location)
-                )
-        except OSError:
-            pass  # the registry itself may be gone; gc sweeps what is left
+            _dropped.remove(watch)
+        except ValueError:
+            pass  # another thread took it
 
 
 def find(key):
-    return _attachments.get(key)
+    """The live attachment of the data object ``key``, or ``None``."""
+    watch = _table.get(key)
+    attachment = None if watch is None else watch()
+    return None if attachment is None or attachment.detached else attachment
 
 
 def add(attachment):
-    _attachments[attachment.key] = attachment
+    """Track ``attachment``; call with ``table_lock`` held."""
+    attachment._watch = _Watch(attachment, _dropped.append)
+    _table[attachment.key] = attachment._watch
+
+
+def live():
+    """Every attachment alive in this process."""
+    return [attachment for attachment in map(find, list(_table)) if attachment is not None]
+
+
+def _before_fork():
+    table_lock.acquire()
+
+
+def _after_fork_in_parent():
+    table_lock.release()
 
 
 def _after_fork_in_child():
     global table_lock
     table_lock = threading.RLock()
-    for attachment in list(_attachments.values()):
+    marks = set()
+    for attachment in live():
         # The inherited descriptor shares the parent's lock; closing it does not drop
         # the parent's mark, and a fresh open gives the child a mark of its own.
-        inherited = attachment.mark_fd
         try:
             fd = os.open(os.path.join(attachment.registry_path, attachment.range_file),
-                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
+            attachment.mark.close()
             continue
-        attachment.mark_fd = fd
-        if inherited >= 0:
-            os.close(inherited)
+        attachment.mark.replace(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            attachment.mark.close()
+            continue
+        marks.add(fd)
+    close_inherited_locks(keep=marks)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+atexit.register(release_pending)

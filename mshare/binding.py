@@ -36,7 +36,8 @@ def foreign(entry_stat, data_stat):
 
 def open_data(name, entry, entry_stat, writable):
     """Open the data object of ``entry`` once it is shown to belong to the entry and to
-    hold every byte the entry maps. The kernel checks permission on the open itself."""
+    hold every byte the entry maps; returns its ``Descriptor``. The kernel checks
+    permission on the open itself."""
     backend = get_backend(entry.backend)
     path = backend.path(entry.location)
     # Looked at before opening, so that a redirected entry is named as such rather
@@ -44,7 +45,7 @@ def open_data(name, entry, entry_stat, writable):
     # the open descriptor, which is what counts.
     try:
         _refuse_foreign(name, entry_stat, os.stat(path, follow_symlinks=False))
-        fd = backend.open(entry.location, writable)
+        data = backend.open(entry.location, writable)
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT,
@@ -58,16 +59,16 @@ def open_data(name, entry, entry_stat, writable):
             ) from None
         raise
     try:
-        data_stat = os.fstat(fd)
+        data_stat = os.fstat(data.fd)
         _refuse_foreign(name, entry_stat, data_stat)
         if data_stat.st_size < entry.map_length:
             raise CorruptEntryError(
                 f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
                 f"says {entry.map_length}; refusing to map it", name)
     except BaseException:
-        os.close(fd)
+        data.close()
         raise
-    return fd
+    return data
 
 
 def _refuse_foreign(name, entry_stat, data_stat):

@@ -1,4 +1,4 @@
-"""The ``mshare`` command: ``ls``, ``info``, ``create``, ``rm``, ``demo``, ``mount``, ``umount``, ``doctor``.
+"""The ``mshare`` command: ``ls``, ``info``, ``create``, ``rm``, ``gc``, ``demo``, ``mount``, ``umount``, ``doctor``.
 
 Errors print one line to stderr and exit non-zero (2 for usage, 1 for failures).
 """
@@ -11,10 +11,10 @@ import stat
 import sys
 
 import mshare
-from mshare import doctor, garbage, mounts
+from mshare import doctor, mounts
 from mshare.backends.selection import CHOICES
 from mshare.registry import registry_root
-from mshare.units import format_size, parse_size
+from mshare.units import format_size, size_argument
 
 
 def _user(uid):
@@ -85,6 +85,16 @@ def command_rm(args):
         mshare.unlink(name)
 
 
+def command_gc(args):
+    report = mshare.gc(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for finding in report.removed:
+        print(f"{verb} {finding.kind} {printable(finding.path)}: {finding.reason}")
+    for finding in report.kept:
+        print(f"kept {finding.kind} {printable(finding.path)}: {finding.reason}")
+    print(f"{len(report.removed)} {verb}, {len(report.kept)} kept")
+
+
 def command_demo(args):
     from mshare import demo
 
@@ -96,13 +106,6 @@ def _octal_mode(text):
         return int(text, 8)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an octal mode: {text!r} (try 0640)") from None
-
-
-def _size(text):
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser():
@@ -120,7 +123,7 @@ def build_parser():
 
     create = commands.add_parser("create", help="create a region that lives until rm")
     create.add_argument("name")
-    create.add_argument("size", type=_size, help="bytes, or with a unit: 64M, 2G")
+    create.add_argument("size", type=size_argument, help="bytes, or with a unit: 64M, 2G")
     create.add_argument("--mode", type=_octal_mode, default=0o600, help="permission bits (default 0600)")
     create.add_argument("--hugepages", choices=CHOICES, default="auto",
                         help="backend: auto (default: the best available), hugetlb, thp, off")
@@ -136,7 +139,10 @@ def build_parser():
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=command_demo)
 
-    garbage.add_parser(commands)
+    gc = commands.add_parser("gc", help="remove what crashed processes left behind")
+    gc.add_argument("--dry-run", action="store_true", help="only report what would go")
+    gc.set_defaults(handler=command_gc)
+
     mounts.add_parser(commands)
     doctor.add_parser(commands)
     return parser

@@ -25,7 +25,7 @@ from multiprocessing import resource_tracker, shared_memory
 
 import mshare
 from mshare.machine import settle_counters
-from mshare.units import format_size, parse_size
+from mshare.units import format_size, size_argument
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -307,13 +307,6 @@ def advice(row, size):
 
 # -- the command ------------------------------------------------------------------------------
 
-def _size(text):
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _workers(text):
     count = int(text)
     if count < 1:
@@ -322,7 +315,7 @@ def _workers(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("--size", type=_size, default=None,
+    parser.add_argument("--size", type=size_argument, default=None,
                         help="region size, e.g. 256M, 1G (default: about 1G, less if memory is short)")
     parser.add_argument("--workers", type=_workers, default=max(4, os.cpu_count() or 1),
                         help="worker processes (default: CPUs, at least 4)")

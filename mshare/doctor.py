@@ -15,10 +15,9 @@ from mshare.backends import hugetlb, thp
 from mshare.backends.files import Unavailable
 from mshare.backends.selection import candidates
 from mshare.backends.shm import SHM_DIRECTORY
-from mshare.mounts import size_argument
 from mshare.operations import bookkeeping_length
 from mshare.registry import registry_root
-from mshare.units import format_size
+from mshare.units import format_size, size_argument
 
 
 def _owner(uid):

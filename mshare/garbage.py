@@ -26,6 +26,7 @@ from typing import List
 from mshare.backends import BACKENDS, get_backend
 from mshare.binding import foreign
 from mshare.errors import CorruptEntryError
+from mshare.owned import open_descriptor
 from mshare.registry import TEMP_PREFIX, Registry
 
 # ``.tmp-REGIONID`` is an entry being published (always under the registry lock);
@@ -221,35 +222,16 @@ def _owner(path):
 def _unmarked_regular_file(registry, file_name):
     """True when ``file_name`` is a regular file no process holds a lock on."""
     try:
-        fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=registry.dir_fd)
+        descriptor = open_descriptor(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                     | os.O_CLOEXEC, dir_fd=registry.dir_fd)
     except OSError:
         return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    with descriptor:
+        if not stat.S_ISREG(os.fstat(descriptor.fd).st_mode):
             return False
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+        try:
+            fcntl.flock(descriptor.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
     return True
 
-
-def add_parser(commands):
-    """Add ``mshare gc`` to the command line."""
-    parser = commands.add_parser("gc", help="remove what crashed processes left behind")
-    parser.add_argument("--dry-run", action="store_true", help="only report what would go")
-    parser.set_defaults(handler=_command_gc)
-
-
-def _command_gc(args):
-    from mshare.cli import printable
-
-    report = gc(dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    for finding in report.removed:
-        print(f"{verb} {finding.kind} {printable(finding.path)}: {finding.reason}")
-    for finding in report.kept:
-        print(f"kept {finding.kind} {printable(finding.path)}: {finding.reason}")
-    print(f"{len(report.removed)} {verb}, {len(report.kept)} kept")

@@ -21,7 +21,6 @@ from before a reboot is ignored). ``umount`` undoes exactly that and nothing els
 and refuses, changing nothing, while regions still live in a mount it made.
 """
 
-import argparse
 import errno
 import json
 import math
@@ -30,7 +29,7 @@ import subprocess
 
 from mshare import machine
 from mshare.backends import hugetlb, thp
-from mshare.units import format_size, parse_size
+from mshare.units import format_size, size_argument
 
 RUN_DIR_ENVIRONMENT = "MSHARE_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/mshare"
@@ -261,10 +260,3 @@ def add_parser(commands):
     umount_parser = commands.add_parser("umount", help="(root) undo exactly what mshare mount did")
     umount_parser.set_defaults(handler=lambda args: umount())
 
-
-def size_argument(text):
-    """An argparse type for sizes in human units (``4G``)."""
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None

@@ -5,23 +5,24 @@
 -> ``Region``. ``attach`` takes the same road reading instead of writing.
 """
 
+import copyreg
 import errno
 import os
 import stat
 import time
-from contextlib import ExitStack
 from typing import List, Optional
 
 from mshare import addresses, attachments, binding, faults
 from mshare._core import Mapping
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
-from mshare.attachments import Attachment
+from mshare.attachments import Attachment, data_identity
 from mshare.backends import get_backend
 from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
 from mshare.info import RegionInfo
 from mshare.names import validate_mode, validate_name, validate_size
+from mshare.owned import Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
 from mshare.registry import Registry, range_file_name
@@ -72,24 +73,26 @@ def create(
     if addr is not None:
         addresses.check_requested(addr, reserved_length)
 
+    attachments.release_pending()
     with Registry() as registry:
         region_id = os.urandom(8).hex()
         location = backend.location_for(registry.registry_id, region_id)
-        with registry.locked(), ExitStack() as undo:
+        # Everything made below is pushed on `undo` in the step that makes it, and
+        # `undo` is emptied in the step that hands the region over: an exception at any
+        # point leaves either nothing or the complete region.
+        with registry.locked(), Undo() as undo:
             registry.refuse_existing(name)
             faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)
-            range_file = registry.claim_range(start, start + reserved_length, backend.name, location)
-            undo.callback(os.unlink, range_file, dir_fd=registry.dir_fd)
+            range_file = registry.claim_range(start, start + reserved_length, backend.name,
+                                              location, undo)
             faults.point("create:range-claimed")
-            fd = backend.create(location, map_length, mode)
-            undo.callback(backend.unlink, location)
-            faults.point("create:data-created")
-            try:
-                mapping = Mapping.map_fixed(fd, start, map_length, True, f"region {name!r}")
-            finally:
-                os.close(fd)
-            undo.callback(mapping.unmap)
+            with backend.create(location, map_length, mode, undo) as data:
+                faults.point("create:data-created")
+                key = data_identity(backend.name, data)
+                with signals_deferred():
+                    mapping = Mapping.map_fixed(data.fd, start, map_length, True, f"region {name!r}")
+                    undo.callback(mapping.unmap)
             faults.point("create:mapped")
             backend.after_map(mapping)
             entry = Entry(
@@ -99,20 +102,18 @@ def create(
                 created=time.time(),
             )
             initialize_bookkeeping(mapping, entry)
-            registry.publish(name, entry.pack(), mode, region_id)
-            undo.callback(registry.remove_entry, name)
+            registry.publish(name, entry.pack(), mode, region_id, undo)
             faults.point("create:published")
-            mark_fd = registry.hold_range(range_file)
-            undo.callback(os.close, mark_fd)
             entry_stat = registry.stat_entry(name)
             # Registered before the registry lock is released, so that a concurrent
             # attach from another thread shares this mapping instead of mapping again.
             with attachments.table_lock:
-                attachment = Attachment((registry.identity, region_id), registry.path, entry,
-                                        mapping, mark_fd, range_file)
-                attachments.add(attachment)
-                region = Region(attachment, name, False, entry_stat)
-            undo.pop_all()
+                attachment = Attachment(key, registry, name, entry, mapping,
+                                        registry.hold_range(range_file), range_file)
+                with signals_deferred():
+                    attachments.add(attachment)
+                    region = Region(attachment, name, False, entry_stat)
+                    undo.pop_all()
             faults.point("create:marked")
     if populate:
         try:
@@ -144,53 +145,59 @@ def attach_by_pickle(name, readonly, registry_path):
     return _attach(name, readonly, False, root=registry_path)
 
 
+def _pickle_region(region):
+    return attach_by_pickle, (region.name, region.readonly, region.registry_path)
+
+
+copyreg.pickle(Region, _pickle_region)
+
+
 def _attach(name, readonly, populate, root):
+    attachments.release_pending()
     with Registry(root) as registry:
         with registry.locked(exclusive=False):
             faults.point("attach:locked")
             entry, entry_stat = registry.read_entry(name, writable=not readonly)
             faults.point("attach:entry-read")
-            with attachments.table_lock:
-                attachment = attachments.find((registry.identity, entry.region_id))
-                if attachment is None:
-                    attachment = _map_entry(registry, name, entry, entry_stat, not readonly)
-                    attachments.add(attachment)
-                elif not readonly and not attachment.mapping.writable:
-                    fd = binding.open_data(name, entry, entry_stat, True)
-                    try:
-                        attachment.mapping.remap_writable(fd)
-                    finally:
-                        os.close(fd)
-                region = Region(attachment, name, readonly, entry_stat)
+            with binding.open_data(name, entry, entry_stat, not readonly) as data:
+                faults.point("attach:data-opened")
+                key = data_identity(entry.backend, data)
+                with attachments.table_lock:
+                    attachment = attachments.find(key)
+                    if attachment is None:
+                        attachment = _map_entry(registry, name, entry, data, key, not readonly)
+                        attachments.add(attachment)
+                    else:
+                        attachment.check_same_region(registry, name, entry)
+                        if not readonly and not attachment.mapping.writable:
+                            # MAP_FIXED over this process's own mapping of the very same
+                            # file (the key is its device and inode), so nothing else moves.
+                            attachment.mapping.remap_writable(data.fd)
+                    region = Region(attachment, name, readonly, entry_stat)
     if populate:
         region.populate()
     return region
 
 
-def _map_entry(registry, name, entry, entry_stat, writable):
+def _map_entry(registry, name, entry, data, key, writable):
     backend = get_backend(entry.backend)
-    fd = binding.open_data(name, entry, entry_stat, writable)
+    range_file = range_file_name(entry.addr, entry.end)
     try:
-        faults.point("attach:data-opened")
-        range_file = range_file_name(entry.addr, entry.end)
-        try:
-            mark_fd = registry.hold_range(range_file)
-            faults.point("attach:marked")
-        except FileNotFoundError:
-            raise CorruptEntryError(
-                f"region {name!r}: its address range is not recorded in the registry", name
-            ) from None
-        try:
-            mapping = Mapping.map_fixed(fd, entry.addr, entry.map_length, writable, f"region {name!r}")
-            faults.point("attach:mapped")
-            backend.after_map(mapping)
-        except BaseException:
-            os.close(mark_fd)
-            raise
-    finally:
-        os.close(fd)
-    return Attachment((registry.identity, entry.region_id), registry.path, entry, mapping,
-                      mark_fd, range_file)
+        mark = registry.hold_range(range_file)
+        faults.point("attach:marked")
+    except FileNotFoundError:
+        raise CorruptEntryError(
+            f"region {name!r}: its address range is not recorded in the registry", name
+        ) from None
+    try:
+        mapping = Mapping.map_fixed(data.fd, entry.addr, entry.map_length, writable,
+                                    f"region {name!r}")
+        faults.point("attach:mapped")
+        backend.after_map(mapping)
+    except BaseException:
+        mark.close()
+        raise
+    return Attachment(key, registry, name, entry, mapping, mark, range_file)
 
 
 def _allocate(registry, length, requested):
@@ -228,6 +235,7 @@ def unlink(name: str) -> None:
     Only the owner or root may unlink; others get ``PermissionError``.
     """
     validate_name(name)
+    attachments.release_pending()
     with Registry() as registry, registry.locked():
         faults.point("unlink:locked")
         entry_stat = registry.stat_entry(name)
@@ -239,10 +247,12 @@ def unlink(name: str) -> None:
                 name,
             )
         entry = _readable_entry(registry, name, entry_stat)
-        registry.remove_entry(name)
-        faults.point("unlink:entry-removed")
-        if entry is not None:
-            binding.remove_data(registry, entry, entry_stat)
+        # The name goes with its data object, or neither does.
+        with signals_deferred():
+            registry.remove_entry(name)
+            faults.point("unlink:entry-removed")
+            if entry is not None:
+                binding.remove_data(registry, entry, entry_stat)
 
 
 def _readable_entry(registry, name, entry_stat):
@@ -260,6 +270,7 @@ def _readable_entry(registry, name, entry_stat):
 def info(name: str) -> RegionInfo:
     """The ``RegionInfo`` of ``name``; needs read permission on it."""
     validate_name(name)
+    attachments.release_pending()
     with Registry() as registry:
         entry, entry_stat = registry.read_entry(name)
         return RegionInfo.from_entry(name, entry, entry_stat,
@@ -268,6 +279,7 @@ def info(name: str) -> RegionInfo:
 
 def list_regions() -> List[RegionInfo]:
     """Every region of the registry, sorted by name; never fails because of one entry."""
+    attachments.release_pending()
     with Registry() as registry:
         found = []
         for name in registry.names():

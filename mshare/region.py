@@ -1,6 +1,7 @@
 """``Region``: one process's handle on a named region."""
 
 import stat
+import weakref
 from typing import TYPE_CHECKING
 
 from mshare import attachments, pagetables
@@ -12,27 +13,45 @@ if TYPE_CHECKING:
     import numpy
 
 
+class _AttachedBuffer(MappedBuffer):
+    """``MappedBuffer`` that keeps its attachment (the mapping's table entry and attach
+    mark) alive for as long as any view of the memory is."""
+
+
+def _attached_view(attachment, readonly):
+    buffer = _AttachedBuffer(attachment.mapping, attachment.entry.size, readonly)
+    buffer.attachment = attachment
+    return memoryview(buffer)
+
+
 class Region(ManagedMemory):
     """A named shared-memory region, mapped at ``addr`` in every process.
 
     ``buf`` is a zero-copy ``memoryview`` of exactly ``size`` bytes (read-only when
-    attached with ``readonly=True``). ``close()`` unmaps once the last ``Region`` over
-    the mapping in this process closes; it never unlinks. Pickling carries the name and
-    ``readonly``, and unpickling attaches by name at the same address.
+    attached with ``readonly=True``). ``close()`` releases this handle; the mapping goes
+    when the last open ``Region`` over it in this process closes or is dropped. It never
+    unlinks. Pickling carries the name and ``readonly``, and unpickling attaches by name
+    at the same address.
 
     >>> with mshare.create("weights", 1 << 20) as region:
     ...     region.buf[:5] = b"hello"
     """
 
     def __init__(self, attachment, name, readonly, entry_stat):
+        """Made by ``create``/``attach`` with ``attachments.table_lock`` held."""
         self._attachment = attachment
+        self._entry = attachment.entry
+        self._registry_path = attachment.registry_path
         self._name = name
         self._readonly = readonly
         self._mode = stat.S_IMODE(entry_stat.st_mode)
-        entry = attachment.entry
-        self._buf = memoryview(MappedBuffer(attachment.mapping, entry.size, readonly))
-        attachment.users += 1
+        self._buf = _attached_view(attachment, readonly)
+        # Slices and arrays of buf share its export of the memory, which lives exactly as
+        # long as one of them (or buf) does; close() looks at it through this.
+        self._exporter = weakref.ref(self._buf.obj)
+        self._bookkeeping_object = attachment.bookkeeping()
         self._closed = False
+        attachment.add_handle(self)
 
     # -- what the region is ------------------------------------------------------------
 
@@ -43,12 +62,12 @@ class Region(ManagedMemory):
     @property
     def addr(self) -> int:
         """Start address: the same number in every process."""
-        return self._attachment.entry.addr
+        return self._entry.addr
 
     @property
     def size(self) -> int:
         """Exactly the bytes asked for at create, never rounded."""
-        return self._attachment.entry.size
+        return self._entry.size
 
     @property
     def mode(self) -> int:
@@ -64,7 +83,7 @@ class Region(ManagedMemory):
         ``/proc/self/smaps``), which may differ from the one its backend asked for; once
         closed, the one recorded in the registry."""
         if self._closed:
-            return self._attachment.entry.page_size
+            return self._entry.page_size
         return pagetables.page_size_of(pagetables.mapping_smaps(self.addr))
 
     def stats(self) -> "pagetables.RegionStats":
@@ -75,11 +94,11 @@ class Region(ManagedMemory):
 
     @property
     def backend(self) -> str:
-        return self._attachment.entry.backend
+        return self._entry.backend
 
     @property
     def registry_path(self) -> str:
-        return self._attachment.registry_path
+        return self._registry_path
 
     @property
     def closed(self) -> bool:
@@ -94,11 +113,12 @@ class Region(ManagedMemory):
     @property
     def _bookkeeping(self):
         """The lock, allocator and name table behind ``ManagedMemory``."""
+        bookkeeping = self._bookkeeping_object
         if self._closed:
             raise ValueError(f"region {self._name!r} is closed")
-        if self._attachment.bookkeeping is None:
+        if bookkeeping is None:
             raise CorruptEntryError(f"region {self._name!r} has no bookkeeping area", self._name)
-        return self._attachment.bookkeeping
+        return bookkeeping
 
     # -- using it ------------------------------------------------------------------------
 
@@ -135,67 +155,65 @@ class Region(ManagedMemory):
         """Pre-fault every page now (``MADV_POPULATE_*``, the GIL released)."""
         # Touching (on kernels without MADV_POPULATE_*) steps by the page size the page
         # tables use, which for transparent huge pages is 4 KiB until they are assembled.
+        attachment = self._attachment
+        if attachment is None:
+            raise ValueError(f"region {self._name!r} is closed")
         kernel_page_size = pagetables.mapping_smaps(self.addr).get("KernelPageSize", PAGE_SIZE)
-        self._attachment.mapping.populate(kernel_page_size, write=not self._readonly)
+        # A view held for the duration makes a close() from another thread refuse
+        # (BufferError) instead of unmapping under the kernel's page walk.
+        with _attached_view(attachment, True):
+            attachment.mapping.populate(kernel_page_size, write=not self._readonly)
 
     # -- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release this handle; idempotent.
+        """Release this handle; idempotent. Whatever other handles do, a closed one holds
+        nothing; the last open handle in the process unmaps the region.
 
         Raises ``BufferError`` (and stays open) while numpy arrays or memoryviews made
-        from ``buf`` are alive, because unmapping under them would crash the process.
+        from this handle's ``buf`` are alive, because unmapping under them would crash the
+        process; ``RuntimeError`` when it is the last handle and this process holds the
+        lock. Views made through handles that were dropped unclosed keep the mapping
+        until they go.
         """
-        if self._closed:
-            return
+        attachments.release_pending()
         with attachments.table_lock:
+            if self._closed:
+                return
             attachment = self._attachment
-            if attachment.users == 1:
+            last = attachment.open_handles() == [self]
+            if last:
                 attachment.check_lock_released()
             try:
                 self._buf.release()
             except BufferError:
-                raise BufferError(
-                    f"region {self._name!r} cannot be closed: arrays or memoryviews made from "
-                    "its buf are still alive; delete them (or call .release()) first"
-                ) from None
-            if attachment.users == 1 and attachment.mapping.exports:
-                self._buf = memoryview(MappedBuffer(attachment.mapping, self.size, self._readonly))
-                raise BufferError(
-                    f"region {self._name!r} cannot be closed: {attachment.mapping.exports} "
-                    "slice(s) of its buf are still alive; delete them (or call .release()) first"
-                )
-            attachment.users -= 1
+                raise self._views_alive() from None
+            exporter = self._exporter()
+            if exporter is not None:
+                self._buf = memoryview(exporter)
+                raise self._views_alive()
+            # Views made through handles already dropped (or a populate() running in
+            # another thread) keep the memory: then the mapping goes with the last of them.
+            last = last and not attachment.mapping.exports
+            attachment.remove_handle(self)
             self._closed = True
-            last = attachment.users == 0
+            self._attachment = self._bookkeeping_object = self._lock_forever = None
             if last:
                 attachment.detach()
         if last:
-            attachment.release_range_if_unlinked()
+            # Outside table_lock: it takes the registry lock, which attach takes first.
+            attachments.release_pending()
+
+    def _views_alive(self):
+        return BufferError(
+            f"region {self._name!r} cannot be closed: arrays, memoryviews or slices made from "
+            "its buf are still alive; delete them (or call .release()) first")
 
     def __enter__(self) -> "Region":
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-    def __del__(self):
-        # A Region dropped without close(): let the mapping go once no view needs it.
-        if getattr(self, "_closed", True):
-            return
-        try:
-            self._closed = True
-            self._attachment.users -= 1
-            if self._attachment.users == 0:
-                self._attachment.forget()
-                self._attachment.release_range_if_unlinked()
-        except Exception:
-            pass
-
-    def __reduce__(self):
-        from mshare.operations import attach_by_pickle
-
-        return attach_by_pickle, (self._name, self._readonly, self.registry_path)
 
     def __repr__(self):
         state = "closed" if self._closed else ("read-only" if self._readonly else "read-write")

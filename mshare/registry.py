@@ -33,6 +33,7 @@ from typing import NamedTuple
 from mshare import addresses, entry as entry_format, faults
 from mshare.backends import BACKENDS, get_backend
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
+from mshare.owned import Undo, create_file, open_descriptor, signals_deferred
 
 DEFAULT_ROOT = "/dev/shm/mshare"
 INFO_FILE = "mshare_info"
@@ -40,6 +41,12 @@ LOCK_FILE = ".lock"
 RANGE_PREFIX = ".range-"
 TEMP_PREFIX = ".tmp-"
 PUBLIC_READ = 0o444
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Where every registry this process opened lives, as the kernel names it: a forked
+# child closes the lock and range-file descriptors it inherited from these.
+opened_paths = set()
 
 
 def registry_root():
@@ -66,7 +73,7 @@ class Registry:
 
     def __init__(self, root=None):
         self.path = os.path.abspath(root or registry_root())
-        self.dir_fd = _open_directory(self.path)
+        self._directory = _open_directory(self.path)
         try:
             info = os.fstat(self.dir_fd)
             # Data objects carry this id, so two registries never share one.
@@ -74,15 +81,18 @@ class Registry:
                 f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
             ).hexdigest()
             self.identity = (info.st_dev, info.st_ino)
+            opened_paths.add(os.readlink(f"/proc/self/fd/{self.dir_fd}"))
             self._ensure_info_file()
         except BaseException:
-            os.close(self.dir_fd)
+            self.close()
             raise
 
+    @property
+    def dir_fd(self):
+        return self._directory.fd
+
     def close(self):
-        if self.dir_fd >= 0:
-            os.close(self.dir_fd)
-            self.dir_fd = -1
+        self._directory.close()
 
     def __enter__(self):
         return self
@@ -94,13 +104,23 @@ class Registry:
 
     @contextmanager
     def locked(self, exclusive=True):
-        """Hold the registry lock: exclusive for changes, shared for attaching."""
-        fd = self._open_public_file(LOCK_FILE, b"")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        """Hold the registry lock: exclusive for changes, shared for attaching.
+
+        The wait can be interrupted (Ctrl-C): the descriptor goes with the exception, and
+        the lock with it."""
+        with self._open_public_file(LOCK_FILE, b"") as lock:
+            fcntl.flock(lock.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
-        finally:
-            os.close(fd)
+
+    def try_locked(self):
+        """The exclusive registry lock if it is free now, else ``None`` (never waits)."""
+        lock = self._open_public_file(LOCK_FILE, b"")
+        try:
+            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        return lock
 
     # -- entries -------------------------------------------------------------------
 
@@ -131,7 +151,7 @@ class Registry:
         on it exactly as ``open(2)`` does. Returns ``(Entry, stat_result)``."""
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(name, flags, dir_fd=self.dir_fd)
+            descriptor = open_descriptor(name, flags, dir_fd=self.dir_fd)
         except FileNotFoundError:
             raise self._missing(name) from None
         except PermissionError:
@@ -150,13 +170,11 @@ class Registry:
                     "(mshare never follows links in the registry)", name
                 ) from None
             raise
-        try:
-            info = os.fstat(fd)
+        with descriptor:
+            info = os.fstat(descriptor.fd)
             if not stat.S_ISREG(info.st_mode):
                 raise CorruptEntryError(f"registry entry {name!r} is not a regular file", name)
-            data = _read_at_most(fd, entry_format.MAX_ENTRY_BYTES + 1)
-        finally:
-            os.close(fd)
+            data = _read_at_most(descriptor.fd, entry_format.MAX_ENTRY_BYTES + 1)
         return self.parse_entry(name, data), info
 
     def parse_entry(self, name, data):
@@ -176,28 +194,25 @@ class Registry:
             )
         return found
 
-    def publish(self, name, data, mode, region_id):
+    def publish(self, name, data, mode, region_id, undo):
         """Make an entry visible atomically with exactly ``mode``; ``FileExistsError``
-        if the name is taken. Readers never see a partial entry."""
+        if the name is taken. Readers never see a partial entry. Its removal is pushed on
+        the ``Undo`` stack ``undo`` in the same step that links it."""
         temp_name = TEMP_PREFIX + region_id
-        fd = os.open(
-            temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600, dir_fd=self.dir_fd,
-        )
-        try:
-            try:
-                _write_all(fd, data)
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
+        with Undo() as temporary:
+            with create_file(temporary, temp_name, _CREATE_FLAGS, 0o600,
+                             lambda: _unlink_quietly(temp_name, self.dir_fd),
+                             dir_fd=self.dir_fd) as temp:
+                _write_all(temp.fd, data)
+                os.fchmod(temp.fd, mode)
             faults.point("create:entry-written")
             try:
-                os.link(temp_name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
-                        follow_symlinks=False)
+                with signals_deferred():
+                    os.link(temp_name, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
+                            follow_symlinks=False)
+                    undo.callback(self.remove_entry, name)
             except FileExistsError:
                 raise self._exists(name) from None
-        finally:
-            _unlink_quietly(temp_name, self.dir_fd)
 
     def remove_entry(self, name):
         os.unlink(name, dir_fd=self.dir_fd)
@@ -205,11 +220,9 @@ class Registry:
     def read_own_unreadable_entry(self, name):
         """Read an entry whose mode denies its own owner reading (mode 0o200, 0o000):
         the owner may always chmod it, and is about to remove it anyway."""
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
-        try:
-            os.chmod(f"/proc/self/fd/{fd}", 0o400)
-        finally:
-            os.close(fd)
+        with open_descriptor(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=self.dir_fd) as path:
+            os.chmod(f"/proc/self/fd/{path.fd}", 0o400)
         return self.read_entry(name)
 
     # -- address ranges ------------------------------------------------------------
@@ -241,56 +254,45 @@ class Registry:
     def _read_range(self, file_name, start, end):
         backend, location, owner = "", "", None
         try:
-            fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=self.dir_fd)
-            try:
-                info = os.fstat(fd)
+            with open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd) as descriptor:
+                info = os.fstat(descriptor.fd)
                 if stat.S_ISREG(info.st_mode):
                     owner = info.st_uid
-                    backend, _, location = _read_at_most(fd, 8192).decode().partition(" ")
-            finally:
-                os.close(fd)
+                    backend, _, location = _read_at_most(descriptor.fd, 8192).decode().partition(" ")
         except (OSError, UnicodeDecodeError):
             pass
         return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
-    def claim_range(self, start, end, backend, location):
-        """Record ``[start, end)`` as taken by a region's data object."""
+    def claim_range(self, start, end, backend, location, undo):
+        """Record ``[start, end)`` as taken by a region's data object; the file's removal
+        is pushed on the ``Undo`` stack ``undo`` the instant it exists."""
         file_name = range_file_name(start, end)
-        fd = os.open(
-            file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            PUBLIC_READ, dir_fd=self.dir_fd,
-        )
-        try:
+        with create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
+                         lambda: _unlink_quietly(file_name, self.dir_fd),
+                         dir_fd=self.dir_fd) as claim:
             faults.point("create:range-opened")
-            _write_all(fd, f"{backend} {location}\n".encode())
-            os.fchmod(fd, PUBLIC_READ)
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(file_name, self.dir_fd)
-            raise
-        os.close(fd)
+            _write_all(claim.fd, f"{backend} {location}\n".encode())
+            os.fchmod(claim.fd, PUBLIC_READ)
         return file_name
 
     def hold_range(self, file_name):
         """Open a range file and take a shared ``flock`` on it: this process maps it.
-        Returns the descriptor; closing it (or dying) drops the mark."""
+        Returns its ``Descriptor``; closing it (or dying) drops the mark."""
         try:
-            fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=self.dir_fd)
+            mark = open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.ENXIO):
                 raise CorruptEntryError(
                     f"address range file {file_name!r} is not a regular file") from None
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if not stat.S_ISREG(os.fstat(mark.fd).st_mode):
                 raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
             try:
                 # Never wait: mshare takes this lock exclusively only for an instant and
                 # under the registry lock, which the caller holds, so an exclusive holder
                 # now is someone blocking the region on purpose.
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(mark.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise MshareError(
                     errno.EAGAIN,
@@ -298,9 +300,9 @@ class Registry:
                     "process, which blocks the region (find it in /proc/locks)",
                 ) from None
         except BaseException:
-            os.close(fd)
+            mark.close()
             raise
-        return fd
+        return mark
 
     def range_in_use(self, claim):
         """True while the range's data object exists or any process maps it.
@@ -311,19 +313,17 @@ class Registry:
         if backend is None or not claim.location or backend.exists(claim.location):
             return True
         try:
-            fd = os.open(claim.file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=self.dir_fd)
+            descriptor = open_descriptor(claim.file_name, _READ_FLAGS, dir_fd=self.dir_fd)
         except FileNotFoundError:
             return False
-        try:
-            recorded = _read_at_most(fd, 8192).decode(errors="replace").partition(" ")[2].strip()
-            if recorded != claim.location:
+        with descriptor:
+            recorded = _read_at_most(descriptor.fd, 8192).decode(errors="replace").partition(" ")[2]
+            if recorded.strip() != claim.location:
                 return True
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+            try:
+                fcntl.flock(descriptor.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
         return False
 
     def release_range_if_unused(self, claim):
@@ -341,36 +341,40 @@ class Registry:
         return True
 
     def attach_count(self, start, end):
-        """How many open files hold a mark on the range (``/proc/locks``)."""
+        """How many processes hold a mark on the range (``/proc/locks``): locks placed by
+        one process count once (a thread may take a new mark while another lets go of an
+        old one); locks whose owner this pid namespace cannot see count one each."""
         try:
             info = os.stat(range_file_name(start, end), dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return 0
         key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-        count = 0
+        owners, unseen = set(), 0
         with open("/proc/locks") as locks:
             for line in locks:
                 fields = line.split()
                 if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
                     continue
                 if fields[5] == key:
-                    count += 1
-        return count
+                    if fields[4] == "0":
+                        unseen += 1
+                    owners.add(fields[4])
+        return len(owners - {"0"}) + unseen
 
     # -- helpers -------------------------------------------------------------------
 
     def _ensure_info_file(self):
-        self._open_public_file(INFO_FILE, f"{addresses.ALIGNMENT}\n".encode(), keep=False)
+        self._open_public_file(INFO_FILE, f"{addresses.ALIGNMENT}\n".encode()).close()
 
-    def _open_public_file(self, file_name, content, keep=True):
-        """Open (creating once, atomically, mode 0444) a registry file everyone reads.
+    def _open_public_file(self, file_name, content):
+        """Open (creating once, atomically, mode 0444) a registry file everyone reads;
+        returns its ``Descriptor``.
 
         ``O_CREAT`` is never used on an existing file, so ``fs.protected_regular`` does
         not refuse files another user created."""
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         while True:
             try:
-                fd = os.open(file_name, flags, dir_fd=self.dir_fd)
+                descriptor = open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd)
                 break
             except FileNotFoundError:
                 pass
@@ -381,28 +385,28 @@ class Registry:
                         self.path,
                     ) from None
                 raise
-            temp_name = f"{TEMP_PREFIX}{file_name.lstrip('.')}-{os.getpid()}-{os.urandom(4).hex()}"
-            temp = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                           PUBLIC_READ, dir_fd=self.dir_fd)
+            self._make_public_file(file_name, content)
+        if not stat.S_ISREG(os.fstat(descriptor.fd).st_mode):
+            descriptor.close()
+            raise UnsafeRegistryError(
+                f"{os.path.join(self.path, file_name)} is not a regular file; remove it", self.path
+            )
+        return descriptor
+
+    def _make_public_file(self, file_name, content):
+        """Link a complete mode-0444 ``file_name`` into place unless one appeared first."""
+        temp_name = f"{TEMP_PREFIX}{file_name.lstrip('.')}-{os.getpid()}-{os.urandom(4).hex()}"
+        with Undo() as temporary:
+            with create_file(temporary, temp_name, _CREATE_FLAGS, PUBLIC_READ,
+                             lambda: _unlink_quietly(temp_name, self.dir_fd),
+                             dir_fd=self.dir_fd) as temp:
+                _write_all(temp.fd, content)
+                os.fchmod(temp.fd, PUBLIC_READ)
             try:
-                _write_all(temp, content)
-                os.fchmod(temp, PUBLIC_READ)
-                os.close(temp)
                 os.link(temp_name, file_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
                         follow_symlinks=False)
             except FileExistsError:
                 pass
-            finally:
-                _unlink_quietly(temp_name, self.dir_fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UnsafeRegistryError(
-                f"{os.path.join(self.path, file_name)} is not a regular file; remove it", self.path
-            )
-        if not keep:
-            os.close(fd)
-            return -1
-        return fd
 
     def _missing(self, name):
         return FileNotFoundError(errno.ENOENT, f"no region named {name!r} in {self.path}", name)
@@ -412,10 +416,11 @@ class Registry:
 
 
 def _open_directory(path):
-    """Open the registry directory, creating it mode 1777, and refuse an unsafe one."""
+    """Open the registry directory, creating it mode 1777, and refuse an unsafe one;
+    returns its ``Descriptor``."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags)
+        directory = open_descriptor(path, flags)
     except FileNotFoundError:
         try:
             os.mkdir(path, 0o700)
@@ -423,7 +428,7 @@ def _open_directory(path):
             os.chmod(path, 0o1777)
         except FileExistsError:
             pass
-        fd = os.open(path, flags)
+        directory = open_descriptor(path, flags)
     except OSError as error:
         # O_DIRECTORY | O_NOFOLLOW on a symbolic link answers ENOTDIR or ELOOP.
         if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
@@ -435,11 +440,11 @@ def _open_directory(path):
             raise UnsafeRegistryError(f"registry {path} is not a directory", path) from None
         raise
     try:
-        _check_directory(path, os.fstat(fd))
+        _check_directory(path, os.fstat(directory.fd))
     except BaseException:
-        os.close(fd)
+        directory.close()
         raise
-    return fd
+    return directory
 
 
 def _check_directory(path, info):
@@ -481,3 +486,24 @@ def _unlink_quietly(file_name, dir_fd):
         os.unlink(file_name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
+
+
+def close_inherited_locks(keep):
+    """In a forked child: close every descriptor of a registry lock or range file (but
+    those in ``keep``). Whatever a parent thread was doing when the fork landed, a lock it
+    held stays with the parent: ``flock`` belongs to the open file, and only closing the
+    child's copy lets the file go when the parent does."""
+    if not opened_paths:
+        return
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd in keep:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor listdir itself used
+        directory, _, file_name = target.rpartition("/")
+        if directory in opened_paths and (file_name == LOCK_FILE
+                                          or file_name.startswith(RANGE_PREFIX)):
+            os.close(fd)

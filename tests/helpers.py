@@ -123,3 +123,25 @@ def prepare_world_readable_site():
         for file in files:
             os.chmod(os.path.join(root, file), 0o644)
     os.chmod(os.path.dirname(WORLD_READABLE_SITE), 0o755)
+
+
+def run_threads(target, count, timeout=300):
+    """Run ``target(index)`` in ``count`` threads; returns what they raised. A thread still
+    running after ``timeout`` seconds fails the test as stuck."""
+    import threading
+
+    errors = []
+
+    def guarded(index):
+        try:
+            target(index)
+        except BaseException as error:  # reported to the caller
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread is stuck"
+    return errors

@@ -10,6 +10,7 @@ import pytest
 import mshare
 from mshare import machine
 from mshare.backends.hugetlb import HugetlbBackend
+from mshare.owned import Undo
 from mshare.registry import Registry
 
 from helpers import run_python
@@ -100,8 +101,8 @@ def test_a_short_pool_while_reserving_is_a_clean_error_not_sigbus(private_mount,
     limited = private_mount("hugetlbfs", "mode=1777,pagesize=2M,size=8M")
     backend = HugetlbBackend(limited, 2 * MiB)
     location = backend.location_for("0badcafe", "0123456789abcdef")
-    with pytest.raises(mshare.HugePagesUnavailableError) as raised:
-        backend.create(location, 16 * MiB, 0o600)
+    with pytest.raises(mshare.HugePagesUnavailableError) as raised, Undo() as undo:
+        backend.create(location, 16 * MiB, 0o600, undo)
     assert raised.value.errno == errno.ENOMEM and "ran short" in raised.value.strerror
     assert _contents(limited) == []
 

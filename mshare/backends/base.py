@@ -3,6 +3,12 @@
 import errno
 import os
 
+from mshare.owned import create_file, open_descriptor
+
+# Anyone may plant files where data objects live: never follow a symbolic link and never
+# block (``O_NONBLOCK``, so a FIFO cannot hang the caller).
+OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
 
 class Backend:
     """A kind of data object regions can live in.
@@ -55,18 +61,43 @@ class Backend:
         """The file-system path of a location (for ``stat`` and messages)."""
         raise NotImplementedError
 
-    def create(self, location, length, mode):
+    def create(self, location, length, mode, undo):
         """Create the data object exclusively, reserve ``length`` bytes, apply ``mode``
-        exactly; return a read-write file descriptor. Nothing is left on failure."""
+        exactly; return a read-write ``Descriptor``. Its removal is pushed on the
+        ``Undo`` stack ``undo`` the instant it exists, so nothing is left on failure."""
+        data = create_file(undo, self.path(location), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           0o600, lambda: self.unlink(location))
+        try:
+            self.check_file_system(data.fd, location)
+            # The mode is the region's, exactly: open(2) would have applied the umask.
+            os.fchmod(data.fd, mode)
+            os.ftruncate(data.fd, length)
+            self.reserve(data.fd, length, self.path(location))
+        except BaseException:
+            data.close()
+            raise
+        return data
+
+    def reserve(self, fd, length, path):
+        """Allocate every byte now, so a short pool or a full file system fails here and
+        never as a ``SIGBUS`` on first touch."""
         raise NotImplementedError
 
     def open(self, location, writable):
-        """Open an existing data object; the kernel checks its owner and mode.
+        """Open an existing data object as a ``Descriptor``; the kernel checks its owner
+        and mode."""
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | OPEN_FLAGS
+        data = open_descriptor(self.path(location), flags)
+        try:
+            self.check_file_system(data.fd, location)
+        except BaseException:
+            data.close()
+            raise
+        return data
 
-        Anyone may plant files where data objects live: never follow a symbolic link
-        and never block (``O_NOFOLLOW | O_NONBLOCK``, so a FIFO cannot hang the caller).
-        """
-        raise NotImplementedError
+    def check_file_system(self, fd, location):
+        """Refuse a data object that is not on this backend's kind of file system (every
+        file a shm location can name is in ``/dev/shm``)."""
 
     def unlink(self, location):
         """Remove the data object's name; mappings stay valid."""

@@ -97,36 +97,6 @@ class FileBackend(Backend):
     def path(self, location):
         return location
 
-    def create(self, location, length, mode):
-        fd = os.open(location, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            self._check_file_system(fd, location)
-            # The mode is the region's, exactly: open(2) would have applied the umask.
-            os.fchmod(fd, mode)
-            os.ftruncate(fd, length)
-            self.reserve(fd, length, location)
-        except BaseException:
-            os.close(fd)
-            self.unlink(location)
-            raise
-        return fd
-
-    def reserve(self, fd, length, location):
-        """Allocate every page now, so a short pool or a full file system fails here and
-        never as a ``SIGBUS`` on first touch."""
-        raise NotImplementedError
-
-    def open(self, location, writable):
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = os.open(location, flags)
-        try:
-            self._check_file_system(fd, location)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def unlink(self, location):
         # Only ever a file directly on a mount of our kind: a damaged entry must not make
         # anyone remove files elsewhere.
@@ -138,7 +108,7 @@ class FileBackend(Backend):
         except FileNotFoundError:
             pass
 
-    def _check_file_system(self, fd, location):
+    def check_file_system(self, fd, location):
         mount = machine.mount_of_device(os.fstat(fd).st_dev)
         if mount is None or not self.suits(mount):
             raise CorruptEntryError(

@@ -75,34 +75,12 @@ class ShmBackend(Backend):
     def path(self, location):
         return SHM_DIRECTORY + location
 
-    def create(self, location, length, mode):
-        path = self.path(location)
-        with _translated(path):
-            memory = posix_ipc.SharedMemory(location, posix_ipc.O_CREX, mode=mode)
-        try:
-            fd = os.dup(memory.fd)
-        except BaseException:
-            # Out of descriptors (EMFILE) right after shm_open: undo both.
-            memory.close_fd()
-            self.unlink(location)
-            raise
-        memory.close_fd()
-        try:
-            # shm_open applies the umask; the registry promises the mode exactly.
-            os.fchmod(fd, mode)
-            os.ftruncate(fd, length)
-            reserve(fd, length, path)
-        except BaseException:
-            os.close(fd)
-            self.unlink(location)
-            raise
-        return fd
+    # Data objects are made and opened with open(2) on /dev/shm, which is what shm_open
+    # does, but with O_NONBLOCK (a FIFO planted under the name would block shm_open) and
+    # owned from the instant they exist (see mshare.owned).
 
-    def open(self, location, writable):
-        # shm_open is exactly this open(2) but without O_NONBLOCK, and a FIFO planted
-        # under the name would block it forever.
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        return os.open(self.path(location), flags)
+    def reserve(self, fd, length, path):
+        reserve(fd, length, path)
 
     def unlink(self, location):
         try:

@@ -1,0 +1,112 @@
+"""Owning what a call opens or creates from the instant it exists.
+
+CPython runs Python signal handlers between bytecodes of the main thread, so a
+``KeyboardInterrupt`` can strike after ``os.open`` returned and before its result is
+stored anywhere: the descriptor (or the file an ``O_EXCL`` open just made) is lost. Two
+things close that window:
+
+- ``signals_deferred()``: while it is active, the main thread's ``SIGINT`` handler only
+  records the signal; on leaving, the original handler runs (and raises) once. Each use
+  spans an open (or another step that makes something) and the statement that hands the
+  result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
+  Swapping the Python-level handler works whichever thread the kernel delivered the
+  signal to (blocking it with ``pthread_sigmask`` in the main thread would not: another
+  thread's delivery still makes the main thread run the handler).
+- ``Descriptor``: an open file descriptor closed exactly once, explicitly or when the
+  object is dropped (in C, so no signal handler can run in between), so a descriptor
+  that an exception carries away is closed too.
+
+Handlers other than ``SIGINT``'s are left alone.
+"""
+
+import os
+import select
+import signal
+import threading
+from contextlib import ExitStack, contextmanager
+
+_recorded = []
+
+
+def _record(signum, frame):
+    _recorded.append(signum)
+
+
+@contextmanager
+def signals_deferred():
+    """Hold back the main thread's ``SIGINT`` handler until the block is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python signal handlers only ever run in the main thread
+        return
+    original = signal.getsignal(signal.SIGINT)
+    if not callable(original) or original is _record:
+        yield  # no Python handler to hold back, or already held back by an outer block
+        return
+    signal.signal(signal.SIGINT, _record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, original)
+        if _recorded:
+            _recorded.clear()
+            original(signal.SIGINT, None)
+
+
+class Descriptor:
+    """An open file descriptor, closed exactly once: by ``close()``, by leaving a ``with``
+    block, or when the object is dropped.
+
+    Dropping it runs no Python code: the descriptor is held by a ``select.epoll`` object
+    (the one standard object that takes ownership of any descriptor, ``epoll.fromfd``, and
+    closes it in C when deallocated, without a warning). A Python ``__del__`` could itself
+    be interrupted by a signal handler on entry and leak the descriptor it was to close."""
+
+    __slots__ = ("fd", "_owner")
+
+    def __init__(self, fd):
+        self._owner = select.epoll.fromfd(fd)
+        self.fd = fd
+
+    def close(self):
+        self.fd = -1
+        self._owner.close()
+
+    def replace(self, fd):
+        """Own ``fd`` instead, closing the descriptor owned so far."""
+        previous, self._owner = self._owner, select.epoll.fromfd(fd)
+        self.fd = fd
+        previous.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<Descriptor {self.fd}>"
+
+
+class Undo(ExitStack):
+    """An ``ExitStack`` that no signal handler interrupts while it unwinds: an interrupt
+    between two of its callbacks would skip the second."""
+
+    def __exit__(self, *exc):
+        with signals_deferred():
+            return super().__exit__(*exc)
+
+
+def open_descriptor(path, flags, mode=0o777, *, dir_fd=None):
+    """``os.open`` whose result is owned by a ``Descriptor`` before any signal is handled."""
+    with signals_deferred():
+        return Descriptor(os.open(path, flags, mode, dir_fd=dir_fd))
+
+
+def create_file(undo, path, flags, mode, remove, *, dir_fd=None):
+    """Create a file with ``O_CREAT | O_EXCL``; ``remove`` (which must tolerate a file
+    already gone) is pushed on the ``Undo`` stack ``undo`` in the same uninterruptible
+    step, so the file is never left behind by an exception that ``undo`` unwinds."""
+    with signals_deferred():
+        descriptor = Descriptor(os.open(path, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd))
+        undo.callback(remove)
+    return descriptor
