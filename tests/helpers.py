@@ -145,3 +145,9 @@ def run_threads(target, count, timeout=300):
         thread.join(timeout=timeout)
     assert not any(thread.is_alive() for thread in threads), "a thread is stuck"
     return errors
+
+
+def mapped_at(addr):
+    """True while this process has a mapping starting at ``addr`` (``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:
+        return any(int(line.split("-")[0], 16) == addr for line in maps)

@@ -9,15 +9,9 @@ import pytest
 
 import mshare
 from figures import record, scaled
-from helpers import run_threads
-from mshare import procmaps
+from helpers import mapped_at, run_threads
 
 ROUNDS = scaled(400)
-
-
-def mapped(addr):
-    """True while this process has a mapping starting at ``addr``."""
-    return any(mapping.start == addr for mapping in procmaps.mapped_ranges())
 
 
 def test_close_then_drop_of_another_handle_unmaps(registry_path, name):
@@ -25,10 +19,10 @@ def test_close_then_drop_of_another_handle_unmaps(registry_path, name):
     addr = a.addr
     b = mshare.attach(name)
     a.close()
-    assert mapped(addr) and mshare.info(name).attached == 1  # b still maps it
+    assert mapped_at(addr) and mshare.info(name).attached == 1  # b still maps it
     del b
     # `a` still exists, closed: it must not keep the mapping (or the attach mark).
-    assert not mapped(addr)
+    assert not mapped_at(addr)
     assert mshare.info(name).attached == 0
     with mshare.attach(name) as again:
         assert again.addr == addr and mshare.info(name).attached == 1
@@ -42,14 +36,14 @@ def test_a_view_keeps_the_mapping_and_its_mark_after_the_last_handle_is_dropped(
     view = region.ndarray("uint8")
     del region
     # The view still reads the memory, so the region is still mapped and counted ...
-    assert mapped(addr) and mshare.info(name).attached == 1
+    assert mapped_at(addr) and mshare.info(name).attached == 1
     # ... and attaching again shares that mapping instead of colliding with it.
     with mshare.attach(name) as again:
         view[7] = 42
         assert again.buf[7] == 42
-    assert mapped(addr)
+    assert mapped_at(addr)
     del view
-    assert not mapped(addr) and mshare.info(name).attached == 0
+    assert not mapped_at(addr) and mshare.info(name).attached == 0
     mshare.unlink(name)
 
 
@@ -74,7 +68,7 @@ def test_two_threads_attaching_and_dropping_while_a_closed_handle_lives(registry
     # Every count was taken while this thread held a handle: one process maps it.
     assert set(counts) == {1}
     gc.collect()
-    assert not mapped(addr) and mshare.info(name).attached == 0
+    assert not mapped_at(addr) and mshare.info(name).attached == 0
     record("handles", attaches=2 * ROUNDS, address_conflicts=0)
     mshare.unlink(name)
 
@@ -89,7 +83,7 @@ def test_closing_one_handle_leaves_the_others_working(registry_path, name):
         assert second.array("numbers")[15] == 15
     del numbers
     second.close()
-    assert not mapped(first.addr)
+    assert not mapped_at(first.addr)
     mshare.unlink(name)
 
 

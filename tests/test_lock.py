@@ -12,7 +12,7 @@ import pytest
 
 import mshare
 
-from helpers import start_python
+from helpers import mapped_at, start_python
 from mshare._shared import LOCK_WAITERS, USER_LOCK_OFFSET
 
 WORKERS = 8
@@ -383,11 +383,11 @@ def test_a_region_dropped_while_holding_keeps_its_lock_mapped_until_released(reg
     lock.acquire()
     del region
     gc.collect()
-    assert mapped(addr), "the mapping of a held lock went with its Region"
+    assert mapped_at(addr), "the mapping of a held lock went with its Region"
     lock.release()
     del lock
     gc.collect()
-    assert not mapped(addr)
+    assert not mapped_at(addr)
     mshare.unlink(name)
 
 
@@ -415,6 +415,3 @@ def test_a_process_that_drops_a_held_region_and_dies_leaves_the_lock_to_others(r
     mshare.unlink(name)
 
 
-def mapped(addr):
-    with open("/proc/self/maps") as maps:
-        return any(int(line.split("-")[0], 16) == addr for line in maps)
