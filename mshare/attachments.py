@@ -241,4 +241,17 @@ def _after_fork_in_child():
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
-atexit.register(release_pending)
+def _release_at_exit():
+    """The process is ending: besides what is pending, give back the ranges of unlinked
+    regions that views still keep mapped (they cannot outlive the process), so that an
+    array alive at interpreter exit leaves no range file behind."""
+    release_pending()
+    for attachment in live():
+        claim = attachment.claim()
+        if get_backend(claim.backend).exists(claim.location):
+            continue
+        attachment.mark.close()  # this process's attach mark, which keeps the range in use
+        _release_range_if_unlinked(attachment.registry_path, claim)
+
+
+atexit.register(_release_at_exit)

@@ -104,20 +104,35 @@ def _interpreter_for(user, env):
     return SYSTEM_PYTHON, environment
 
 
+def _imported_by_children():
+    """What children of other users import besides mshare: posix_ipc (a dependency) and,
+    where installed, numpy with the shared libraries its wheel carries beside it."""
+    posix_ipc = importlib.util.find_spec("posix_ipc")
+    yield (posix_ipc.submodule_search_locations[0] if posix_ipc.submodule_search_locations
+           else posix_ipc.origin)
+    numpy = importlib.util.find_spec("numpy")
+    if numpy is not None:
+        package = numpy.submodule_search_locations[0]
+        yield package
+        libraries = os.path.join(os.path.dirname(package), "numpy.libs")
+        if os.path.isdir(libraries):
+            yield libraries
+
+
 def prepare_world_readable_site():
-    """Copy mshare and posix_ipc where any user can import them (idempotent)."""
+    """Copy mshare, posix_ipc and numpy where any user can import them (idempotent)."""
     if os.path.isdir(os.path.join(WORLD_READABLE_SITE, "mshare")):
         shutil.rmtree(WORLD_READABLE_SITE)
     os.makedirs(WORLD_READABLE_SITE)
     package = os.path.dirname(mshare.__file__)
     shutil.copytree(package, os.path.join(WORLD_READABLE_SITE, "mshare"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
-    posix_ipc = importlib.util.find_spec("posix_ipc")
-    if posix_ipc.submodule_search_locations:
-        shutil.copytree(posix_ipc.submodule_search_locations[0],
-                        os.path.join(WORLD_READABLE_SITE, "posix_ipc"))
-    else:
-        shutil.copy(posix_ipc.origin, WORLD_READABLE_SITE)
+    for source in _imported_by_children():
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(WORLD_READABLE_SITE, os.path.basename(source)),
+                            ignore=shutil.ignore_patterns("__pycache__", "tests"))
+        else:
+            shutil.copy(source, WORLD_READABLE_SITE)
     for root, directories, files in os.walk(WORLD_READABLE_SITE):
         os.chmod(root, 0o755)
         for file in files:

@@ -19,13 +19,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import textwrap
 
 import pytest
 
 import mshare
 from figures import record, scaled
-from helpers import SYSTEM_PYTHON
+from helpers import start_python
 from people import as_member, as_stranger
 
 TARGETS = ["all", "header", "arena-fields", "user-lock", "internal-lock", "busy-pending",
@@ -142,22 +141,6 @@ def attacker_binary():
     shutil.rmtree(directory)
 
 
-def victim_python_path():
-    """Where another user's interpreter finds this mshare and numpy; skips unless every
-    directory on the way lets others in."""
-    import numpy
-
-    directories = sorted({os.path.dirname(os.path.dirname(module.__file__))
-                          for module in (mshare, numpy)})
-    for directory in directories:
-        path = directory
-        while path != "/":
-            if not os.stat(path).st_mode & 0o005:
-                pytest.skip(f"{path} is closed to other users, who run the victim")
-            path = os.path.dirname(path)
-    return os.pathsep.join(directories)
-
-
 def data_object_path(region):
     """The file this process maps the region from, as the kernel reports it."""
     with open("/proc/self/maps") as maps:
@@ -170,15 +153,12 @@ def data_object_path(region):
 
 def attack(region, binary, name, target, seed):
     """Run one victim under one attacker; return the victim's report and the writes made."""
-    victim_user, stranger = as_member(), as_stranger()
-    environment = dict(os.environ, PYTHONPATH=victim_python_path())
-    victim = subprocess.Popen(
-        [SYSTEM_PYTHON, "-c", textwrap.dedent(VICTIM.format(
-            shared=region.name, private=f"{name}-private", seed=seed,
-            calls=scaled(VICTIM_CALLS)))],
+    stranger = as_stranger()
+    victim = start_python(
+        VICTIM.format(shared=region.name, private=f"{name}-private", seed=seed,
+                      calls=scaled(VICTIM_CALLS)),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd="/", env=environment, **{key if key != "groups" else "extra_groups": value
-                                     for key, value in victim_user.items()})
+        **as_member())
     attacker = None
     try:
         private_addr = json.loads(victim.stdout.readline())["private_addr"]
@@ -231,9 +211,9 @@ def run_attacks(binary, name, backend, hugepages):
     record(f"hostile writers ({backend})", **totals)
 
 
-def test_hostile_writer_on_shm(attacker_binary, registry_path, name):
+def test_hostile_writer_on_shm(attacker_binary, user_site, registry_path, name):
     run_attacks(attacker_binary, name, "shm", "off")
 
 
-def test_hostile_writer_on_hugetlb(attacker_binary, registry_path, hugetlbfs, name):
+def test_hostile_writer_on_hugetlb(attacker_binary, user_site, registry_path, hugetlbfs, name):
     run_attacks(attacker_binary, name, "hugetlb", "hugetlb")
