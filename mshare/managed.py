@@ -22,6 +22,7 @@ import math
 import operator
 
 from mshare._shared import DTYPE_MAX_BYTES, MAX_DIMS
+from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
 from mshare.errors import CorruptBookkeepingError
 
 # numpy indexes arrays with signed 64-bit integers.
@@ -120,8 +121,44 @@ class ManagedMemory:
         return self._view(name, (addr, nbytes, dtype.str, shape), None, None)
 
     def names(self) -> list:
-        """Names of the region's arrays, sorted."""
+        """Names of the region's named objects (arrays, events, conditions), sorted."""
         return self._bookkeeping.named()
+
+    def objects(self) -> dict:
+        """Each named object's name and kind: ``"array"``, ``"event"`` or ``"condition"``."""
+        bookkeeping = self._bookkeeping
+        kinds = {}
+        for name in bookkeeping.named():
+            found = bookkeeping.find_named(name)
+            if found is not None:  # deleted meanwhile otherwise
+                kinds[name] = KINDS.get(found[2], "array")
+        return kinds
+
+    def event(self, name: str):
+        """The process-shared event ``name``, made (clear) if the region has none.
+
+        Like ``threading.Event``: ``set()``, ``clear()``, ``is_set()``, and ``wait(timeout)``,
+        which returns False when ``timeout`` seconds pass. Waits release the GIL, run signal
+        handlers and raise ``ValueError`` when the region is closed meanwhile.
+
+        >>> ready = region.event("ready")
+        >>> ready.set()                      # in one process
+        >>> ready.wait(timeout=5)            # in another: True
+        """
+        return find_or_create(self._writable("event()"), name, EVENT_KIND)
+
+    def condition(self, name: str):
+        """The process-shared condition ``name``, made if the region has none; used with the
+        region's lock, like ``threading.Condition``.
+
+        >>> items = region.condition("items")
+        >>> with region.lock():
+        ...     items.wait_for(lambda: count[0] > 0, timeout=5)
+        >>> with region.lock():                 # in the producer
+        ...     count[0] += 1
+        ...     items.notify()
+        """
+        return find_or_create(self._writable("condition()"), name, CONDITION_KIND)
 
     def delete(self, name: str) -> None:
         """Free the array ``name``; ``FileNotFoundError`` if there is none.
@@ -142,6 +179,8 @@ class ManagedMemory:
         import numpy
 
         addr, nbytes, stored_dtype, stored_shape = found
+        if stored_dtype in KINDS:
+            raise TypeError(f"{name!r} is a named {KINDS[stored_dtype]}, not an array")
         try:
             stored = numpy.dtype(stored_dtype)
             _check_storable(stored)
