@@ -28,8 +28,8 @@ from mshare.errors import CorruptBookkeepingError, OwnerDiedError
 cdef extern from "_waiting.h" nogil:
     uint32_t MS_EVENT_SET
     uint32_t ms_word_peek(uint64_t *word)
-    int ms_event_set(uint64_t *word)
-    int ms_event_clear(uint64_t *word)
+    int ms_event_set(uint64_t *word) noexcept
+    int ms_event_clear(uint64_t *word) noexcept
     void ms_condition_notify(uint64_t *word, int count)
     int ms_futex_wait(uint64_t *word, uint32_t expected, long nanoseconds)
 
@@ -88,11 +88,6 @@ cdef class Waitable:
             with nogil:
                 ms_futex_wait(self.word, observed, <long>(remaining * 1e9) + 1)
 
-    cdef int scribbled(self) except -1:
-        raise CorruptBookkeepingError(
-            f"the word of {self.name!r} kept changing under every try: a process that may "
-            f"write the region keeps writing over it", self.owner.name)
-
 
 cdef double deadline_of(object timeout) except? -2:
     cdef double span = timeout_seconds(timeout)
@@ -113,21 +108,22 @@ cdef class Event(Waitable):
 
     def set(self):
         """Set the event and wake every process waiting for it."""
-        self.owner.enter()
-        try:
-            if ms_event_set(self.word) < 0:
-                self.scribbled()
-        finally:
-            self.owner.leave()
+        self.change(ms_event_set)
 
     def clear(self):
         """Clear the event; later ``wait`` calls block until it is set again."""
+        self.change(ms_event_clear)
+
+    cdef int change(self, int (*operation)(uint64_t *word) noexcept nogil) except -1:
         self.owner.enter()
         try:
-            if ms_event_clear(self.word) < 0:
-                self.scribbled()
+            if operation(self.word) < 0:
+                raise CorruptBookkeepingError(
+                    f"the word of {self.name!r} kept changing under every try: a process "
+                    f"that may write the region keeps writing over it", self.owner.name)
         finally:
             self.owner.leave()
+        return 0
 
     def wait(self, timeout=None):
         """Block until the event is set; True then, False when ``timeout`` seconds pass.
@@ -191,8 +187,13 @@ cdef class Condition(Waitable):
             self.owner.release_user()
             try:
                 woken = self.sleep(observed, deadline, &current)
-            finally:
-                self.retake()
+            except BaseException:
+                try:
+                    self.retake()
+                except ValueError:
+                    pass  # closed: what interrupted the sleep says more
+                raise
+            self.retake()
             return bool(woken)
         finally:
             self.owner.leave()
@@ -257,7 +258,8 @@ def find_or_create(Bookkeeping bookkeeping not None, name, str kind, bint create
     addr, nbytes, stored_kind, shape = found
     if stored_kind != kind:
         what = KINDS.get(stored_kind, "array")
-        raise TypeError(f"{name!r} is a named {what}, not a {KINDS[kind]}")
+        raise TypeError(f"{name!r} is a named {what}, not "
+                        f"{'an event' if kind == EVENT_KIND else 'a condition'}")
     if nbytes != WORD_BLOCK or addr % WORD_BLOCK:
         raise CorruptBookkeepingError(
             f"the {KINDS[kind]} {name!r} is recorded as {nbytes} bytes at 0x{addr:x}, not "

@@ -1,0 +1,36 @@
+"""Telling, without timing, that a thread sleeps on an event's or condition's word."""
+
+import os
+import time
+
+import pytest
+
+# The futex system call's number, which /proc/TID/syscall starts with while a thread is in it.
+FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+
+
+def word_addr(region, name):
+    """Where the word of the event or condition ``name`` is (the same in every process)."""
+    return region._bookkeeping.find_named(name)[0]
+
+
+def sleeps_on(addr, pid, tid=None):
+    """True while the thread ``tid`` of ``pid`` (its main thread by default) is inside
+    ``futex()`` on the word at ``addr``."""
+    if FUTEX_SYSCALL is None:
+        pytest.skip(f"the futex syscall number of {os.uname().machine} is not known here")
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/syscall") as status:
+            fields = status.read().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == str(FUTEX_SYSCALL) and int(fields[1], 16) == addr
+
+
+def wait_until_sleeping_on(addr, pid, tid=None, tries=30_000):
+    """Return once that thread sleeps on the word (polled; fails if it never does)."""
+    for _ in range(tries):
+        if sleeps_on(addr, pid, tid):
+            return
+        time.sleep(0.001)
+    pytest.fail(f"thread {tid or pid} never slept on the word at {addr:#x}")
