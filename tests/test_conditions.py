@@ -144,18 +144,11 @@ def test_ctrl_c_during_a_wait_raises_and_the_with_block_releases_the_lock(regist
     region = mshare.create(name, 1 << 16)
     region.condition("c")
     waiter = start_python(f"""
-        import os, signal, threading
         import mshare
-        from waiting_helpers import wait_until_sleeping_on, word_addr
+        from waiting_helpers import interrupt_once_sleeping_on, word_addr
         region = mshare.attach({name!r})
         condition = region.condition("c")
-        main = threading.get_native_id()
-
-        def interrupt_once_sleeping():
-            wait_until_sleeping_on(word_addr(region, "c"), os.getpid(), main)
-            os.kill(os.getpid(), signal.SIGINT)
-
-        threading.Thread(target=interrupt_once_sleeping, daemon=True).start()
+        interrupt_once_sleeping_on(word_addr(region, "c"))
         try:
             with region.lock():
                 condition.wait()

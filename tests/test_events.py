@@ -74,18 +74,11 @@ def test_ctrl_c_during_a_blocked_wait_raises_keyboard_interrupt(registry_path, n
     region = mshare.create(name, 1 << 16)
     region.event("never")
     waiter = start_python(f"""
-        import os, signal, threading
         import mshare
-        from waiting_helpers import wait_until_sleeping_on, word_addr
+        from waiting_helpers import interrupt_once_sleeping_on, word_addr
         region = mshare.attach({name!r})
         event = region.event("never")
-        main = threading.get_native_id()
-
-        def interrupt_once_sleeping():
-            wait_until_sleeping_on(word_addr(region, "never"), os.getpid(), main)
-            os.kill(os.getpid(), signal.SIGINT)
-
-        threading.Thread(target=interrupt_once_sleeping, daemon=True).start()
+        interrupt_once_sleeping_on(word_addr(region, "never"))
         try:
             event.wait()
             print("returned")

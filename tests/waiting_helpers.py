@@ -34,3 +34,18 @@ def wait_until_sleeping_on(addr, pid, tid=None, tries=30_000):
             return
         time.sleep(0.001)
     pytest.fail(f"thread {tid or pid} never slept on the word at {addr:#x}")
+
+
+def interrupt_once_sleeping_on(addr):
+    """From a helper thread, send this process SIGINT once the calling thread sleeps on the
+    word at ``addr``."""
+    import signal
+    import threading
+
+    caller = threading.get_native_id()
+
+    def interrupt():
+        wait_until_sleeping_on(addr, os.getpid(), caller)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
