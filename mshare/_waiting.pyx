@@ -38,7 +38,7 @@ cdef extern from "_waiting.h" nogil:
 # so an event is never mistaken for an array.
 EVENT_KIND = "~event"
 CONDITION_KIND = "~condition"
-KINDS = {EVENT_KIND: "event", CONDITION_KIND: "condition"}
+KINDS = {EVENT_KIND: "event", CONDITION_KIND: "condition", "~queue": "queue"}
 # Bytes of the block behind each: one cache line, so unrelated words do not share it.
 WORD_BLOCK = 64
 
@@ -68,25 +68,31 @@ cdef class Waitable:
         return f"<mshare {type(self).__name__.lower()} {self.name!r} in {self.owner.name!r}>"
 
     cdef int sleep(self, uint32_t observed, double deadline, uint32_t *current) except -1:
-        """Sleep until the word no longer reads ``observed`` (1, its value in ``current``)
-        or ``deadline`` passes (0; < 0 is never). The caller counts itself in flight."""
-        cdef double remaining
-        while True:
-            PyErr_CheckSignals()
-            if self.owner.closing:
-                raise ValueError(f"{self.owner.name or 'the region'} was closed while this "
-                                 f"thread waited on {self.name!r}")
-            current[0] = ms_word_peek(self.word)
-            if current[0] != observed:
-                return 1
-            remaining = WAIT_SLICE
-            if deadline >= 0:
-                remaining = deadline - monotonic()
-                if remaining <= 0:
-                    return 0
-                remaining = min(remaining, WAIT_SLICE)
-            with nogil:
-                ms_futex_wait(self.word, observed, <long>(remaining * 1e9) + 1)
+        return sleep_on(self.owner, self.word, observed, deadline, current, self.name)
+
+
+cdef int sleep_on(Bookkeeping owner, uint64_t *word, uint32_t observed, double deadline,
+                  uint32_t *current, str what) except -1:
+    """Sleep until the futex half of ``word`` no longer reads ``observed`` (1, its value in
+    ``current``) or ``deadline`` passes (0; < 0 is never). The caller counts itself in
+    flight; ``what`` names the object in errors."""
+    cdef double remaining
+    while True:
+        PyErr_CheckSignals()
+        if owner.closing:
+            raise ValueError(f"{owner.name or 'the region'} was closed while this thread "
+                             f"waited on {what!r}")
+        current[0] = ms_word_peek(word)
+        if current[0] != observed:
+            return 1
+        remaining = WAIT_SLICE
+        if deadline >= 0:
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                return 0
+            remaining = min(remaining, WAIT_SLICE)
+        with nogil:
+            ms_futex_wait(word, observed, <long>(remaining * 1e9) + 1)
 
 
 cdef double deadline_of(object timeout) except? -2:

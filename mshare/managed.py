@@ -134,6 +134,17 @@ class ManagedMemory:
                 kinds[name] = KINDS.get(found[2], "array")
         return kinds
 
+    def queue(self, name: str, slots=None, slot_size=None):
+        """The named queue ``name``: made with ``slots`` slots of ``slot_size`` bytes, found
+        with the name alone (``FileNotFoundError`` if absent). See ``mshare.queues``.
+
+        >>> frames = region.queue("frames", 8, 1 << 20)     # the creator
+        >>> frames = region.queue("frames")                 # everyone else
+        """
+        from mshare.queues import find_or_create as find_or_create_queue
+
+        return find_or_create_queue(self, name, slots, slot_size)
+
     def event(self, name: str):
         """The process-shared event ``name``, made (clear) if the region has none.
 
