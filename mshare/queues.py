@@ -16,12 +16,10 @@ import contextlib
 import errno
 import queue as stdlib_queue
 
-import numpy
-
 from mshare._queue import QUEUE_KIND, SlotRing, slot_stride
 from mshare._waiting import KINDS
 from mshare.errors import CorruptBookkeepingError
-from mshare.managed import _array_bytes, _check_storable, _shape
+from mshare.array_shapes import _array_bytes, _check_storable, _shape
 
 HEADER_BYTES = 64
 
@@ -80,6 +78,8 @@ class Queue:
     def put(self, data, timeout=None):
         """Copy ``data`` (bytes-like or a numpy array) into a free slot and publish it;
         ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
+        import numpy
+
         if isinstance(data, numpy.ndarray):
             source = data
         else:
@@ -94,6 +94,8 @@ class Queue:
     def reserve(self, shape, dtype, timeout=None):
         """A free slot as an array of ``shape`` and ``dtype`` to fill in place; published
         when the block ends, dropped (never delivered) if it ends in an exception."""
+        import numpy
+
         dtype = numpy.dtype(dtype)
         shape = _shape(shape)
         _check_storable(dtype)
@@ -136,6 +138,8 @@ class Queue:
         return self.get_copy(timeout=0)
 
     def _checked_view(self, addr, nbytes, dtype, shape):
+        import numpy
+
         try:
             stored = numpy.dtype(dtype)
             _check_storable(stored)
@@ -148,6 +152,8 @@ class Queue:
         return self._view(addr, stored, shape)
 
     def _view(self, addr, dtype, shape):
+        import numpy
+
         count = _array_bytes(shape, dtype) // dtype.itemsize
         view = numpy.frombuffer(self._region.buf, dtype=dtype, count=count,
                                 offset=addr - self._region.addr)
