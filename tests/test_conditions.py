@@ -1,7 +1,6 @@
 """region.condition(): wait/notify with the region's lock across processes; timeouts,
 Ctrl-C, close, and a holder that dies while a woken waiter re-takes the lock."""
 
-import multiprocessing
 import os
 import signal
 import threading
@@ -11,7 +10,7 @@ import pytest
 import mshare
 
 from helpers import start_python
-from waiting_helpers import wait_until_sleeping_on, word_addr
+from waiting_helpers import check_once_and_in_order, hand_over, wait_until_sleeping_on, word_addr
 
 ITEMS_PER_PRODUCER = 300
 CAPACITY = 8
@@ -61,25 +60,10 @@ def test_producers_and_consumers_hand_over_every_item_once_in_order(
         registry_path, name, method, producers, consumers):
     region = mshare.create(name, 1 << 16)
     _make_ring(region)
+    taken = hand_over(method, name, _produce, _consume, producers, consumers,
+                      ITEMS_PER_PRODUCER)
+    check_once_and_in_order(taken, producers, ITEMS_PER_PRODUCER)
     total = producers * ITEMS_PER_PRODUCER
-    shares = [total // consumers + (i < total % consumers) for i in range(consumers)]
-    context = multiprocessing.get_context(method)
-    results = context.Queue()
-    processes = ([context.Process(target=_produce, args=(name, p)) for p in range(producers)]
-                 + [context.Process(target=_consume, args=(name, share, results))
-                    for share in shares])
-    for process in processes:
-        process.start()
-    taken = [results.get(timeout=120) for _ in shares]
-    for process in processes:
-        process.join(60)
-        assert process.exitcode == 0
-    every = sorted(item for part in taken for item in part)
-    assert every == [(p, s) for p in range(producers) for s in range(ITEMS_PER_PRODUCER)]
-    for part in taken:  # each consumer sees each producer's items in the order they were put
-        for producer in range(producers):
-            mine = [s for p, s in part if p == producer]
-            assert mine == sorted(mine)
     assert region.array("counters").tolist() == [total, total]
     region.close()
     mshare.unlink(name)

@@ -1,7 +1,6 @@
 """region.queue(): items handed over between processes exactly once, in order per producer,
 intact; Full and Empty; Ctrl-C; producers and consumers killed mid-operation."""
 
-import multiprocessing
 import os
 import queue
 import signal
@@ -13,7 +12,7 @@ import pytest
 import mshare
 
 from helpers import start_python
-from waiting_helpers import wait_until_sleeping_on, word_addr
+from waiting_helpers import check_once_and_in_order, hand_over
 
 ITEMS_PER_PRODUCER = 200
 # The futex words in a queue's header: where consumers and producers sleep.
@@ -65,25 +64,10 @@ def test_every_item_arrives_once_intact_and_in_order_per_producer(
         registry_path, name, method, producers, consumers):
     region = mshare.create(name, 4 << 20)
     region.queue("items", 6, 8 * 300)
-    total = producers * ITEMS_PER_PRODUCER
-    shares = [total // consumers + (i < total % consumers) for i in range(consumers)]
-    context = multiprocessing.get_context(method)
-    results = context.Queue()
-    processes = ([context.Process(target=_produce, args=(name, p)) for p in range(producers)]
-                 + [context.Process(target=_consume, args=(name, share, results))
-                    for share in shares])
-    for process in processes:
-        process.start()
-    taken = [results.get(timeout=180) for _ in shares]
-    for process in processes:
-        process.join(60)
-        assert process.exitcode == 0
-    every = sorted(item for part in taken for item in part)
-    assert every == [(p, s, True) for p in range(producers) for s in range(ITEMS_PER_PRODUCER)]
-    for part in taken:
-        for producer in range(producers):
-            mine = [s for p, s, _ in part if p == producer]
-            assert mine == sorted(mine)
+    taken = hand_over(method, name, _produce, _consume, producers, consumers,
+                      ITEMS_PER_PRODUCER)
+    check_once_and_in_order(taken, producers, ITEMS_PER_PRODUCER)
+    assert all(intact for part in taken for _, _, intact in part)  # checksums match
     with pytest.raises(queue.Empty):
         region.queue("items").get_nowait()
     region.close()

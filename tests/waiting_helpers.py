@@ -49,3 +49,36 @@ def interrupt_once_sleeping_on(addr):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
+
+
+def hand_over(method, name, produce, consume, producers, consumers, per_producer):
+    """Run ``produce(name, p)`` for each producer and ``consume(name, count, results)`` for
+    each consumer (their counts adding up to every item) as ``method`` processes; check they
+    all exit 0 and return what each consumer put on ``results``."""
+    import multiprocessing
+
+    total = producers * per_producer
+    shares = [total // consumers + (i < total % consumers) for i in range(consumers)]
+    context = multiprocessing.get_context(method)
+    results = context.Queue()
+    processes = ([context.Process(target=produce, args=(name, p)) for p in range(producers)]
+                 + [context.Process(target=consume, args=(name, share, results))
+                    for share in shares])
+    for process in processes:
+        process.start()
+    taken = [results.get(timeout=180) for _ in shares]
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    return taken
+
+
+def check_once_and_in_order(taken, producers, per_producer):
+    """Every (producer, sequence, ...) item was taken exactly once, and each consumer took
+    each producer's items in the order they were put."""
+    every = sorted((item[0], item[1]) for part in taken for item in part)
+    assert every == [(p, s) for p in range(producers) for s in range(per_producer)]
+    for part in taken:
+        for producer in range(producers):
+            mine = [item[1] for item in part if item[0] == producer]
+            assert mine == sorted(mine)
