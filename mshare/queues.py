@@ -16,12 +16,10 @@ import contextlib
 import errno
 import queue as stdlib_queue
 
-from mshare._queue import QUEUE_KIND, SlotRing, slot_stride
+from mshare._queue import HEADER_BYTES, QUEUE_KIND, SlotRing, slot_stride
 from mshare._waiting import KINDS
 from mshare.errors import CorruptBookkeepingError
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
-
-HEADER_BYTES = 64
 
 
 def find_or_create(region, name, slots, slot_size):
