@@ -15,7 +15,7 @@ extensions = [
         define_macros=macros,
         extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     )
-    for module in ("_core", "_allocator", "_mutex", "_slots", "_shared")
+    for module in ("_core", "_allocator", "_mutex", "_slots", "_shared", "_waiting", "_queue")
 ]
 
 setup(

@@ -85,9 +85,6 @@ cdef class RegionLock:
     ``RuntimeError`` when this thread already holds it: it is not re-entrant.
     """
 
-    cdef Bookkeeping owner
-    cdef double timeout
-
     def __cinit__(self, Bookkeeping owner not None, timeout=None):
         self.owner = owner
         self.timeout = timeout_seconds(timeout)
@@ -106,7 +103,10 @@ cdef class RegionLock:
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        self.owner.release_user()
+        # A condition's wait interrupted while re-taking the lock ends the block without
+        # it: then the error that says why must reach the caller, not "not held".
+        if exc_type is None or self.owner.held_by == ms_self_word():
+            self.owner.release_user()
         return False
 
 
@@ -117,16 +117,6 @@ cdef class Bookkeeping:
     unmapping; until then the mapping stays referenced, and while a thread of this process
     holds the lock this object stays alive even if nothing else references it.
     """
-
-    cdef Arena arena
-    cdef readonly uint64_t bookkeeping_addr
-    cdef readonly object name
-    cdef object keepalive
-    cdef bint header_checked
-    cdef bint closing
-    cdef Py_ssize_t in_flight  # calls of this process's threads now using the memory
-    cdef uint64_t held_by      # lock word of this process's thread holding the user lock
-    cdef object __weakref__
 
     def __cinit__(self, token=None):
         if token is not _CONSTRUCT:
@@ -227,7 +217,7 @@ cdef class Bookkeeping:
         self.in_flight += 1
         return bk
 
-    cdef inline void leave(self) noexcept:
+    cdef void leave(self) noexcept:
         self.in_flight -= 1
 
     def initialize(self):
@@ -501,11 +491,12 @@ cdef class Bookkeeping:
                 return i
         return -1
 
-    def create_named(self, name, nbytes, dtype, shape, align=64):
+    def create_named(self, name, nbytes, dtype, shape, align=64, zero=False):
         """Allocate ``nbytes`` and record it as ``name`` with a dtype string and a shape.
 
-        FileExistsError if the name is taken, RegionFullError if the table or arena is full.
-        Every argument is checked before anything shared changes."""
+        With ``zero``, the memory is zero-filled before the name can be found. FileExistsError
+        if the name is taken, RegionFullError if the table or arena is full. Every argument
+        is checked before anything shared changes."""
         cdef bytes key = encode_name(name)
         cdef bytes dtype_key = check_dtype_string(dtype)
         cdef tuple dims = check_shape(shape)
@@ -549,6 +540,8 @@ cdef class Bookkeeping:
                 slot.addr = 0
                 ms_store32(&slot.seq, seq + 1)
                 raise
+            if zero:
+                memset(<void *><uintptr_t>payload, 0, size)
             ms_store32(&slot.state, MS_SLOT_LIVE)
             ms_store32(&slot.seq, seq + 1)
         except CorruptBookkeepingError:

@@ -18,14 +18,11 @@ valid everywhere: ``ctypes`` structures allocated there can point at each other.
 """
 
 import errno
-import math
-import operator
 
-from mshare._shared import DTYPE_MAX_BYTES, MAX_DIMS
+from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
+from mshare.array_shapes import _array_bytes, _check_storable, _shape
 from mshare.errors import CorruptBookkeepingError
-
-# numpy indexes arrays with signed 64-bit integers.
-INDEX_MAX = (1 << 63) - 1
+from mshare.queues import find_or_create as find_or_create_queue
 
 
 class ManagedMemory:
@@ -120,8 +117,53 @@ class ManagedMemory:
         return self._view(name, (addr, nbytes, dtype.str, shape), None, None)
 
     def names(self) -> list:
-        """Names of the region's arrays, sorted."""
+        """Names of the region's named objects (arrays, events, conditions), sorted."""
         return self._bookkeeping.named()
+
+    def objects(self) -> dict:
+        """Each named object's name and kind: ``"array"``, ``"event"`` or ``"condition"``."""
+        bookkeeping = self._bookkeeping
+        kinds = {}
+        for name in bookkeeping.named():
+            found = bookkeeping.find_named(name)
+            if found is not None:  # deleted meanwhile otherwise
+                kinds[name] = KINDS.get(found[2], "array")
+        return kinds
+
+    def queue(self, name: str, slots=None, slot_size=None):
+        """The named queue ``name``: made with ``slots`` slots of ``slot_size`` bytes, found
+        with the name alone (``FileNotFoundError`` if absent). See ``mshare.queues``.
+
+        >>> frames = region.queue("frames", 8, 1 << 20)     # the creator
+        >>> frames = region.queue("frames")                 # everyone else
+        """
+        return find_or_create_queue(self, name, slots, slot_size)
+
+    def event(self, name: str):
+        """The process-shared event ``name``, made (clear) if the region has none.
+
+        Like ``threading.Event``: ``set()``, ``clear()``, ``is_set()``, and ``wait(timeout)``,
+        which returns False when ``timeout`` seconds pass. Waits release the GIL, run signal
+        handlers and raise ``ValueError`` when the region is closed meanwhile.
+
+        >>> ready = region.event("ready")
+        >>> ready.set()                      # in one process
+        >>> ready.wait(timeout=5)            # in another: True
+        """
+        return find_or_create(self._writable("event()"), name, EVENT_KIND)
+
+    def condition(self, name: str):
+        """The process-shared condition ``name``, made if the region has none; used with the
+        region's lock, like ``threading.Condition``.
+
+        >>> items = region.condition("items")
+        >>> with region.lock():
+        ...     items.wait_for(lambda: count[0] > 0, timeout=5)
+        >>> with region.lock():                 # in the producer
+        ...     count[0] += 1
+        ...     items.notify()
+        """
+        return find_or_create(self._writable("condition()"), name, CONDITION_KIND)
 
     def delete(self, name: str) -> None:
         """Free the array ``name``; ``FileNotFoundError`` if there is none.
@@ -142,6 +184,8 @@ class ManagedMemory:
         import numpy
 
         addr, nbytes, stored_dtype, stored_shape = found
+        if stored_dtype in KINDS:
+            raise TypeError(f"{name!r} is a named {KINDS[stored_dtype]}, not an array")
         try:
             stored = numpy.dtype(stored_dtype)
             _check_storable(stored)
@@ -160,41 +204,3 @@ class ManagedMemory:
             raise ValueError(f"array {name!r} has shape {stored_shape}, not {tuple(shape)}")
         view = numpy.frombuffer(self.buf, dtype=stored, count=count, offset=addr - self.addr)
         return view.reshape(stored_shape)
-
-
-def _shape(shape):
-    try:
-        dims = (operator.index(shape),)
-    except TypeError:
-        dims = tuple(shape)
-    if len(dims) > MAX_DIMS:
-        raise ValueError(f"a named array has at most {MAX_DIMS} dimensions, not {len(dims)}")
-    if any(isinstance(extent, bool) for extent in dims):
-        raise TypeError(f"shape sizes must be ints, not {shape!r}")
-    dims = tuple(operator.index(extent) for extent in dims)
-    if any(extent < 0 for extent in dims):
-        raise ValueError(f"shape sizes must be >= 0, not {shape!r}")
-    return dims
-
-
-def _array_bytes(shape, dtype):
-    """Bytes of an array of ``shape`` and ``dtype``; ValueError where numpy could not index
-    it: every extent and the element count, zeros aside, must fit a signed 64-bit index."""
-    elements = math.prod(max(extent, 1) for extent in shape)
-    if elements * dtype.itemsize > INDEX_MAX:
-        raise ValueError(f"an array of shape {shape} and dtype {dtype} would span more than "
-                         f"2**63 - 1 bytes")
-    return math.prod(shape) * dtype.itemsize
-
-
-def _check_storable(dtype):
-    import numpy
-
-    if dtype.itemsize == 0:
-        raise ValueError(f"dtype {dtype} has no bytes: a named array needs an itemsize >= 1")
-    if dtype.hasobject:
-        raise TypeError("arrays of Python objects cannot be shared: they hold pointers into "
-                        "one process's heap")
-    if len(dtype.str) > DTYPE_MAX_BYTES or numpy.dtype(dtype.str) != dtype:
-        raise TypeError(f"dtype {dtype} cannot be a named array: only dtypes described by "
-                        f"their .str (numbers, bytes, strings, datetimes) can")

@@ -1,0 +1,315 @@
+# cython: language_level=3, embedsignature=True
+"""The slots of a named queue (``_queue.h``): who may write or read which slot, and waits.
+
+Positions are handed out in order: a producer takes position ``tail`` (slot
+``tail % slots``) when fewer than ``slots`` positions are outstanding and that slot is
+free; a consumer takes position ``head`` once its slot is ready for that position. Copying
+happens outside the queue's lock; only state changes happen under it.
+
+Crash rules, decided from the states a killed holder can leave:
+
+* a producer that died writing (its slot WRITING, its owner word dead) never has its item
+  delivered: the consumer at that position frees the slot and moves on;
+* a consumer that died holding a slot (READING, owner dead) loses the item: the next
+  producer to need the slot frees it. Items are delivered at most once, never twice;
+* a position whose slot is free or was handed out for another position was dropped (a
+  producer died between the two stores of a claim, or ``reserve`` ended in an exception):
+  the consumer skips it.
+
+The counters and states are read once into locals and checked against the slot count and
+slot size this process holds privately (from the name table's record of the queue); an item's
+dtype and shape are copied out of its slot and checked before a view is made.
+"""
+
+from libc.limits cimport INT_MAX
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcpy, memset
+
+import errno
+
+from mshare._layout cimport MS_DTYPE_BYTES, MS_MAX_DIMS, ms_peek, ms_store
+from mshare._mutex cimport (
+    MS_LOCK_CLOSED, MS_LOCK_DEADLOCK, MS_LOCK_OWNER_DIED, MS_LOCK_TAKEN, monotonic,
+    ms_holder_alive, ms_lock_release, ms_lock_swap, self_word, wait_for,
+)
+from mshare._shared cimport Bookkeeping
+from mshare._slots cimport fixed_string
+from mshare._waiting cimport sleep_on
+
+from mshare._shared import INTERNAL_LOCK_TIMEOUT
+from mshare.errors import CorruptBookkeepingError
+
+
+cdef extern from "_waiting.h" nogil:
+    uint32_t ms_word_peek(uint64_t *word)
+    void ms_condition_notify(uint64_t *word, int count)
+
+
+cdef extern from "_queue.h" nogil:
+    enum ms_queue_state:
+        MS_QUEUE_FREE
+        MS_QUEUE_WRITING
+        MS_QUEUE_READY
+        MS_QUEUE_READING
+    ctypedef struct ms_queue_header_t:
+        uint64_t lock
+        uint64_t filled
+        uint64_t emptied
+        uint64_t head
+        uint64_t tail
+    ctypedef struct ms_queue_slot_t:
+        uint64_t state
+        uint64_t owner
+        uint64_t position
+        uint64_t nbytes
+        uint64_t ndim
+        char dtype[32]
+        uint64_t shape[8]
+
+
+QUEUE_KIND = "~queue"
+HEADER_BYTES = sizeof(ms_queue_header_t)
+SLOT_HEADER_BYTES = sizeof(ms_queue_slot_t)
+# A waiter for a slot looks again this often (seconds): a writer it waits for may have died.
+cdef double RECHECK = 0.02
+
+cdef object _CONSTRUCT = object()
+
+
+def slot_stride(uint64_t slot_size):
+    """Bytes one slot takes: its header and its payload rounded up to 64."""
+    return sizeof(ms_queue_slot_t) + ((slot_size + 63) & ~<uint64_t>63)
+
+
+cdef class SlotRing:
+    """The slots of one queue over this process's mapping. Made by ``over_block``."""
+
+    cdef Bookkeeping owner
+    cdef ms_queue_header_t *header
+    cdef readonly uint64_t slots
+    cdef readonly uint64_t slot_size
+    cdef uint64_t stride
+    cdef readonly str name
+
+    def __cinit__(self, token):
+        if token is not _CONSTRUCT:
+            raise TypeError("SlotRing objects are made by SlotRing.over_block()")
+
+    @staticmethod
+    def over_block(Bookkeeping owner not None, str name, uint64_t addr, uint64_t nbytes,
+                   uint64_t slots, uint64_t slot_size):
+        """The queue in the named block at ``addr`` (checked against the arena by the name
+        table); CorruptBookkeepingError unless ``slots`` slots of ``slot_size`` fill it."""
+        cdef SlotRing self
+        if (slots == 0 or slot_size == 0 or slots > nbytes or slot_size > nbytes
+                or addr % 64 or sizeof(ms_queue_header_t) + slots * slot_stride(slot_size) != nbytes):
+            raise CorruptBookkeepingError(
+                f"the queue {name!r} is recorded as {slots} slots of {slot_size} bytes in a "
+                f"block of {nbytes}", owner.name)
+        self = SlotRing.__new__(SlotRing, _CONSTRUCT)
+        self.owner = owner
+        self.header = <ms_queue_header_t *><uintptr_t>addr
+        self.slots = slots
+        self.slot_size = slot_size
+        self.stride = slot_stride(slot_size)
+        self.name = name
+        return self
+
+    cdef ms_queue_slot_t *slot(self, uint64_t index) noexcept:
+        return <ms_queue_slot_t *>(<char *>self.header + sizeof(ms_queue_header_t)
+                                   + index * self.stride)
+
+    cdef uint64_t payload(self, uint64_t index) noexcept:
+        return <uint64_t><uintptr_t>self.slot(index) + sizeof(ms_queue_slot_t)
+
+    cdef int take(self, uint64_t me) except -1:
+        """The queue's lock, held for a few stores by anyone: wait as for the allocator's."""
+        cdef uint64_t observed = 0
+        cdef double deadline = monotonic() + INTERNAL_LOCK_TIMEOUT
+        cdef int outcome
+        while not ms_lock_swap(&self.header.lock, &observed, me):
+            outcome = wait_for(&self.header.lock, me, observed,
+                               max(0.0, deadline - monotonic()), &self.owner.closing)
+            if outcome == MS_LOCK_TAKEN:
+                return 0
+            if outcome == MS_LOCK_OWNER_DIED and monotonic() < deadline:
+                observed = 0  # every state a dead holder can leave is read sensibly
+                continue
+            if outcome == MS_LOCK_CLOSED:
+                raise ValueError(f"{self.owner.name or 'the region'} was closed while this "
+                                 f"thread waited on the queue {self.name!r}")
+            if outcome == MS_LOCK_DEADLOCK:
+                raise CorruptBookkeepingError(
+                    f"the lock of queue {self.name!r} names this thread, which does not "
+                    f"hold it", self.owner.name)
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"the lock of queue {self.name!r} stayed held for {INTERNAL_LOCK_TIMEOUT:g} s: "
+                f"its holder is stopped, or a writer of the region keeps writing over it",
+                self.owner.name)
+        return 0
+
+    cdef uint64_t outstanding(self, uint64_t head, uint64_t tail) except? 0xffffffffffffffff:
+        if tail - head > self.slots:
+            raise CorruptBookkeepingError(
+                f"the queue {self.name!r} counts {tail - head} items in {self.slots} slots",
+                self.owner.name)
+        return tail - head
+
+    cdef int wait_on(self, uint64_t *word, uint32_t seen, double deadline) except -1:
+        """Sleep until ``word`` moves on, a recheck is due, or ``deadline`` (< 0: never)."""
+        cdef double until = monotonic() + RECHECK
+        cdef uint32_t current
+        if 0 <= deadline < until:
+            until = deadline
+        sleep_on(self.owner, word, seen, until, &current, self.name)
+        return 0
+
+    def claim_for_writing(self, uint64_t nbytes, str dtype, tuple shape, double deadline):
+        """Hand this thread the next position's slot, for an item of ``nbytes`` with this
+        dtype string and shape; its index, or None once ``deadline`` passes (< 0: never)."""
+        cdef uint64_t me = self_word()
+        cdef bytes dtype_key = dtype.encode("ascii")
+        cdef uint64_t head, tail, index, state, owner
+        cdef ms_queue_slot_t *slot
+        cdef uint32_t seen
+        cdef unsigned d
+        if nbytes > self.slot_size:
+            raise ValueError(f"an item of {nbytes} bytes does not fit the {self.slot_size}-byte "
+                             f"slots of queue {self.name!r}")
+        self.owner.enter()
+        try:
+            while True:
+                self.take(me)
+                try:
+                    head = ms_peek(&self.header.head)
+                    tail = ms_peek(&self.header.tail)
+                    seen = ms_word_peek(&self.header.emptied)
+                    if self.outstanding(head, tail) < self.slots:
+                        index = tail % self.slots
+                        slot = self.slot(index)
+                        state = ms_peek(&slot.state)
+                        owner = ms_peek(&slot.owner)
+                        if state != MS_QUEUE_FREE and state != MS_QUEUE_READY and not ms_holder_alive(owner):
+                            state = MS_QUEUE_FREE  # its writer or reader died: dropped
+                        if state == MS_QUEUE_FREE:
+                            slot.owner = me
+                            slot.position = tail
+                            slot.nbytes = nbytes
+                            slot.ndim = len(shape)
+                            memset(slot.dtype, 0, MS_DTYPE_BYTES)
+                            memcpy(slot.dtype, <char *>dtype_key, len(dtype_key))
+                            for d in range(MS_MAX_DIMS):
+                                slot.shape[d] = shape[d] if d < len(shape) else 0
+                            ms_store(&slot.state, MS_QUEUE_WRITING)
+                            ms_store(&self.header.tail, tail + 1)
+                            return index
+                finally:
+                    ms_lock_release(&self.header.lock)
+                if 0 <= deadline <= monotonic():
+                    return None
+                self.wait_on(&self.header.emptied, seen, deadline)
+        finally:
+            self.owner.leave()
+
+    def claim_for_reading(self, double deadline):
+        """Hand this thread the oldest ready item: ``(index, addr, nbytes, dtype, shape)``
+        from a private copy of its slot, or None once ``deadline`` passes (< 0: never)."""
+        cdef uint64_t me = self_word()
+        cdef uint64_t head, tail, index, state, position
+        cdef ms_queue_slot_t *slot
+        cdef ms_queue_slot_t copy
+        cdef uint32_t seen
+        self.owner.enter()
+        try:
+            while True:
+                self.take(me)
+                try:
+                    head = ms_peek(&self.header.head)
+                    tail = ms_peek(&self.header.tail)
+                    seen = ms_word_peek(&self.header.filled)
+                    if self.outstanding(head, tail) > 0:
+                        index = head % self.slots
+                        slot = self.slot(index)
+                        state = ms_peek(&slot.state)
+                        position = ms_peek(&slot.position)
+                        if position == head and state == MS_QUEUE_READY:
+                            memcpy(&copy, slot, sizeof(ms_queue_slot_t))
+                            slot.owner = me
+                            ms_store(&slot.state, MS_QUEUE_READING)
+                            ms_store(&self.header.head, head + 1)
+                            break
+                        if (position == head and state == MS_QUEUE_WRITING
+                                and ms_holder_alive(ms_peek(&slot.owner))):
+                            pass  # its producer is still writing: wait for it
+                        else:
+                            if position == head:  # a dead producer's or reader's: dropped
+                                ms_store(&slot.state, MS_QUEUE_FREE)
+                            ms_store(&self.header.head, head + 1)
+                            continue
+                finally:
+                    ms_lock_release(&self.header.lock)
+                if 0 <= deadline <= monotonic():
+                    return None
+                self.wait_on(&self.header.filled, seen, deadline)
+        finally:
+            self.owner.leave()
+        return self.checked_item(index, &copy)
+
+    cdef object checked_item(self, uint64_t index, ms_queue_slot_t *copy):
+        cdef uint64_t nbytes = copy.nbytes, ndim = copy.ndim
+        if nbytes > self.slot_size or ndim > MS_MAX_DIMS or copy.dtype[MS_DTYPE_BYTES - 1]:
+            self.finish(index, MS_QUEUE_READING, MS_QUEUE_FREE)
+            raise CorruptBookkeepingError(
+                f"an item of queue {self.name!r} is recorded as {nbytes} bytes in "
+                f"{ndim} dimensions; it was dropped", self.owner.name)
+        return (index, self.payload(index), nbytes,
+                fixed_string(copy.dtype, MS_DTYPE_BYTES).decode("ascii", errors="replace"),
+                tuple(copy.shape[d] for d in range(ndim)))
+
+    def payload_addr(self, uint64_t index):
+        """Where slot ``index``'s bytes start."""
+        if index >= self.slots:
+            raise ValueError(f"queue {self.name!r} has no slot {index}")
+        return self.payload(index)
+
+    def publish(self, uint64_t index):
+        """Make the item this thread wrote into slot ``index`` ready for consumers."""
+        self.finish(index, MS_QUEUE_WRITING, MS_QUEUE_READY)
+        ms_condition_notify(&self.header.filled, INT_MAX)
+
+    def drop(self, uint64_t index):
+        """Give up the slot this thread was writing; its position is skipped."""
+        self.finish(index, MS_QUEUE_WRITING, MS_QUEUE_FREE)
+        ms_condition_notify(&self.header.emptied, INT_MAX)
+
+    def release(self, uint64_t index):
+        """Free the slot this thread was reading."""
+        self.finish(index, MS_QUEUE_READING, MS_QUEUE_FREE)
+        ms_condition_notify(&self.header.emptied, INT_MAX)
+
+    cdef int finish(self, uint64_t index, uint64_t expected, uint64_t state) except -1:
+        """Move slot ``index`` from ``expected`` (held by this thread) to ``state``;
+        RuntimeError if this thread does not hold it (a writer took it from a thread it
+        judged dead, or the caller never claimed it)."""
+        cdef uint64_t me = self_word()
+        cdef ms_queue_slot_t *slot
+        cdef bint held
+        if index >= self.slots:
+            raise ValueError(f"queue {self.name!r} has no slot {index}")
+        slot = self.slot(index)
+        self.owner.enter()
+        try:
+            self.take(me)
+            try:
+                held = ms_peek(&slot.state) == expected and ms_peek(&slot.owner) == me
+                if held:
+                    ms_store(&slot.state, state)
+            finally:
+                ms_lock_release(&self.header.lock)
+        finally:
+            self.owner.leave()
+        if not held:
+            raise RuntimeError(f"slot {index} of queue {self.name!r} is not held by this "
+                               f"thread any more")
+        return 0

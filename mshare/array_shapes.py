@@ -1,0 +1,47 @@
+"""Checks of the shapes and dtypes that named arrays and queue items may have."""
+
+import math
+import operator
+
+from mshare._shared import DTYPE_MAX_BYTES, MAX_DIMS
+
+# numpy indexes arrays with signed 64-bit integers.
+INDEX_MAX = (1 << 63) - 1
+
+
+def _shape(shape):
+    try:
+        dims = (operator.index(shape),)
+    except TypeError:
+        dims = tuple(shape)
+    if len(dims) > MAX_DIMS:
+        raise ValueError(f"a named array has at most {MAX_DIMS} dimensions, not {len(dims)}")
+    if any(isinstance(extent, bool) for extent in dims):
+        raise TypeError(f"shape sizes must be ints, not {shape!r}")
+    dims = tuple(operator.index(extent) for extent in dims)
+    if any(extent < 0 for extent in dims):
+        raise ValueError(f"shape sizes must be >= 0, not {shape!r}")
+    return dims
+
+
+def _array_bytes(shape, dtype):
+    """Bytes of an array of ``shape`` and ``dtype``; ValueError where numpy could not index
+    it: every extent and the element count, zeros aside, must fit a signed 64-bit index."""
+    elements = math.prod(max(extent, 1) for extent in shape)
+    if elements * dtype.itemsize > INDEX_MAX:
+        raise ValueError(f"an array of shape {shape} and dtype {dtype} would span more than "
+                         f"2**63 - 1 bytes")
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_storable(dtype):
+    import numpy
+
+    if dtype.itemsize == 0:
+        raise ValueError(f"dtype {dtype} has no bytes: a named array needs an itemsize >= 1")
+    if dtype.hasobject:
+        raise TypeError("arrays of Python objects cannot be shared: they hold pointers into "
+                        "one process's heap")
+    if len(dtype.str) > DTYPE_MAX_BYTES or numpy.dtype(dtype.str) != dtype:
+        raise TypeError(f"dtype {dtype} cannot be a named array: only dtypes described by "
+                        f"their .str (numbers, bytes, strings, datetimes) can")
