@@ -1,5 +1,6 @@
 """``Region``: one process's handle on a named region."""
 
+import math
 import stat
 import weakref
 from typing import TYPE_CHECKING
@@ -131,6 +132,11 @@ class Region(ManagedMemory):
         import numpy
 
         dtype = numpy.dtype(dtype)
+        if dtype.itemsize == 0:
+            raise ValueError(f"dtype {dtype} has no bytes: an array needs an itemsize >= 1")
+        if dtype.hasobject:
+            raise TypeError("arrays of Python objects cannot live in shared memory: they hold "
+                            "pointers into one process's heap")
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be int, not {type(offset).__name__}")
         if not 0 <= offset <= self.size:
@@ -140,9 +146,10 @@ class Region(ManagedMemory):
             shape = (count,)
         else:
             shape = (shape,) if isinstance(shape, int) else tuple(shape)
-            count = 1
-            for extent in shape:
-                count *= extent
+            if any(isinstance(extent, bool) or not isinstance(extent, int) or extent < 0
+                   for extent in shape):
+                raise ValueError(f"shape sizes must be ints >= 0, not {shape!r}")
+            count = math.prod(shape)
         needed = count * dtype.itemsize
         if needed > self.size - offset:
             raise ValueError(

@@ -287,3 +287,25 @@ def test_bad_alloc_arguments_change_nothing(probed_region, nbytes, align):
     assert addr % align == 0 and region.addr <= addr and addr + nbytes <= region.addr + region.size
     region.free(addr)
     assert table_and_free_bytes(region) == before
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(shape=None, dtype="V0", offset=0)
+@example(shape=(-1,), dtype="int8", offset=0)
+@example(shape=(2**63, 0), dtype="int8", offset=0)
+@given(shape=st.one_of(st.none(), SHAPES), dtype=DTYPES,
+       offset=st.one_of(st.integers(-2, (1 << 20) + 2), st.just(True), st.floats()))
+def test_bad_ndarray_arguments_are_refused_or_stay_inside(probed_region, shape, dtype, offset):
+    region = probed_region
+    before = table_and_free_bytes(region)
+    try:
+        array = region.ndarray(dtype, shape, offset)
+    except (ValueError, TypeError):
+        assert table_and_free_bytes(region) == before
+        return
+    # Accepted: a view of exactly the bytes it names, all inside the region.
+    start = data_address(array)
+    assert start == region.addr + offset
+    assert region.addr <= start and start + array.nbytes <= region.addr + region.size
+    del array
+    assert table_and_free_bytes(region) == before
