@@ -40,10 +40,11 @@ LEAK_WARNING = "resource_tracker: There appear to be {count} leaked shared_memor
 MAX_MESSAGE_BYTES = 4096
 
 _lock = threading.Lock()
-_connection = None
+# A bare descriptor, not a socket object: it stays open until the process ends, on
+# purpose, and a socket object collected at exit would warn that it was left open.
+_connection_fd = None
 _connection_pid = None
 _connection_address = None
-_tracker_process = None
 
 
 def _after_fork_in_child():
@@ -75,19 +76,21 @@ def _send(message):
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError(f"tracker message for {message['name']!r} is too long")
     with _lock:
-        connection = _connected()
-        connection.sendall(data)
+        fd = _connected()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         # The reply makes registration synchronous: once create() returns, a kill of the
         # whole program can no longer lose the block.
-        reply = connection.recv(1)
+        reply = os.read(fd, 1)
     if reply != b"+":
         raise OSError(f"the shared_memory tracker did not take the message for {message['name']!r}")
 
 
 def _connected():
-    global _connection, _connection_pid, _connection_address
+    global _connection_fd, _connection_pid, _connection_address
     if _connection_pid == os.getpid():
-        return _connection
+        return _connection_fd
     connection = None
     address = _connection_address or _address_of_parent_program()
     if address:
@@ -98,8 +101,8 @@ def _connected():
     if connection is None:
         address, connection = _start_tracker()
     os.environ[ENVIRONMENT_VARIABLE] = f"{os.getpid()}:{address}"
-    _connection, _connection_pid, _connection_address = connection, os.getpid(), address
-    return connection
+    _connection_fd, _connection_pid, _connection_address = connection.detach(), os.getpid(), address
+    return _connection_fd
 
 
 def _address_of_parent_program():
@@ -126,7 +129,6 @@ def _connect(address):
 
 def _start_tracker():
     """``(address, connection)`` of a new tracker, already connected to it."""
-    global _tracker_process
     address = f"mshare-shared-memory-{os.getpid()}-{os.urandom(8).hex()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection = None
@@ -144,10 +146,14 @@ def _start_tracker():
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
                 f"from mshare._shared_memory_tracker import main; main(*{watched!r})")
         try:
-            _tracker_process = subprocess.Popen(
+            # The tracker forks and its first process exits at once (waited for here), so
+            # no child of this process outlives it unwaited.
+            starter = subprocess.Popen(
                 [sys.executable, "-c", code], pass_fds=watched,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
             )
+            if starter.wait() != 0:
+                raise OSError(f"the shared_memory tracker did not start (exit code {starter.returncode})")
         finally:
             if parent_fd is not None:
                 os.close(parent_fd)
@@ -184,6 +190,8 @@ def _parent_pidfd():
 def main(listener_fd, parent_pidfd=None):
     """Serve registrations until the program's last connection closes (and the process
     behind ``parent_pidfd`` has exited), then clean up."""
+    if os.fork():
+        os._exit(0)  # the starting process waits for this one, not for the tracker
     # Ctrl-C and a SIGTERM meant for the program must not take its cleanup down with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
