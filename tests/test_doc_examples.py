@@ -75,3 +75,12 @@ def test_output_may_elide_with_dots_and_files_are_shared_by_later_programs(tmp_p
         "<!-- example: not a program, a fragment -->\n```python\nundefined_name\n```\n"
         "```sh\nfalse\n```\n")).run_all()
     assert [(run.name, run.stdout.split()[:2]) for run in runs] == [("user.py", ["x", "42"])]
+
+
+def test_a_region_a_page_leaves_behind_is_found(registry_path, tmp_path):
+    page(tmp_path, "```python\nimport mshare\nmshare.create('kept', 4096).close()\n```\n").run_all()
+    assert "kept" in left_behind(registry_path)
+    import mshare
+
+    mshare.unlink("kept")
+    assert left_behind(registry_path) == []
