@@ -21,7 +21,8 @@ def test_the_site_builds_without_a_warning(tmp_path):
     assert finished.returncode == 0 and not finished.stderr, finished.stderr
     api = (tmp_path / "html" / "api.html").read_text()
     # The reference is generated from the compiled package, not left empty.
-    for name in ("mshare.create", "mshare.Region", "mshare.Region.lock", "mshare.shared_memory.SharedMemory", "mshare.ray.attach"):
+    for name in ("mshare.create", "mshare.Region", "mshare.Region.lock",
+                 "mshare.shared_memory.SharedMemory", "mshare.ray.attach"):
         assert f'id="{name}"' in api, name
 
 
