@@ -320,8 +320,10 @@ def table(rows, count):
 
 def pointer_story(rows):
     ours, theirs = rows
+    outcome = ("followed it to the message" if ours["pointer_followed"]
+               else "did NOT find the message")
     story = [f"The creator stored the address of a message in the region; every mshare worker "
-             f"{'followed it to the message' if ours['pointer_followed'] else 'did NOT find the message'}."]
+             f"{outcome}."]
     if not theirs["pointer_followed"]:
         story.append("In shared_memory's workers the block sits elsewhere, so the same number "
                      "points outside it: such structures must store offsets instead.")
@@ -383,12 +385,15 @@ def advice(row, size):
     missing = [(kind, choice) for kind, choice in candidates(size, bookkeeping_length)
                if isinstance(choice, Unavailable)]
     if not missing:
-        return lines + [f"Huge pages are set up here: {mshare_command} demo --hugepages auto uses them."]
+        return lines + [f"Huge pages are set up here: {mshare_command} demo --hugepages auto "
+                        "uses them."]
     lines += ["Not here: " + "; ".join(f"{kind}: {choice.reason}" for kind, choice in missing)
               + f" ({mshare_command} doctor says more)."]
-    fixes = [choice.fix.split(" (or:")[0] for _, choice in missing if choice.fix.startswith("mshare mount")]
-    if fixes:
-        lines += [f"One command enables them, as root: sudo {mshare_command} {fixes[0].removeprefix('mshare ')}",
+    # A fix reads "mshare mount ... (or: the same by hand)": the first is the one command.
+    mounts = [choice.fix.split(" (or:")[0].removeprefix("mshare ") for _, choice in missing
+              if choice.fix.startswith("mshare mount")]
+    if mounts:
+        lines += [f"One command enables them, as root: sudo {mshare_command} {mounts[0]}",
                   f"then: {mshare_command} demo --hugepages hugetlb"]
     return lines
 

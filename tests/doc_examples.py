@@ -103,7 +103,8 @@ class Page:
         for example in document:
             example.evaluate()
         if self._mark:
-            raise self._error(self._mark.line, f"the mark '{self._mark.words}' is followed by no block")
+            raise self._error(self._mark.line,
+                              f"the mark '{self._mark.words}' is followed by no block")
         self._expect_no_output()
         return self.runs
 
@@ -127,7 +128,7 @@ class Page:
         self._expect_no_output()
         if block.language in NOT_RUN or block.language.startswith("{"):
             if mark:
-                raise self._error(block.line, f"a {block.language or 'plain'} block is never run: drop its mark")
+                raise self._error(block.line, f"a {block.language} block is never run: drop its mark")
             return
         if block.language != "python":
             raise self._error(block.line, f"a block in '{block.language or 'no language'}': "
@@ -156,13 +157,14 @@ class Page:
         if run is None:
             raise self._error(block.line, "an output block that follows no program that printed")
         if not _OUTPUT.check_output(block.source, run.stdout, doctest.ELLIPSIS):
-            raise self._error(block.line, f"{run.name} printed\n{run.stdout}\nwhere the page shows\n"
-                                          f"{block.source}")
+            raise self._error(block.line, f"{run.name} printed\n{run.stdout}\n"
+                                          f"where the page shows\n{block.source}")
 
     def _expect_no_output(self):
         run, self._unchecked = self._unchecked, None
         if run:
-            raise self._error(run.line, f"{run.name} prints, but no output block shows what:\n{run.stdout}")
+            raise self._error(run.line,
+                              f"{run.name} prints, but no output block shows what:\n{run.stdout}")
 
     def _error(self, line, problem):
         return ExampleError(f"{self.path.name}, line {line}: {problem}")

@@ -22,7 +22,8 @@ WITHOUT_HUGE_PAGES = """
 import os, subprocess, sys
 for line in reversed(open("/proc/self/mountinfo").read().splitlines()):
     fields, (fstype, _, options) = line.split(" - ")[0].split(), line.split(" - ")[1].partition(" ")
-    if fstype == "hugetlbfs" or (fstype == "tmpfs" and "huge=" in options and "huge=never" not in options):
+    huge_tmpfs = fstype == "tmpfs" and "huge=" in options and "huge=never" not in options
+    if fstype == "hugetlbfs" or huge_tmpfs:
         subprocess.run(["umount", "--lazy", fields[4]], check=True)
 os.execv(sys.executable, [sys.executable, "-m", "mshare", "demo", *sys.argv[1:]])
 """
@@ -161,7 +162,8 @@ def test_without_huge_pages_it_shows_what_they_would_give_and_the_command(regist
     measured = rows["mshare"]["kib"]
     # The figures huge pages would give, worked out for this region and this machine's page
     # size, next to the measured 4 KiB-page figure; then why they are missing and the command.
-    assert f"hugetlb  2M pages: page tables ~4 KiB per worker instead of {measured:,.0f} KiB" in output
+    assert (f"hugetlb  2M pages: page tables ~4 KiB per worker instead of {measured:,.0f} KiB"
+            in output), output
     assert "thp      2M pages: page tables ~4 KiB per worker, 512x fewer page faults" in output
     assert "Not here: hugetlb: no hugetlbfs is mounted" in output
     mshare_script = os.path.join(os.path.dirname(sys.executable), "mshare")

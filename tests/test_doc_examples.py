@@ -33,7 +33,8 @@ def test_every_example_on_the_page_runs_and_cleans_up(path, registry_path, tmp_p
 
 
 def test_the_two_processes_print_one_address(registry_path, tmp_path):
-    runs = {run.name: run.stdout.split() for run in Page(REPOSITORY / "README.md", tmp_path).run_all()}
+    runs = Page(REPOSITORY / "README.md", tmp_path).run_all()
+    runs = {run.name: run.stdout.split() for run in runs}
     assert runs["writer.py"][0].startswith("0x")
     assert runs["reader.py"] == [runs["writer.py"][0], "1", "2", "b'hello'"]
 
@@ -70,7 +71,8 @@ def test_a_page_that_breaks_the_rules_fails_naming_the_line(tmp_path, text, prob
 def test_output_may_elide_with_dots_and_files_are_shared_by_later_programs(tmp_path):
     runs = page(tmp_path, (
         "<!-- example: file shared.py -->\n```python\nVALUE = 41\n```\n\n"
-        "<!-- example: run user.py -->\n```python\nimport shared\nprint('x', shared.VALUE + 1, id(0))\n```\n\n"
+        "<!-- example: run user.py -->\n"
+        "```python\nimport shared\nprint('x', shared.VALUE + 1, id(0))\n```\n\n"
         "```output\nx 42 ...\n```\n\n"
         "<!-- example: not a program, a fragment -->\n```python\nundefined_name\n```\n"
         "```sh\nfalse\n```\n")).run_all()
