@@ -1,11 +1,14 @@
 """``mshare demo``: what mshare is for, measured on this machine in under a minute.
 
-One region (about 1 GiB, less where memory is short) is made resident; N worker processes,
-each a new interpreter, attach it one after the other and read one byte in every page.
-Then the same with ``multiprocessing.shared_memory``. The table compares, per worker, the
-time to attach and touch every page and the page-table memory that costs the machine
-(system-wide ``PageTables``, minus the same workers mapping nothing), and whether every
-worker saw the region at the same address.
+One region (about 1 GiB, less where memory is short) is made resident, and its creator
+stores in it a pointer to a message it wrote there; N worker processes, each a new
+interpreter, attach it one after the other, follow the pointer, and read one byte in every
+page. Then the same with ``multiprocessing.shared_memory``. The table compares, per
+worker, the time to attach and touch every page and the page-table memory that costs the
+machine (system-wide ``PageTables``, minus the same workers mapping nothing), whether every
+worker saw the region at the same address, and whether the pointer led to the message.
+On a machine without huge pages it ends with what the table would show with them, from
+the page sizes the machine has, and the one command that enables them.
 
 Nothing is left behind: regions are unlinked and workers stopped on every way out,
 Ctrl-C and SIGTERM included.
@@ -13,6 +16,7 @@ Ctrl-C and SIGTERM included.
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -24,13 +28,21 @@ import time
 from multiprocessing import resource_tracker, shared_memory
 
 import mshare
+from mshare.backends.files import Unavailable
+from mshare.backends.selection import candidates
 from mshare.machine import settle_counters
+from mshare.operations import bookkeeping_length
 from mshare.units import format_size, size_argument
 
 GiB = 1 << 30
 MiB = 1 << 20
 HUGEPAGE_CHOICES = ("auto", "hugetlb", "thp", "off")
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+WHAT_IT_BUYS = ("A fixed address means that a pointer one process stores in a region is valid in "
+                "every process that attaches it: structures inside need no offsets and no copies.")
+# The creator's pointer sits after the 8-byte marker; the message it points to, mid-region.
+POINTER_OFFSET = 8
+MESSAGE = b"reached through the creator's pointer".ljust(48, b"\0")
 
 
 @contextlib.contextmanager
@@ -98,10 +110,11 @@ def worker():
     else:
         handle = _attach_shared_memory(name)
         buf, page_size = handle.buf, os.sysconf("SC_PAGE_SIZE")
+    followed = follow_pointer(buf)
     pages = len(bytes(buf[::page_size]))
     seconds = time.perf_counter() - started
     report = {"seconds": seconds, "pages": pages, "addr": _address_of(buf),
-              "marker": bytes(buf[:8]).hex()}
+              "marker": bytes(buf[:8]).hex(), "followed": followed}
     print(json.dumps(report), flush=True)
     sys.stdin.readline()
     del buf
@@ -109,10 +122,29 @@ def worker():
 
 
 def _address_of(buf):
-    import ctypes
-
     # The ctypes view goes on return, so it never keeps the mapping from closing.
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+def store_pointer(buf):
+    """Write MESSAGE mid-region and, after the marker, its address in this process."""
+    offset = len(buf) // 2 // 8 * 8
+    buf[offset:offset + len(MESSAGE)] = MESSAGE
+    pointer = _address_of(buf) + offset
+    buf[POINTER_OFFSET:POINTER_OFFSET + 8] = pointer.to_bytes(8, "little")
+
+
+def follow_pointer(buf):
+    """The text the stored pointer leads to, or None where it points outside this mapping.
+
+    The pointer is read once and followed only if the whole message lies inside this
+    process's own mapping: another process wrote it, so it is checked like input.
+    """
+    pointer = int.from_bytes(bytes(buf[POINTER_OFFSET:POINTER_OFFSET + 8]), "little")
+    start = _address_of(buf)
+    if not start <= pointer <= start + len(buf) - len(MESSAGE):
+        return None
+    return ctypes.string_at(pointer, len(MESSAGE)).rstrip(b"\0").decode(errors="replace")
 
 
 class Workers:
@@ -188,6 +220,7 @@ class MshareContender:
     def make_resident(self):
         self.region.populate()
         self.region.buf[:8] = secrets.token_bytes(8)
+        store_pointer(self.region.buf)
 
     @property
     def marker(self):
@@ -212,6 +245,7 @@ class SharedMemoryContender:
         pages = len(range(0, len(self.block.buf), self.page_size))
         self.block.buf[::self.page_size] = bytes(pages)
         self.block.buf[:8] = secrets.token_bytes(8)
+        store_pointer(self.block.buf)
 
     @property
     def marker(self):
@@ -258,6 +292,8 @@ def measure(contender, workers, count, say):
         "seconds": statistics.median(report["seconds"] for report in reports),
         "pagetables_kib": pagetables_per_worker,
         "same_address": len({report["addr"] for report in reports}) == 1,
+        "pointer_followed": all(report["followed"] == MESSAGE.rstrip(b"\0").decode()
+                                for report in reports),
     }
 
 
@@ -266,11 +302,11 @@ def measure(contender, workers, count, say):
 def table(rows, count):
     ours, theirs = rows
     lines = [f"{'':<15}{'backend':<9}{'page size':>10}{'attach+touch/worker':>22}"
-             f"{'page tables/worker':>21}{'same address':>14}"]
+             f"{'page tables/worker':>21}{'same address':>14}{'pointer works':>15}"]
     for row in rows:
         lines.append(f"{row['label']:<15}{row['backend']:<9}{format_size(row['page_size']):>10}"
                      f"{row['seconds'] * 1e3:>19.1f} ms{row['pagetables_kib']:>17,.0f} KiB"
-                     f"{'yes' if row['same_address'] else 'no':>14}")
+                     f"{_yes(row['same_address']):>14}{_yes(row['pointer_followed']):>15}")
     speed = theirs["seconds"] / ours["seconds"]
     # The counter moves in 4 KiB pages: below one page over all workers the ratio is a bound.
     resolution = 4 / count
@@ -282,27 +318,84 @@ def table(rows, count):
     return lines
 
 
+def pointer_story(rows):
+    ours, theirs = rows
+    outcome = ("followed it to the message" if ours["pointer_followed"]
+               else "did NOT find the message")
+    story = [f"The creator stored the address of a message in the region; every mshare worker "
+             f"{outcome}."]
+    if not theirs["pointer_followed"]:
+        story.append("In shared_memory's workers the block sits elsewhere, so the same number "
+                     "points outside it: such structures must store offsets instead.")
+    return story
+
+
+def _yes(flag):
+    return "yes" if flag else "no"
+
+
+def _mshare_command():
+    """The mshare being run, spelled so that sudo and a shell in any directory find it."""
+    script = os.path.join(os.path.dirname(sys.executable), "mshare")
+    return script if os.access(script, os.X_OK) else f"{sys.executable} -m mshare"
+
+
+def huge_page_size():
+    """The machine's default huge page size in bytes, or None if its kernel has none."""
+    try:
+        return _meminfo_kib("Hugepagesize") * 1024
+    except KeyError:
+        return None
+
+
+def with_huge_pages(row, size, huge_page):
+    """What the mshare row would show with huge pages of `huge_page` bytes: page tables per
+    worker, worked out as the kernel lays them out."""
+    # One 4 KiB page-table page maps 1 GiB with 2 MiB pages. The region starts on a GiB, so
+    # with hugetlb every whole GiB's table is shared and only the last, partial one (the
+    # bookkeeping after the bytes always makes one) is each worker's own; with thp every
+    # GiB the mapping touches has a table per worker.
+    gibs = size // GiB + 1
+    fewer_faults = max(1, huge_page // row["page_size"])
+    return [
+        f"  hugetlb  {format_size(huge_page)} pages: page tables ~4 KiB per worker instead of "
+        f"{row['pagetables_kib']:,.0f} KiB (the whole GiBs' tables shared between processes), "
+        f"{fewer_faults}x fewer page faults to attach and touch",
+        f"  thp      {format_size(huge_page)} pages: page tables ~{4 * gibs} KiB per worker, "
+        f"{fewer_faults}x fewer page faults",
+    ]
+
+
 def advice(row, size):
     if row["backend"] == "hugetlb":
         return ["mshare used hugetlbfs: the workers share its page tables, and a new process "
                 "has the whole region usable in milliseconds."]
-    pool_gib = size // GiB + 1
+    mshare_command = _mshare_command()
     if row["backend"] == "thp":
         lines = ["mshare used transparent huge pages: page tables ~512x smaller.",
-                 "hugetlbfs would share them between processes outright (~0 KiB per worker)."]
+                 "hugetlbfs would share them between processes outright (~4 KiB per worker)."]
     else:
-        lines = [f"mshare used {row['backend']} with {format_size(row['page_size'])} pages "
-                 "(no huge pages here), so it costs what shared_memory costs. With huge pages:",
-                 "  hugetlb  page tables shared between processes (~0 KiB per worker), a new "
-                 "process ready in milliseconds",
-                 "  thp      page tables ~512x smaller (a tmpfs mounted huge=within_size)"]
-    return lines + [
-        "See what this machine offers and the exact commands to enable it: mshare doctor",
-        f"As root: mshare mount --hugepages {pool_gib}G   (or by hand: "
-        f"sysctl vm.nr_hugepages={pool_gib * 512}; "
-        "mount -t hugetlbfs -o mode=1777 none /dev/hugepages)",
-        "then: python -m mshare demo --hugepages hugetlb",
-    ]
+        lines = [f"mshare used {row['backend']} with {format_size(row['page_size'])} pages, "
+                 "so it costs what shared_memory costs."]
+        huge_page = huge_page_size()
+        if huge_page:
+            lines += ["With huge pages this machine's table would show:"]
+            lines += with_huge_pages(row, size, huge_page)
+    # mshare doctor's view of the machine: why each huge-page backend is out, and the fix.
+    missing = [(kind, choice) for kind, choice in candidates(size, bookkeeping_length)
+               if isinstance(choice, Unavailable)]
+    if not missing:
+        return lines + [f"Huge pages are set up here: {mshare_command} demo --hugepages auto "
+                        "uses them."]
+    lines += ["Not here: " + "; ".join(f"{kind}: {choice.reason}" for kind, choice in missing)
+              + f" ({mshare_command} doctor says more)."]
+    # A fix reads "mshare mount ... (or: the same by hand)": the first is the one command.
+    mounts = [choice.fix.split(" (or:")[0].removeprefix("mshare ") for _, choice in missing
+              if choice.fix.startswith("mshare mount")]
+    if mounts:
+        lines += [f"One command enables them, as root: sudo {mshare_command} {mounts[0]}",
+                  f"then: {mshare_command} demo --hugepages hugetlb"]
+    return lines
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -335,6 +428,7 @@ def run(args):
     say(f"mshare demo: a {format_size(size)} region, {args.workers} workers, "
         f"hugepages={args.hugepages} (this machine: {os.cpu_count()} CPUs, "
         f"{format_size(_meminfo_kib('MemAvailable') * 1024)} available)")
+    say(WHAT_IT_BUYS)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     workers, contenders, rows = Workers(), [], []
     try:
@@ -360,7 +454,7 @@ def run(args):
                 contenders.pop().remove()
         signal.signal(signal.SIGTERM, previous_sigterm)
     say("")
-    for line in table(rows, args.workers) + [""] + advice(rows[0], size):
+    for line in table(rows, args.workers) + [""] + pointer_story(rows) + [""] + advice(rows[0], size):
         say(line)
     return 0
 

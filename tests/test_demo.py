@@ -1,5 +1,6 @@
-"""`python -m mshare demo`, run as a user would: its table's numbers, and nothing left behind,
-also after a real Ctrl-C."""
+"""`python -m mshare demo`, run as a user would: its table's numbers, the pointer its workers
+follow, what it says on a machine without huge pages, and nothing left behind, also after a
+real Ctrl-C."""
 
 import os
 import re
@@ -10,9 +11,22 @@ from pathlib import Path
 
 import pytest
 
+from hugepage_fixtures import require_root
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 SHM = "/dev/shm"
-ROW = re.compile(r"^(mshare|shared_memory)\s+(\w+)\s+(\S+)\s+([\d.]+) ms\s+(-?[\d,]+) KiB\s+(yes|no)$")
+ROW = re.compile(r"^(mshare|shared_memory)\s+(\w+)\s+(\S+)\s+([\d.]+) ms\s+(-?[\d,]+) KiB\s+(yes|no)\s+(yes|no)$")
+# Run inside a mount namespace of its own: unmount every hugetlbfs and huge-page tmpfs there
+# (nowhere else), then run the demo, as on a machine where nobody set huge pages up.
+WITHOUT_HUGE_PAGES = """
+import os, subprocess, sys
+for line in reversed(open("/proc/self/mountinfo").read().splitlines()):
+    fields, (fstype, _, options) = line.split(" - ")[0].split(), line.split(" - ")[1].partition(" ")
+    huge_tmpfs = fstype == "tmpfs" and "huge=" in options and "huge=never" not in options
+    if fstype == "hugetlbfs" or huge_tmpfs:
+        subprocess.run(["umount", "--lazy", fields[4]], check=True)
+os.execv(sys.executable, [sys.executable, "-m", "mshare", "demo", *sys.argv[1:]])
+"""
 
 
 def environment():
@@ -22,11 +36,12 @@ def environment():
     return dict(os.environ, PYTHONPATH=":".join(paths))
 
 
-def start_demo(*arguments):
+def start_demo(*arguments, command=None):
     # A session of its own, so the test can signal it the way a terminal would.
     return subprocess.Popen(
-        [sys.executable, "-m", "mshare", "demo", *arguments], cwd="/", env=environment(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        (command or [sys.executable, "-m", "mshare", "demo"]) + list(arguments), cwd="/",
+        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
 
 
 def rows_of(output):
@@ -34,9 +49,10 @@ def rows_of(output):
     for line in output.splitlines():
         match = ROW.match(line.strip())
         if match:
-            label, backend, page_size, ms, kib, same = match.groups()
+            label, backend, page_size, ms, kib, same, pointer = match.groups()
             rows[label] = {"backend": backend, "page_size": page_size, "ms": float(ms),
-                           "kib": float(kib.replace(",", "")), "same_address": same == "yes"}
+                           "kib": float(kib.replace(",", "")), "same_address": same == "yes",
+                           "pointer_works": pointer == "yes"}
     return rows
 
 
@@ -79,10 +95,16 @@ def test_demo_table_numbers(registry_path, backend):
     assert demo.returncode == 0, errors
 
     assert "a 256M region, 4 workers" in output
+    assert "A fixed address means that a pointer one process stores in a region is valid" in output
     assert all(f"worker {n}/4 attached" in output for n in range(1, 5))
     rows = rows_of(output)
     assert set(rows) == {"mshare", "shared_memory"}, output
     assert rows["mshare"]["same_address"] is True
+    # Every mshare worker followed the creator's pointer to its message; in shared_memory's
+    # workers the same number points outside their mapping, and they say so.
+    assert rows["mshare"]["pointer_works"] is True
+    assert rows["shared_memory"]["pointer_works"] is False
+    assert "every mshare worker followed it to the message" in output
     assert rows["mshare"]["backend"] == backend.name, output
     assert rows["shared_memory"]["page_size"] == "4K"
     # 256 MiB in 4 KiB pages needs 512 KiB of page tables in every worker that maps it.
@@ -92,7 +114,9 @@ def test_demo_table_numbers(registry_path, backend):
     if backend.name == "shm":
         assert rows["mshare"]["page_size"] == "4K", output
         assert 256 <= rows["mshare"]["kib"] <= 2048, output
-        assert "mshare doctor" in output
+        # --hugepages off: what huge pages would show, and how to get them here.
+        assert "With huge pages this machine's table would show:" in output
+        assert "demo --hugepages auto uses them" in output or "One command enables them" in output
     else:
         # 2 MiB pages (shared PMD tables with hugetlb, 512 times fewer entries with thp):
         # a worker adds at most a table page or two.
@@ -122,4 +146,30 @@ def test_ctrl_c_leaves_nothing_behind(registry_path, phase):
     assert "interrupted" in errors
     assert "Traceback" not in errors
     assert demo_processes(tag) == []
+    assert left_in_shm(before, registry_path, tag) == set()
+
+
+def test_without_huge_pages_it_shows_what_they_would_give_and_the_command(registry_path):
+    require_root()
+    before = set(os.listdir(SHM))
+    demo = start_demo("--size", "256M", "--workers", "2", command=[
+        "unshare", "--mount", "--propagation", "private", sys.executable, "-c", WITHOUT_HUGE_PAGES])
+    output, errors = demo.communicate(timeout=300)
+    assert demo.returncode == 0, errors
+
+    rows = rows_of(output)
+    assert rows["mshare"]["backend"] == "shm", output
+    measured = rows["mshare"]["kib"]
+    # The figures huge pages would give, worked out for this region and this machine's page
+    # size, next to the measured 4 KiB-page figure; then why they are missing and the command.
+    assert (f"hugetlb  2M pages: page tables ~4 KiB per worker instead of {measured:,.0f} KiB"
+            in output), output
+    assert "thp      2M pages: page tables ~4 KiB per worker, 512x fewer page faults" in output
+    # Why, in the backends' own words (as mshare doctor gives them).
+    assert re.search(r"^Not here: hugetlb: [^;]+; thp: .+ doctor says more\)\.$", output, re.MULTILINE), output
+    mshare_script = os.path.join(os.path.dirname(sys.executable), "mshare")
+    assert re.search(rf"One command enables them, as root: sudo {re.escape(mshare_script)} "
+                     r"mount --hugepages \d+M$", output, re.MULTILINE), output
+    assert f"then: {mshare_script} demo --hugepages hugetlb" in output
+    tag = tag_of(next(line for line in output.splitlines() if line.startswith("[1/2]")))
     assert left_in_shm(before, registry_path, tag) == set()
