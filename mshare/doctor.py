@@ -17,7 +17,7 @@ from mshare.backends.selection import candidates
 from mshare.backends.shm import SHM_DIRECTORY
 from mshare.operations import bookkeeping_length
 from mshare.registry import registry_root
-from mshare.units import format_size, size_argument
+from mshare.units import format_size
 
 
 def _owner(uid):
@@ -114,7 +114,7 @@ def system_section():
     ]
 
 
-def choice_section(size):
+def choice_section(size, command):
     lines = [f'for a {format_size(size)} region, hugepages="auto" would choose:']
     fixes = []
     chosen = None
@@ -129,16 +129,21 @@ def choice_section(size):
     lines.append(f"  shm: yes - 4K pages in {SHM_DIRECTORY}")
     lines.append(f"  => {chosen or 'shm (4K pages)'}")
     if fixes:
-        lines += ["", "to enable what is missing, as root:"] + [f"  {fix}" for fix in dict.fromkeys(fixes)]
+        # The backends word their fixes as "mshare mount ..."; sudo resets PATH, so the
+        # command is named by the path it was run by.
+        lines += ["", "to enable what is missing (as root):"] + [
+            f"  sudo {command}{fix[len('mshare'):]}" if fix.startswith("mshare ") else f"  {fix}"
+            for fix in dict.fromkeys(fixes)]
     return lines
 
 
-def report(size):
-    """The doctor's findings as lines of text."""
+def report(size, command="mshare"):
+    """The doctor's findings as lines of text; ``command`` is how its advice names the
+    ``mshare`` command (the command line passes the full path it was run by)."""
     lines = ["mshare doctor: what this machine offers for shared memory", ""]
     for section in (pools_section(), hugetlbfs_section(), thp_section(), system_section()):
         lines += section + [""]
-    return lines + choice_section(size) + ray_section()
+    return lines + choice_section(size, command) + ray_section()
 
 
 def ray_section():
@@ -148,9 +153,3 @@ def ray_section():
     notes = doctor_notes()
     return ["", "Ray is installed:"] + [f"  {note}" for note in notes] if notes else []
 
-
-def add_parser(commands):
-    parser = commands.add_parser("doctor", help="what this machine offers, and how to enable huge pages")
-    parser.add_argument("--size", type=size_argument, default=1 << 30,
-                        help="region size to choose a backend for (default 1G)")
-    parser.set_defaults(handler=lambda args: print("\n".join(report(args.size))))
