@@ -54,7 +54,7 @@ def _long_row(region: ListedRegion) -> List[str]:
     if not isinstance(region, RegionInfo):
         return [mode, owner, group, "?", "?", "?", "?", "?", "?",
                 f"{printable(region.name)}  ({printable(region.status)})"]
-    created = datetime.datetime.fromtimestamp(region.created).isoformat(sep=" ", timespec="minutes")
+    created = datetime.datetime.fromtimestamp(region.created).isoformat(timespec="minutes")
     return [mode, owner, group, format_size(region.size), f"{region.addr:#x}",
             format_size(region.page_size), region.backend, str(region.attached), created,
             printable(region.name)]
