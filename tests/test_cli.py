@@ -197,7 +197,6 @@ def test_doctor_advice_names_the_command_by_its_path(registry_path):
 
 
 def test_shell_completion_offers_region_names(make_region, name, tmp_path):
-    pytest.importorskip("argcomplete")
     script = mshare_command("completion", "bash")
     assert script.returncode == 0 and "complete " in script.stdout and "mshare" in script.stdout
     make_region(f"{name}-x", 4096)
