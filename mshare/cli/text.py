@@ -43,7 +43,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
 def this_command() -> str:
     """How to run the ``mshare`` being run now, as a full path: ``sudo`` resets ``PATH``,
     so ``sudo mshare`` would not find a virtual environment's ``mshare``."""
-    program = sys.argv[0] if sys.argv and sys.argv[0] else "mshare"
+    program = sys.argv[0] if sys.argv else ""
+    if program in ("", "-c"):  # main() called from python -c: no command to name
+        return "mshare"
     if os.path.basename(program) == "__main__.py":  # python -m mshare
         return shlex.join([sys.executable, "-m", "mshare"])
     if os.sep not in program:
