@@ -25,7 +25,6 @@ def _argument_type(parse, validate):
             return validate(parse(text))
         except (TypeError, ValueError) as error:
             raise argparse.ArgumentTypeError(str(error)) from None
-    convert.__name__ = validate.__name__.replace("validate_", "")  # argparse names it in errors
     return convert
 
 
@@ -131,12 +130,11 @@ def command_rm(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             mshare.unlink(name)
-        except FileNotFoundError as error:
-            if not args.force:
-                print(f"mshare rm: {error.strerror}", file=sys.stderr)
-                failed = True
         except OSError as error:
-            print(f"mshare rm: {printable(name)}: {error.strerror or error}", file=sys.stderr)
+            if isinstance(error, FileNotFoundError) and args.force:
+                continue
+            # The library's messages name the region, and whose it is.
+            print(f"mshare rm: {printable(error.strerror or str(error))}", file=sys.stderr)
             failed = True
     return 1 if failed else 0
 

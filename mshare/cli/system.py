@@ -54,7 +54,7 @@ def command_completion(args: argparse.Namespace) -> None:
     print(argcomplete.shellcode(["mshare"], shell=args.shell), end="")
 
 
-def add_parsers(commands: Any) -> None:
+def add_parsers(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from mshare import demo
 
     gc = commands.add_parser("gc", help="remove what crashed processes left behind")
