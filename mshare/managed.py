@@ -18,7 +18,7 @@ valid everywhere: ``ctypes`` structures allocated there can point at each other.
 """
 
 import errno
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
@@ -87,8 +87,10 @@ class ManagedMemory:
         """
         self._writable("free()").free(addr)
 
-    def array(self, name: str, shape: Union[int, Tuple[int, ...], None] = None,
-              dtype: "numpy.typing.DTypeLike" = None, *, exist_ok: bool = False) -> "numpy.ndarray":
+    def array(
+        self, name: str, shape: Union[int, Tuple[int, ...], None] = None,
+        dtype: "numpy.typing.DTypeLike" = None, *, exist_ok: bool = False,
+    ) -> "numpy.typing.NDArray[Any]":
         """A named numpy array inside the region, zero copy, at one address everywhere.
 
         With ``shape`` it is created (zero-filled when the region is new, ``dtype``

@@ -15,7 +15,7 @@ crash rules are in ``mshare._queue``.
 import contextlib
 import errno
 import queue as stdlib_queue
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from mshare._queue import HEADER_BYTES, QUEUE_KIND, SlotRing, slot_stride
 from mshare._waiting import KINDS
@@ -95,7 +95,7 @@ class Queue:
 
     @contextlib.contextmanager
     def reserve(self, shape: "int | tuple[int, ...]", dtype: "numpy.typing.DTypeLike",
-                timeout: Optional[float] = None) -> "Iterator[numpy.ndarray]":
+                timeout: Optional[float] = None) -> "Iterator[numpy.typing.NDArray[Any]]":
         """A free slot as an array of ``shape`` and ``dtype`` to fill in place; published
         when the block ends, dropped (never delivered) if it ends in an exception."""
         import numpy
@@ -118,7 +118,7 @@ class Queue:
         self._ring.publish(index)
 
     @contextlib.contextmanager
-    def get(self, timeout: Optional[float] = None) -> "Iterator[numpy.ndarray]":
+    def get(self, timeout: Optional[float] = None) -> "Iterator[numpy.typing.NDArray[Any]]":
         """The oldest item as a read-only, zero-copy array valid inside the block; the slot
         is freed when the block ends. ``queue.Empty`` when ``timeout`` seconds pass."""
         item = self._ring.claim_for_reading(_deadline(timeout))
@@ -133,12 +133,12 @@ class Queue:
             view = None
             self._ring.release(index)
 
-    def get_copy(self, timeout: Optional[float] = None) -> "numpy.ndarray":
+    def get_copy(self, timeout: Optional[float] = None) -> "numpy.typing.NDArray[Any]":
         """The oldest item, copied out of its slot (the slot is freed at once)."""
         with self.get(timeout) as item:
             return item.copy()
 
-    def get_nowait(self) -> "numpy.ndarray":
+    def get_nowait(self) -> "numpy.typing.NDArray[Any]":
         return self.get_copy(timeout=0)
 
     def _checked_view(self, addr, nbytes, dtype, shape):

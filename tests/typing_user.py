@@ -8,6 +8,7 @@ import uuid
 from typing import List
 
 import numpy as np
+import numpy.typing as npt
 
 import mshare
 import mshare.ray
@@ -25,7 +26,7 @@ def regions(name: str) -> List[str]:
             counter[0] += 1
         block: int = region.alloc(64)
         region.free(block)
-        view: np.ndarray = region.ndarray(np.uint8, (16,), offset=0)
+        view: npt.NDArray[np.uint8] = region.ndarray(np.uint8, (16,), offset=0)
         ready = region.event("ready")
         ready.set()
         assert ready.wait(timeout=1) and ready.is_set()
@@ -34,7 +35,7 @@ def regions(name: str) -> List[str]:
             items.notify_all()
         frames: Queue = region.queue("frames", 4, 4096)
         frames.put(np.arange(4, dtype=np.int32))
-        received: np.ndarray = frames.get_copy(timeout=1)
+        received: npt.NDArray[np.int32] = frames.get_copy(timeout=1)
         kinds = region.objects()
         names: List[str] = region.names()
         region.delete("counter")
