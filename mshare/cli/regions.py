@@ -7,7 +7,7 @@ import fnmatch
 import json
 import stat
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import mshare
 from mshare.backends.selection import CHOICES
@@ -18,9 +18,13 @@ from mshare.registry import registry_root
 from mshare.units import format_size, parse_size
 
 
-def _argument_type(parse, validate):
+_Parsed = TypeVar("_Parsed")
+
+
+def _argument_type(parse: Callable[[str], _Parsed],
+                   validate: Callable[[_Parsed], _Parsed]) -> Callable[[str], _Parsed]:
     """An argparse type: a value ``validate`` refuses is a usage error (exit code 2)."""
-    def convert(text):
+    def convert(text: str) -> _Parsed:
         try:
             return validate(parse(text))
         except (TypeError, ValueError) as error:
