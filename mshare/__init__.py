@@ -6,6 +6,19 @@
 >>> mshare.unlink("cache")
 """
 
+import importlib.util as _importlib_util
+import os as _os
+
+# A source checkout on sys.path (the working directory) shadows the installed package
+# and has no compiled core: say so, instead of failing on the first compiled import.
+if _importlib_util.find_spec("mshare._core") is None and _os.path.exists(
+        _os.path.join(_os.path.dirname(__file__), "_core.pyx")):
+    raise ImportError(
+        f"you are importing mshare from its source tree at {_os.path.dirname(__file__)} where "
+        "the compiled core is not built; run from another directory or `pip install .`",
+        name="mshare", path=__file__)
+del _importlib_util, _os
+
 from mshare.errors import (
     AddressConflictError,
     CorruptBookkeepingError,
@@ -18,7 +31,7 @@ from mshare.errors import (
     UnsafeRegistryError,
 )
 from mshare.garbage import GcReport, gc
-from mshare.info import RegionInfo
+from mshare.info import RegionInfo, UnreadableRegion
 from mshare.operations import attach, create, info, unlink
 from mshare.operations import list_regions
 
@@ -44,6 +57,7 @@ __all__ = [
     "RegionFullError",
     "RegionInfo",
     "RegionStats",
+    "UnreadableRegion",
     "UnsafeRegistryError",
     "attach",
     "create",

@@ -11,6 +11,7 @@ never a read outside the slot.
 """
 
 import struct
+from typing import Any, Iterable, Optional
 
 _ENCODING = "utf8"
 _ALIGNMENT = 8
@@ -55,7 +56,8 @@ class ShareableListLayout:
 
     _block_class = None
 
-    def __init__(self, sequence=None, *, name=None, **block_options):
+    def __init__(self, sequence: Optional[Iterable[Any]] = None, *, name: Optional[str] = None,
+                 **block_options: Any) -> None:
         if name is None or sequence is not None:
             sequence = tuple(sequence or ())
             formats = [_format_of(item) for item in sequence]
@@ -139,7 +141,7 @@ class ShareableListLayout:
                              f"damaged type code {code}")
         return _BACK_TRANSFORMS[code]
 
-    def __getitem__(self, position):
+    def __getitem__(self, position: int) -> Any:
         try:
             position = self._position(position)
         except IndexError:
@@ -148,7 +150,7 @@ class ShareableListLayout:
         (value,) = struct.unpack_from(self._get_packing_format(position), self.shm.buf, offset)
         return self._get_back_transform(position)(value)
 
-    def __setitem__(self, position, value):
+    def __setitem__(self, position: int, value: Any) -> None:
         try:
             position = self._position(position)
         except IndexError:
@@ -172,7 +174,7 @@ class ShareableListLayout:
                          _recreation_code(value))
         struct.pack_into(new_format, buf, offset, encoded_value)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._list_len
 
     def __repr__(self):
@@ -207,11 +209,11 @@ class ShareableListLayout:
     def _offset_back_transform_codes(self):
         return self._offset_packing_formats + self._list_len * _FIELD
 
-    def count(self, value):
+    def count(self, value: Any) -> int:
         """L.count(value) -> integer -- return number of occurrences of value."""
         return sum(value == entry for entry in self)
 
-    def index(self, value):
+    def index(self, value: Any) -> int:
         """L.index(value) -> integer -- return first index of value.
         Raises ValueError if the value is not present."""
         for position, entry in enumerate(self):

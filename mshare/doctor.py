@@ -8,6 +8,7 @@ a page of anonymous memory.
 import os
 import platform
 import pwd
+from typing import List
 
 from mshare import addresses, machine, pagetables
 from mshare._core import kernel_features
@@ -17,33 +18,33 @@ from mshare.backends.selection import candidates
 from mshare.backends.shm import SHM_DIRECTORY
 from mshare.operations import bookkeeping_length
 from mshare.registry import registry_root
-from mshare.units import format_size, size_argument
+from mshare.units import format_size
 
 
-def _owner(uid):
+def _owner(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _yes(flag):
+def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _directory(path):
+def _directory(path: str) -> str:
     info = os.stat(path)
     return (f"mode {info.st_mode & 0o7777:04o}, owner {_owner(info.st_uid)}, "
             f"you may write: {_yes(machine.writable(path))}")
 
 
-def _space(path):
+def _space(path: str) -> str:
     info = os.statvfs(path)
     return (f"size {format_size(info.f_blocks * info.f_frsize)}, "
             f"{format_size(info.f_bavail * info.f_frsize)} free")
 
 
-def pools_section():
+def pools_section() -> List[str]:
     lines = ["hugetlb pools (/sys/kernel/mm/hugepages):"]
     pools = machine.pools()
     if not pools:
@@ -59,7 +60,7 @@ def pools_section():
     return lines
 
 
-def hugetlbfs_section():
+def hugetlbfs_section() -> List[str]:
     lines = ["hugetlbfs mounts:"]
     found = machine.visible_mounts(machine.HUGETLBFS)
     for mount in found:
@@ -74,7 +75,7 @@ def hugetlbfs_section():
     return lines + ([] if found else ["  none"])
 
 
-def thp_section():
+def thp_section() -> List[str]:
     shmem_enabled = machine.thp_setting("shmem_enabled")
     if shmem_enabled is None:
         return ["transparent huge pages: not in this kernel"]
@@ -94,7 +95,7 @@ def thp_section():
     return lines
 
 
-def system_section():
+def system_section() -> List[str]:
     features = kernel_features()
     start, end = addresses.arena()
     stats = pagetables.pagetable_stats()
@@ -114,7 +115,7 @@ def system_section():
     ]
 
 
-def choice_section(size):
+def choice_section(size: int, command: str) -> List[str]:
     lines = [f'for a {format_size(size)} region, hugepages="auto" would choose:']
     fixes = []
     chosen = None
@@ -129,28 +130,27 @@ def choice_section(size):
     lines.append(f"  shm: yes - 4K pages in {SHM_DIRECTORY}")
     lines.append(f"  => {chosen or 'shm (4K pages)'}")
     if fixes:
-        lines += ["", "to enable what is missing, as root:"] + [f"  {fix}" for fix in dict.fromkeys(fixes)]
+        # The backends word their fixes as "mshare mount ..."; sudo resets PATH, so the
+        # command is named by the path it was run by.
+        lines += ["", "to enable what is missing (as root):"] + [
+            f"  sudo {command}{fix[len('mshare'):]}" if fix.startswith("mshare ") else f"  {fix}"
+            for fix in dict.fromkeys(fixes)]
     return lines
 
 
-def report(size):
-    """The doctor's findings as lines of text."""
+def report(size: int, command: str = "mshare") -> List[str]:
+    """The doctor's findings as lines of text; ``command`` is how its advice names the
+    ``mshare`` command (the command line passes the full path it was run by)."""
     lines = ["mshare doctor: what this machine offers for shared memory", ""]
     for section in (pools_section(), hugetlbfs_section(), thp_section(), system_section()):
         lines += section + [""]
-    return lines + choice_section(size) + ray_section()
+    return lines + choice_section(size, command) + ray_section()
 
 
-def ray_section():
+def ray_section() -> List[str]:
     """Sizing advice for Ray's object store, which shares /dev/shm (only when Ray is installed)."""
     from mshare.ray.sizing import doctor_notes
 
     notes = doctor_notes()
     return ["", "Ray is installed:"] + [f"  {note}" for note in notes] if notes else []
 
-
-def add_parser(commands):
-    parser = commands.add_parser("doctor", help="what this machine offers, and how to enable huge pages")
-    parser.add_argument("--size", type=size_argument, default=1 << 30,
-                        help="region size to choose a backend for (default 1G)")
-    parser.set_defaults(handler=lambda args: print("\n".join(report(args.size))))

@@ -1,34 +1,33 @@
-"""``RegionInfo``: what ``info()`` and ``list()`` tell about a region."""
+"""What ``info()`` and ``list()`` tell about a region: ``RegionInfo`` for an entry the
+caller can read, ``UnreadableRegion`` for one it may not read or that is damaged."""
 
+import os
 import stat
 from dataclasses import dataclass
-from typing import Optional
+from typing import Union
+
+from mshare.entry import Entry
 
 
 @dataclass(frozen=True)
 class RegionInfo:
-    """A region as the registry describes it.
-
-    Fields that come from the entry's contents are ``None`` when the caller may not read
-    the entry (``status == "no access"``) or the entry is damaged (``status`` starts
-    with ``"corrupt"``); ``name``, ``mode``, ``uid`` and ``gid`` always come from ``stat``.
-    """
+    """A region as its registry entry describes it, with the entry's owner and mode."""
 
     name: str
-    addr: Optional[int]
-    size: Optional[int]
+    addr: int
+    size: int
     mode: int
     uid: int
     gid: int
-    page_size: Optional[int]
-    backend: Optional[str]
-    creator_pid: Optional[int]
-    created: Optional[float]
-    attached: Optional[int] = None
+    page_size: int
+    backend: str
+    creator_pid: int
+    created: float
+    attached: int
     status: str = "ok"
 
     @classmethod
-    def from_entry(cls, name, entry, entry_stat, attached):
+    def from_entry(cls, name: str, entry: Entry, entry_stat: os.stat_result, attached: int) -> "RegionInfo":
         return cls(
             name=name, addr=entry.addr, size=entry.size,
             mode=stat.S_IMODE(entry_stat.st_mode), uid=entry_stat.st_uid, gid=entry_stat.st_gid,
@@ -36,10 +35,25 @@ class RegionInfo:
             created=entry.created, attached=attached,
         )
 
+
+@dataclass(frozen=True)
+class UnreadableRegion:
+    """A region ``list()`` found but could not read: only what ``stat`` tells.
+
+    ``status`` says why: ``"no access"`` when the caller may not read the entry, or
+    ``"corrupt: ..."`` when the entry is damaged."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    status: str
+
     @classmethod
-    def from_stat(cls, name, entry_stat, status):
-        return cls(
-            name=name, addr=None, size=None, mode=stat.S_IMODE(entry_stat.st_mode),
-            uid=entry_stat.st_uid, gid=entry_stat.st_gid, page_size=None, backend=None,
-            creator_pid=None, created=None, attached=None, status=status,
-        )
+    def from_stat(cls, name: str, entry_stat: os.stat_result, status: str) -> "UnreadableRegion":
+        return cls(name=name, mode=stat.S_IMODE(entry_stat.st_mode), uid=entry_stat.st_uid,
+                   gid=entry_stat.st_gid, status=status)
+
+
+# What ``list()`` returns for each entry; tell the two apart with ``isinstance``.
+ListedRegion = Union[RegionInfo, UnreadableRegion]

@@ -18,11 +18,20 @@ valid everywhere: ``ctypes`` structures allocated there can point at each other.
 """
 
 import errno
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
 from mshare.errors import CorruptBookkeepingError
 from mshare.queues import find_or_create as find_or_create_queue
+
+if TYPE_CHECKING:
+    import numpy
+    import numpy.typing
+
+    from mshare._shared import RegionLock
+    from mshare._waiting import Condition, Event
+    from mshare.queues import Queue
 
 
 class ManagedMemory:
@@ -38,7 +47,7 @@ class ManagedMemory:
     # then costs two attribute reads and the lock's one atomic operation.
     _lock_forever = None
 
-    def lock(self, timeout=None):
+    def lock(self, timeout: Optional[float] = None) -> "RegionLock":
         """The region's lock: shared by every process, survives its holder's death, not re-entrant.
 
         A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
@@ -78,7 +87,10 @@ class ManagedMemory:
         """
         self._writable("free()").free(addr)
 
-    def array(self, name: str, shape=None, dtype=None, *, exist_ok: bool = False):
+    def array(
+        self, name: str, shape: Union[int, Tuple[int, ...], None] = None,
+        dtype: "numpy.typing.DTypeLike" = None, *, exist_ok: bool = False,
+    ) -> "numpy.typing.NDArray[Any]":
         """A named numpy array inside the region, zero copy, at one address everywhere.
 
         With ``shape`` it is created (zero-filled when the region is new, ``dtype``
@@ -116,11 +128,11 @@ class ManagedMemory:
             return self._view(name, found, dtype, shape)
         return self._view(name, (addr, nbytes, dtype.str, shape), None, None)
 
-    def names(self) -> list:
+    def names(self) -> List[str]:
         """Names of the region's named objects (arrays, events, conditions), sorted."""
         return self._bookkeeping.named()
 
-    def objects(self) -> dict:
+    def objects(self) -> Dict[str, str]:
         """Each named object's name and kind: ``"array"``, ``"event"`` or ``"condition"``."""
         bookkeeping = self._bookkeeping
         kinds = {}
@@ -130,7 +142,7 @@ class ManagedMemory:
                 kinds[name] = KINDS.get(found[2], "array")
         return kinds
 
-    def queue(self, name: str, slots=None, slot_size=None):
+    def queue(self, name: str, slots: Optional[int] = None, slot_size: Optional[int] = None) -> "Queue":
         """The named queue ``name``: made with ``slots`` slots of ``slot_size`` bytes, found
         with the name alone (``FileNotFoundError`` if absent). See ``mshare.queues``.
 
@@ -139,7 +151,7 @@ class ManagedMemory:
         """
         return find_or_create_queue(self, name, slots, slot_size)
 
-    def event(self, name: str):
+    def event(self, name: str) -> "Event":
         """The process-shared event ``name``, made (clear) if the region has none.
 
         Like ``threading.Event``: ``set()``, ``clear()``, ``is_set()``, and ``wait(timeout)``,
@@ -152,7 +164,7 @@ class ManagedMemory:
         """
         return find_or_create(self._writable("event()"), name, EVENT_KIND)
 
-    def condition(self, name: str):
+    def condition(self, name: str) -> "Condition":
         """The process-shared condition ``name``, made if the region has none; used with the
         region's lock, like ``threading.Condition``.
 

@@ -29,7 +29,7 @@ import subprocess
 
 from mshare import machine
 from mshare.backends import hugetlb, thp
-from mshare.units import format_size, size_argument
+from mshare.units import format_size
 
 RUN_DIR_ENVIRONMENT = "MSHARE_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/mshare"
@@ -123,7 +123,7 @@ def mount(hugepages=None, page_size=None, report=print):
     """Set up hugetlbfs, a huge-page tmpfs and (with ``hugepages`` bytes) the pool.
 
     Returns the exit status: 1 when the kernel could not grow the pool far enough."""
-    _require_root("mount")
+    _require_root()
     page_size = page_size or machine.default_huge_page_size()
     if page_size is None or page_size not in machine.pools():
         sizes = ", ".join(format_size(size) for size in machine.pools()) or "none"
@@ -186,7 +186,7 @@ def _grow_pool(state, page_size, wanted_bytes, report):
 
 def umount(report=print):
     """Undo exactly what ``mount`` recorded; refuse while regions live in its mounts."""
-    _require_root("umount")
+    _require_root()
     state = load_state()
     if not state["mounts"] and not any(state["pool_pages"].values()):
         report("nothing to undo: mshare mount set nothing up in this boot")
@@ -239,24 +239,8 @@ def _run(command):
         raise OSError(f"{' '.join(command)} failed: {result.stderr.strip() or result.returncode}")
 
 
-def _require_root(what):
+def _require_root():
     if os.geteuid() != 0:
         raise PermissionError(
-            errno.EPERM, "only root may mount file systems and size the kernel's huge page "
-                         f"pool (run: sudo mshare {what})")
-
-
-# -- command line -----------------------------------------------------------------------
-
-
-def add_parser(commands):
-    mount_parser = commands.add_parser(
-        "mount", help="(root) set up hugetlbfs, a huge-page tmpfs and the huge page pool")
-    mount_parser.add_argument("--hugepages", type=size_argument, metavar="SIZE",
-                              help="grow the pool until at least SIZE is free (e.g. 4G)")
-    mount_parser.add_argument("--page-size", type=size_argument, metavar="SIZE",
-                              help="huge page size: 2M (default) or 1G where the CPU has them")
-    mount_parser.set_defaults(handler=lambda args: mount(args.hugepages, args.page_size))
-    umount_parser = commands.add_parser("umount", help="(root) undo exactly what mshare mount did")
-    umount_parser.set_defaults(handler=lambda args: umount())
+            errno.EPERM, "only root may mount file systems and size the kernel's huge page pool")
 

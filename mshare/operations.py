@@ -20,7 +20,7 @@ from mshare.backends import get_backend
 from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
-from mshare.info import RegionInfo
+from mshare.info import ListedRegion, RegionInfo, UnreadableRegion
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Undo, signals_deferred
 from mshare.procmaps import describe_occupant
@@ -277,8 +277,9 @@ def info(name: str) -> RegionInfo:
                                      registry.attach_count(entry.addr, entry.end))
 
 
-def list_regions() -> List[RegionInfo]:
-    """Every region of the registry, sorted by name; never fails because of one entry."""
+def list_regions() -> List[ListedRegion]:
+    """Every region of the registry, sorted by name; never fails because of one entry: one
+    the caller may not read, or that is damaged, is an ``UnreadableRegion``."""
     attachments.release_pending()
     with Registry() as registry:
         found = []
@@ -289,13 +290,13 @@ def list_regions() -> List[RegionInfo]:
                 continue
             except PermissionError:
                 try:
-                    found.append(RegionInfo.from_stat(name, registry.stat_entry(name), "no access"))
+                    found.append(UnreadableRegion.from_stat(name, registry.stat_entry(name), "no access"))
                 except FileNotFoundError:
                     pass
                 continue
             except CorruptEntryError as error:
                 try:
-                    found.append(RegionInfo.from_stat(
+                    found.append(UnreadableRegion.from_stat(
                         name, registry.stat_entry(name), f"corrupt: {error.strerror}"))
                 except FileNotFoundError:
                     pass

@@ -15,11 +15,16 @@ crash rules are in ``mshare._queue``.
 import contextlib
 import errno
 import queue as stdlib_queue
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from mshare._queue import HEADER_BYTES, QUEUE_KIND, SlotRing, slot_stride
 from mshare._waiting import KINDS
 from mshare.errors import CorruptBookkeepingError
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
+
+if TYPE_CHECKING:
+    import numpy
+    import numpy.typing
 
 
 def find_or_create(region, name, slots, slot_size):
@@ -73,7 +78,7 @@ class Queue:
         return (f"<mshare queue {self.name!r}: {self.slots} slots of {self.slot_size} bytes "
                 f"in {self._region.name!r}>")
 
-    def put(self, data, timeout=None):
+    def put(self, data: "numpy.typing.ArrayLike", timeout: Optional[float] = None) -> None:
         """Copy ``data`` (bytes-like or a numpy array) into a free slot and publish it;
         ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
         import numpy
@@ -85,11 +90,12 @@ class Queue:
         with self.reserve(source.shape, source.dtype, timeout=timeout) as slot:
             slot[...] = source
 
-    def put_nowait(self, data):
+    def put_nowait(self, data: "numpy.typing.ArrayLike") -> None:
         self.put(data, timeout=0)
 
     @contextlib.contextmanager
-    def reserve(self, shape, dtype, timeout=None):
+    def reserve(self, shape: "int | tuple[int, ...]", dtype: "numpy.typing.DTypeLike",
+                timeout: Optional[float] = None) -> "Iterator[numpy.typing.NDArray[Any]]":
         """A free slot as an array of ``shape`` and ``dtype`` to fill in place; published
         when the block ends, dropped (never delivered) if it ends in an exception."""
         import numpy
@@ -112,7 +118,7 @@ class Queue:
         self._ring.publish(index)
 
     @contextlib.contextmanager
-    def get(self, timeout=None):
+    def get(self, timeout: Optional[float] = None) -> "Iterator[numpy.typing.NDArray[Any]]":
         """The oldest item as a read-only, zero-copy array valid inside the block; the slot
         is freed when the block ends. ``queue.Empty`` when ``timeout`` seconds pass."""
         item = self._ring.claim_for_reading(_deadline(timeout))
@@ -127,12 +133,12 @@ class Queue:
             view = None
             self._ring.release(index)
 
-    def get_copy(self, timeout=None):
+    def get_copy(self, timeout: Optional[float] = None) -> "numpy.typing.NDArray[Any]":
         """The oldest item, copied out of its slot (the slot is freed at once)."""
         with self.get(timeout) as item:
             return item.copy()
 
-    def get_nowait(self):
+    def get_nowait(self) -> "numpy.typing.NDArray[Any]":
         return self.get_copy(timeout=0)
 
     def _checked_view(self, addr, nbytes, dtype, shape):

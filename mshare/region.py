@@ -3,7 +3,7 @@
 import math
 import stat
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mshare import attachments, pagetables
 from mshare._core import PAGE_SIZE, MappedBuffer
@@ -12,6 +12,7 @@ from mshare.managed import ManagedMemory
 
 if TYPE_CHECKING:
     import numpy
+    import numpy.typing
 
 
 class _AttachedBuffer(MappedBuffer):
@@ -123,7 +124,8 @@ class Region(ManagedMemory):
 
     # -- using it ------------------------------------------------------------------------
 
-    def ndarray(self, dtype, shape=None, offset: int = 0) -> "numpy.ndarray":
+    def ndarray(self, dtype: "numpy.typing.DTypeLike", shape: "int | tuple[int, ...] | None" = None,
+                offset: int = 0) -> "numpy.typing.NDArray[Any]":
         """A zero-copy numpy array over the region's bytes from ``offset``.
 
         Without ``shape`` the array is 1-D and fills the rest of the region. Writable

@@ -34,8 +34,8 @@ from mshare import addresses, entry as entry_format, faults
 from mshare.backends import BACKENDS, get_backend
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
 from mshare.owned import Undo, create_file, open_descriptor, signals_deferred
+from mshare.registry_root import default_root
 
-DEFAULT_ROOT = "/dev/shm/mshare"
 INFO_FILE = "mshare_info"
 LOCK_FILE = ".lock"
 RANGE_PREFIX = ".range-"
@@ -50,8 +50,9 @@ opened_paths = set()
 
 
 def registry_root():
-    """The registry directory in use: ``$MSHARE_ROOT`` or ``/dev/shm/mshare``."""
-    return os.environ.get("MSHARE_ROOT") or DEFAULT_ROOT
+    """The registry directory in use: ``$MSHARE_ROOT``, else the shared registry or, for a
+    user while root has not made that one, a private one (``mshare.registry_root``)."""
+    return os.environ.get("MSHARE_ROOT") or default_root()
 
 
 def range_file_name(start, end):

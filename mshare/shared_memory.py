@@ -18,6 +18,7 @@ import types
 from functools import partial
 from multiprocessing import managers
 from multiprocessing.managers import dispatch
+from typing import Any, Iterable, Optional
 
 import mshare
 from mshare import _shared_memory_tracker
@@ -65,8 +66,9 @@ class SharedMemory:
     _mode = 0o600
     _prepend_leading_slash = True
 
-    def __init__(self, name=None, create=False, size=0, *, track=True, mode=None,
-                 hugepages="auto", readonly=False):
+    def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
+                 track: bool = True, mode: Optional[int] = None, hugepages: str = "auto",
+                 readonly: bool = False) -> None:
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
         if create:
@@ -142,13 +144,14 @@ class SharedMemory:
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
 
     @property
-    def buf(self):
-        """A memoryview of exactly ``size`` bytes; ``None`` once closed."""
+    def buf(self) -> memoryview:
+        """A memoryview of exactly ``size`` bytes; ``None`` once closed (typed as the
+        stdlib's is, so that code written for it checks unchanged)."""
         # Asked of the region each time: a refused close() gives the region a new one.
-        return None if self._region is None else self._region.buf
+        return None if self._region is None else self._region.buf  # type: ignore[return-value]
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The block's name, as other processes pass it to attach."""
         reported_name = self._name
         if self._prepend_leading_slash and reported_name.startswith("/"):
@@ -156,21 +159,21 @@ class SharedMemory:
         return reported_name
 
     @property
-    def size(self):
+    def size(self) -> int:
         """Exactly the bytes asked for at create (never rounded up to pages)."""
         return self._size
 
     @property
-    def addr(self):
+    def addr(self) -> int:
         """The block's start address: the same number in every process."""
         return self._addr
 
     @property
-    def region(self):
+    def region(self) -> Optional[mshare.Region]:
         """The ``mshare.Region`` underneath (``None`` once closed)."""
         return self._region
 
-    def close(self):
+    def close(self) -> None:
         """Release this handle; the block lives on until unlinked.
 
         Raises ``BufferError`` naming what to release, and stays open, while arrays or
@@ -181,7 +184,7 @@ class SharedMemory:
         self._region.close()
         self._region = None
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove the block's name; mappings stay valid until closed.
 
         Call it once across all handles; a second call raises ``FileNotFoundError``.
@@ -240,11 +243,11 @@ class SharedMemoryManager(managers.SharedMemoryManager):
 
     _Server = SharedMemoryServer
 
-    def SharedMemory(self, size):
+    def SharedMemory(self, size: int) -> SharedMemory:
         """A new block of ``size`` bytes, unlinked when the manager shuts down."""
         return self._tracked_by_server(partial(SharedMemory, None, create=True, size=size))
 
-    def ShareableList(self, sequence):
+    def ShareableList(self, sequence: Iterable[Any]) -> ShareableList:
         """A new ``ShareableList`` of ``sequence``, unlinked when the manager shuts down."""
         return self._tracked_by_server(partial(ShareableList, sequence))
 

@@ -13,6 +13,7 @@ from helpers import (
     child_python_path,
     huge_page_objects_of,
     prepare_world_readable_site,
+    remove_world_readable_copies,
     shm_objects_of,
 )
 
@@ -26,6 +27,10 @@ def _base_directory():
     os.makedirs(BASE, exist_ok=True)
     os.chmod(BASE, 0o755)
     yield
+    try:
+        os.rmdir(BASE)
+    except OSError:
+        pass  # another session's registries are still in it
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,11 +63,13 @@ def name():
 
 @pytest.fixture(scope="session")
 def user_site():
-    """A copy of mshare and posix_ipc that unprivileged children can import."""
+    """A copy of mshare and posix_ipc that unprivileged children can import (and of this
+    interpreter if they could not run it), removed when the session ends."""
     if os.geteuid() != 0:
         pytest.skip("tests that drop to other users need root")
     prepare_world_readable_site()
-    return WORLD_READABLE_SITE
+    yield WORLD_READABLE_SITE
+    remove_world_readable_copies()
 
 
 def _assert_clean(path):

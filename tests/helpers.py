@@ -11,11 +11,14 @@ import textwrap
 import mshare
 
 SHM = "/dev/shm"
-# One copy per checkout, so that test sessions of different checkouts can run side by side.
-WORLD_READABLE_SITE = "/tmp/mshare-tests/site-" + hashlib.blake2b(
-    os.path.dirname(mshare.__file__).encode(), digest_size=4).hexdigest()
-# The default interpreter may live under a 0700 home; this one any user can run.
-SYSTEM_PYTHON = "/usr/bin/python3"
+# One copy per checkout, so that test sessions of different checkouts can run side by side;
+# the session removes it at its end (conftest).
+_CHECKOUT = hashlib.blake2b(os.path.dirname(mshare.__file__).encode(), digest_size=4).hexdigest()
+WORLD_READABLE_SITE = f"/tmp/mshare-tests/site-{_CHECKOUT}"
+# This interpreter's installation, copied where any user can run it when it lives under a
+# home only root may enter (pyenv in /root): children of other users must run the very
+# Python the compiled modules were built for.
+WORLD_READABLE_PYTHON = f"/tmp/mshare-tests/python-{_CHECKOUT}"
 
 
 def shm_objects_of(registry_id):
@@ -101,7 +104,45 @@ def _interpreter_for(user, env):
         return sys.executable, environment
     environment["PYTHONPATH"] = WORLD_READABLE_SITE
     environment.pop("PYTHONHOME", None)
-    return SYSTEM_PYTHON, environment
+    interpreter = _interpreter_anyone_runs()
+    if interpreter.startswith(WORLD_READABLE_PYTHON):
+        # A copied interpreter built with a shared libpython must load the copy of it.
+        environment["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [os.path.join(WORLD_READABLE_PYTHON, "lib"), environment.get("LD_LIBRARY_PATH", "")])
+    return interpreter, environment
+
+
+def _interpreter_anyone_runs():
+    """This interpreter where it is, if every user can run it; else its world-readable copy."""
+    executable = os.path.realpath(sys.executable)
+    if _world_usable(executable) and _world_usable(os.path.realpath(sys.base_prefix)):
+        return executable
+    return os.path.join(WORLD_READABLE_PYTHON, "bin", os.path.basename(executable))
+
+
+def _world_usable(path):
+    """True when any user may read and enter (or run) ``path`` and enter every directory above."""
+    while True:
+        if os.stat(path).st_mode & 0o005 != 0o005:
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
+
+
+def _copy_interpreter():
+    """Copy this interpreter's installation (its binary, libpython and standard library;
+    not its site-packages or tests) to ``WORLD_READABLE_PYTHON``."""
+    prefix = os.path.realpath(sys.base_prefix)
+    shutil.rmtree(WORLD_READABLE_PYTHON, ignore_errors=True)
+    executable = os.path.realpath(sys.executable)
+    os.makedirs(os.path.join(WORLD_READABLE_PYTHON, "bin"))
+    shutil.copy2(executable, os.path.join(WORLD_READABLE_PYTHON, "bin", os.path.basename(executable)))
+    shutil.copytree(os.path.join(prefix, "lib"), os.path.join(WORLD_READABLE_PYTHON, "lib"),
+                    symlinks=True, ignore=shutil.ignore_patterns(
+                        "site-packages", "test", "tests", "idlelib", "tkinter", "ensurepip",
+                        "__pycache__", "*.a", "pkgconfig"))
+    _make_world_readable(WORLD_READABLE_PYTHON)
 
 
 def _imported_by_children():
@@ -120,7 +161,8 @@ def _imported_by_children():
 
 
 def prepare_world_readable_site():
-    """Copy mshare, posix_ipc and numpy where any user can import them (idempotent)."""
+    """Copy mshare, posix_ipc and numpy where any user can import them, and this
+    interpreter where any user can run it unless it is so already (idempotent)."""
     if os.path.isdir(os.path.join(WORLD_READABLE_SITE, "mshare")):
         shutil.rmtree(WORLD_READABLE_SITE)
     os.makedirs(WORLD_READABLE_SITE)
@@ -133,11 +175,26 @@ def prepare_world_readable_site():
                             ignore=shutil.ignore_patterns("__pycache__", "tests"))
         else:
             shutil.copy(source, WORLD_READABLE_SITE)
-    for root, directories, files in os.walk(WORLD_READABLE_SITE):
+    _make_world_readable(WORLD_READABLE_SITE)
+    os.chmod(os.path.dirname(WORLD_READABLE_SITE), 0o755)
+    if _interpreter_anyone_runs() != os.path.realpath(sys.executable):
+        _copy_interpreter()
+
+
+def remove_world_readable_copies():
+    """Remove what ``prepare_world_readable_site`` made."""
+    for path in (WORLD_READABLE_SITE, WORLD_READABLE_PYTHON):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_world_readable(top):
+    """Everyone may read everything under ``top`` and run what its owner may run."""
+    for root, directories, files in os.walk(top):
         os.chmod(root, 0o755)
         for file in files:
-            os.chmod(os.path.join(root, file), 0o644)
-    os.chmod(os.path.dirname(WORLD_READABLE_SITE), 0o755)
+            path = os.path.join(root, file)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
 
 
 def run_threads(target, count, timeout=300):

@@ -88,7 +88,7 @@ MUTATIONS = (
              "        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)",
              ("test_gc.py",), "gc frees address ranges processes still map"),
     Mutation("listing: 'no access' entries dropped", "operations.py",
-             'found.append(RegionInfo.from_stat(name, registry.stat_entry(name), "no access"))',
+             'found.append(UnreadableRegion.from_stat(name, registry.stat_entry(name), "no access"))',
              'registry.stat_entry(name)',
              ("test_permissions.py",), "list() hides regions the caller may not read"),
 )

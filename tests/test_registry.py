@@ -88,7 +88,8 @@ def test_damaged_entry_is_refused_listed_and_removable(registry_path, name, dama
     with pytest.raises(mshare.CorruptEntryError):
         mshare.info(name)
     (listed,) = mshare.list()
-    assert listed.name == name and listed.status.startswith("corrupt") and listed.addr is None
+    assert isinstance(listed, mshare.UnreadableRegion)
+    assert listed.name == name and listed.status.startswith("corrupt")
     mshare.unlink(name)
     assert name not in os.listdir(registry_path)
     # The data object could not be identified from the damaged entry: sweep it here.

@@ -1,0 +1,36 @@
+from typing import Callable, Final, Literal, TypeVar, overload
+
+from mshare._shared import Bookkeeping
+
+# The values, so that find_or_create's result type follows from the kind.
+EVENT_KIND: Final = "~event"
+CONDITION_KIND: Final = "~condition"
+KINDS: Final[dict[str, str]]
+WORD_BLOCK: Final[int]
+
+_T = TypeVar("_T")
+
+class Waitable:
+    @property
+    def name(self) -> str: ...
+
+class Event(Waitable):
+    def is_set(self) -> bool: ...
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+class Condition(Waitable):
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T: ...
+    def notify(self, n: int = 1) -> None: ...
+    def notify_all(self) -> None: ...
+
+@overload
+def find_or_create(
+    bookkeeping: Bookkeeping, name: str, kind: Literal["~event"], create: bool = True
+) -> Event: ...
+@overload
+def find_or_create(
+    bookkeeping: Bookkeeping, name: str, kind: Literal["~condition"], create: bool = True
+) -> Condition: ...
