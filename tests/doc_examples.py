@@ -31,7 +31,7 @@ import pytest
 from sybil import Document, Region
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, RawFencedCodeBlockLexer
 
-NOT_RUN = {"sh", "text"}
+NOT_RUN = {"sh", "console", "text"}
 _BLOCKS = RawFencedCodeBlockLexer(info_pattern=re.compile(r"(?P<language>[^\n]*)$\n", re.MULTILINE))
 _MARKS = DirectiveInHTMLCommentLexer(directive="example", arguments=r"[^\n]+?")
 _OUTPUT = doctest.OutputChecker()
