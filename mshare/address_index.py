@@ -130,6 +130,11 @@ class AddressIndex:
         self.users = users
         self.rebuild()
 
+    def fresh(self):
+        """True when a file of the index records the registry directory as it is now."""
+        stamp = self._directory_stamp()
+        return any(index.stamp == stamp for index in self.users.values())
+
     def _directory_stamp(self):
         info = os.fstat(self.registry.dir_fd)
         return info.st_mtime_ns, info.st_size, info.st_nlink
@@ -268,6 +273,8 @@ class AddressIndex:
         """Write every changed user's file (and this user's, which records the directory
         as it is now); remove the index once it holds nothing."""
         user = os.geteuid()
+        if not self.dirty and self.fresh():
+            return
         writable = {owner for owner in self.dirty | {user} if user in (0, owner)}
         if all(index.empty() for index in self.users.values()):
             self._remove_all(writable)
@@ -286,8 +293,10 @@ class AddressIndex:
         except FileNotFoundError:
             return
         with directory:
-            for owner in writable:
-                self._remove_quietly(str(owner), directory.fd)
+            # Root removes every user's (empty) file; others only their own.
+            names = os.listdir(directory.fd) if os.geteuid() == 0 else map(str, writable)
+            for file_name in names:
+                self._remove_quietly(file_name, directory.fd)
         try:
             os.rmdir(INDEX_DIRECTORY, dir_fd=self.registry.dir_fd)
         except OSError:
@@ -316,10 +325,11 @@ class AddressIndex:
             if not stat.S_ISREG(info.st_mode) or info.st_uid != index.owner:
                 raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} is not a file of uid "
                                    f"{index.owner}; remove it")
-            written = 0
-            while written < len(data):
-                written += os.pwrite(descriptor.fd, data[written:], written)
-            os.ftruncate(descriptor.fd, len(data))
+            with signals_deferred():  # so that Ctrl-C never leaves it half written
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(descriptor.fd, data[written:], written)
+                os.ftruncate(descriptor.fd, len(data))
         index.stamp, index.file_uid = stamp, index.owner
 
     def _open_or_make_directory(self):

@@ -49,9 +49,9 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Where every registry this process opened lives, as the kernel names it: a forked
 # child closes the lock and range-file descriptors it inherited from these.
 opened_paths = set()
-# Registry directories (device, inode) this process has opened and checked, with their
-# id: the id, the real path and the info file are the same on every later open.
-_known_directories = {}
+# (path, (device, inode)) of the registry directories already in ``opened_paths``: a
+# directory made anew under the same path may reuse the inode, but not both.
+_known_directories = set()
 
 
 def registry_root():
@@ -82,16 +82,14 @@ class Registry:
         try:
             info = os.fstat(self.dir_fd)
             self.identity = (info.st_dev, info.st_ino)
-            known = _known_directories.get(self.identity)
-            if known is None:
-                # Data objects carry this id, so two registries never share one.
-                registry_id = hashlib.blake2b(
-                    f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
-                ).hexdigest()
+            # Data objects carry this id, so two registries never share one.
+            self.registry_id = hashlib.blake2b(
+                f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
+            ).hexdigest()
+            if (self.path, self.identity) not in _known_directories:
                 opened_paths.add(os.readlink(f"/proc/self/fd/{self.dir_fd}"))
-                self._ensure_info_file()
-                known = _known_directories[self.identity] = registry_id
-            self.registry_id = known
+                _known_directories.add((self.path, self.identity))
+            self._ensure_info_file()
             self.index = AddressIndex(self)
         except BaseException:
             self.close()
@@ -154,6 +152,11 @@ class Registry:
         finally:
             try:
                 self.index.save()
+            except OSError:
+                # What is not saved is only ranges gone or pending (bits are written
+                # before their range file is made), and the directory has changed since
+                # the index was written, so the next holder of the lock rebuilds it.
+                pass
             finally:
                 self.index.users = None
 
