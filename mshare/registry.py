@@ -15,6 +15,9 @@ Layout of ``MSHARE_ROOT`` (default ``/dev/shm/mshare``, mode 1777 like ``/tmp``)
     every user's ``create`` sees every region's range, even of regions it may not read.
     Each process that maps the region holds a shared ``flock`` on it, which is how
     attachers are counted and how a range still mapped after ``unlink`` stays reserved.
+``.index/UID``
+    the address index (``mshare.address_index``): which GiBs each user's range files
+    take, so that ``create`` never reads every range file.
 ``.tmp-ID``
     an entry being written; it becomes visible only through an atomic ``link``.
 
