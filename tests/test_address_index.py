@@ -6,8 +6,11 @@ import os
 import sys
 from contextlib import contextmanager
 
+import pytest
+
 import mshare
 from consistency import INDEX_DIRECTORY, assert_clean, assert_index_covers_ranges
+from people import STRANGER
 
 # Audit events that touch the file system by name or read a directory.
 FILE_EVENTS = ("open", "os.listdir", "os.scandir")
@@ -110,3 +113,41 @@ def test_an_index_missing_its_ranges_is_rebuilt_from_them(registry_path, name):
         assert_index_covers_ranges(registry_path)
     for region_name in (name, "second"):
         mshare.unlink(region_name)
+
+
+def _plant_index_file(registry_path, file_name, content, owner):
+    directory = os.path.join(registry_path, INDEX_DIRECTORY)
+    os.makedirs(directory, exist_ok=True)
+    os.chmod(directory, 0o1777)
+    path = os.path.join(directory, file_name)
+    with open(path, "wb") as planted:
+        planted.write(content)
+    os.chown(path, owner, owner)
+    return path
+
+
+def test_another_users_garbage_in_the_index_costs_a_rebuild_not_a_range(registry_path, name):
+    if os.geteuid() != 0:
+        pytest.skip("planting another user's file needs root")
+    mshare.create(name, 4096).close()
+    first = mshare.info(name)
+    planted = _plant_index_file(registry_path, str(STRANGER), b"MSIX" + b"\xff" * 60, STRANGER)
+    with mshare.create("second", 4096) as second:
+        assert second.addr != first.addr
+    assert_index_covers_ranges(registry_path)
+    for region_name in (name, "second"):
+        mshare.unlink(region_name)
+    # With the last range, root's unlink took every file of the index away, garbage too.
+    assert not os.path.exists(planted)
+
+
+def test_an_index_file_under_this_users_name_but_anothers_is_refused_cleanly(registry_path, name):
+    if os.geteuid() != 0:
+        pytest.skip("planting another user's file needs root")
+    mshare.list()
+    _plant_index_file(registry_path, str(os.geteuid()), b"", STRANGER)
+    with pytest.raises(mshare.UnsafeRegistryError, match=f"{INDEX_DIRECTORY}/0 is not a file of uid 0"):
+        mshare.create(name, 4096)
+    # Nothing of the region was made (and root, finding the index empty, removed it).
+    assert [f for f in os.listdir(registry_path) if f.startswith(".range-") or f == name] == []
+    assert not os.path.exists(os.path.join(registry_path, INDEX_DIRECTORY))
