@@ -1,6 +1,7 @@
 PAGE_SIZE: int
 
 def kernel_features() -> dict[str, bool]: ...
+def address_range_free(addr: int, length: int) -> bool: ...
 
 class Mapping:
     addr: int

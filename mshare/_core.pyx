@@ -234,3 +234,26 @@ def kernel_features():
     finally:
         munmap(page, length)
     return {"MAP_FIXED_NOREPLACE": noreplace, "MADV_POPULATE": populate}
+
+
+def address_range_free(uintptr_t addr, size_t length):
+    """True when nothing of this process is mapped in ``[addr, addr + length)``.
+
+    Two system calls (an inaccessible anonymous mapping placed there with
+    ``MAP_FIXED_NOREPLACE``, then removed) instead of reading ``/proc/self/maps``; the
+    answer may change the moment it is given, and ``Mapping.map_fixed`` still refuses an
+    address that became taken.
+    """
+    cdef void *result
+    cdef int err
+    with nogil:
+        result = mmap(<void *>addr, length, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        err = errno
+    if result == MAP_FAILED:
+        if err == EEXIST:
+            return False
+        raise_errno(err)
+    munmap(result, length)
+    # Kernels before 4.17 take the flag for a hint and answer elsewhere when taken.
+    return <uintptr_t>result == addr

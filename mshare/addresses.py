@@ -45,24 +45,6 @@ def check_requested(addr, length):
         )
 
 
-def first_fit(length, taken):
-    """Lowest aligned start in the arena where ``length`` bytes avoid every taken range.
-
-    ``taken`` is an iterable of ``(start, end)``; returns ``None`` when the arena is full.
-    """
-    arena_start, arena_end = arena()
-    candidate = arena_start
-    for start, end in sorted(taken):
-        if end <= candidate:
-            continue
-        if start >= candidate + length:
-            break
-        candidate = round_up(end, ALIGNMENT)
-    if candidate + length > arena_end:
-        return None
-    return candidate
-
-
 def own_mappings():
     """This process's mappings as ``(start, end)`` pairs (they block allocation too)."""
     return [(r.start, r.end) for r in mapped_ranges()]

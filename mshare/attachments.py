@@ -164,12 +164,10 @@ def _release_range_if_unlinked(registry_path, claim):
     if get_backend(claim.backend).exists(claim.location):
         return True
     try:
-        with Registry(registry_path) as registry:
-            lock = registry.try_locked()
-            if lock is None:
+        with Registry(registry_path) as registry, registry.try_locked() as locked:
+            if not locked:
                 return False
-            with lock:
-                registry.release_range_if_unused(claim)
+            registry.release_range_if_unused(claim)
     except OSError:
         pass  # the registry itself may be gone; gc sweeps what is left
     return True

@@ -92,5 +92,6 @@ def remove_data(registry, entry, entry_stat):
         faults.point("unlink:data-removed")
     claim, owner = registry.recorded_range(entry.addr, entry.end)
     if (claim is not None and owner == entry_stat.st_uid
-            and (claim.backend, claim.location) == (entry.backend, entry.location)):
-        registry.release_range_if_unused(claim)
+            and (claim.backend, claim.location) == (entry.backend, entry.location)
+            and not registry.release_range_if_unused(claim)):
+        registry.keep_pending(claim, owner)

@@ -16,6 +16,7 @@ ENVIRONMENT_VARIABLE = "MSHARE_FAULT"
 # In the order each operation reaches them; tests iterate over this tuple.
 STEPS = (
     "create:locked",          # registry lock held, name checked free
+    "create:indexed",         # range's bits in the address index, no range file yet
     "create:range-opened",    # range file created, still empty
     "create:range-claimed",   # range file written
     "create:data-created",    # data object made and its space reserved

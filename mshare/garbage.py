@@ -8,7 +8,8 @@ can leave:
 - entries whose data object vanished;
 - temporary files of an interrupted create;
 - address-range files that nobody maps and whose data object is gone, or that a create
-  killed before writing them left empty.
+  killed before writing them left empty;
+- address-index bits of ranges that are gone (the index is rebuilt from the range files).
 
 Never removed: anything a readable entry refers to, anything a process maps (its attach
 mark is held), and whatever the caller may not remove (in the sticky registry and
@@ -16,6 +17,7 @@ mark is held), and whatever the caller may not remove (in the sticky registry an
 holds the registry lock throughout, so no create or unlink is half-way while it looks.
 """
 
+import errno
 import fcntl
 import os
 import re
@@ -69,6 +71,10 @@ def gc(*, dry_run: bool = False) -> GcReport:
         sweep.data_objects()
         sweep.temporary_files()
         sweep.ranges()
+        if not dry_run:
+            # Made anew from the range files that are left, so bits a crash left behind
+            # (or ranges planted by hand) are right again; written as the lock goes.
+            registry.index.rebuild()
         return sweep.report
 
 
@@ -155,7 +161,7 @@ class _Sweep:
             except FileNotFoundError:
                 continue
             self._remove("temporary file", path, "left by an interrupted create", owner,
-                         lambda file_name=file_name: os.unlink(file_name, dir_fd=registry.dir_fd))
+                         lambda file_name=file_name: _remove_temporary(file_name, registry.dir_fd))
 
     def ranges(self):
         registry = self.registry
@@ -210,6 +216,19 @@ def _alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def _remove_temporary(file_name, dir_fd):
+    """Remove a temporary file, or the empty temporary directory the address index is
+    made in (a planted non-empty one stays)."""
+    try:
+        os.unlink(file_name, dir_fd=dir_fd)
+    except IsADirectoryError:
+        try:
+            os.rmdir(file_name, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
 
 
 def _owner(path):

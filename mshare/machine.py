@@ -1,13 +1,18 @@
 """What this machine offers for huge pages: its mounts, its hugetlb pools and its
 transparent-huge-page settings.
 
-Everything is read from ``/proc`` and ``/sys`` on every call, never cached: an
-administrator may mount, unmount or resize a pool at any moment, and a decision made on
-stale facts would point a region at a file system that is no longer there.
+Everything is read from ``/proc`` and ``/sys`` on every call, never cached, with one
+exception that is exactly as fresh: an administrator may mount, unmount or resize a pool
+at any moment, and a decision made on stale facts would point a region at a file system
+that is no longer there. The mount table is parsed again only when the kernel says it
+changed (``/proc/self/mountinfo`` polls ``POLLPRI`` after every mount and unmount in the
+namespace, see proc(5)), which spares every huge-page attach two reads of it.
 """
 
 import os
 import re
+import select
+import threading
 from typing import Dict, List, NamedTuple, Optional
 
 HUGETLBFS = "hugetlbfs"
@@ -34,21 +39,64 @@ class Mount(NamedTuple):
         return self.options.get("huge", "never")
 
 
+class _MountTable:
+    """The parsed mount table of one process and mount namespace, kept with the open
+    ``mountinfo`` it came from: that descriptor reports any later change as ``POLLPRI``."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.owner = None  # (pid, mount namespace inode) the table belongs to
+        self.file = None
+        self.poll = None
+        self.mounts = []
+
+    def current(self):
+        # One thread at a time: the poll that reports a change also consumes it, so
+        # another thread must not return the old table meanwhile.
+        with self.lock:
+            owner = (os.getpid(), os.stat("/proc/self/ns/mnt").st_ino)
+            if owner != self.owner or self.poll.poll(0):
+                self._reread(owner)
+            return self.mounts
+
+    def forget_lock(self):
+        """In a forked child: the lock may have been held by a parent thread."""
+        self.lock = threading.Lock()
+
+    def _reread(self, owner):
+        if self.file is not None:
+            self.file.close()
+        self.owner = None
+        self.file = open("/proc/self/mountinfo")
+        self.poll = select.poll()
+        self.poll.register(self.file, select.POLLPRI)
+        # A change from here on makes the next poll report it.
+        self.mounts = _parse_mounts(self.file)
+        self.owner = owner
+
+
+_table = _MountTable()
+os.register_at_fork(after_in_child=_table.forget_lock)
+
+
 def mounts() -> List[Mount]:
     """The mounts of this process's mount namespace, in mount order."""
+    return list(_table.current())
+
+
+def _parse_mounts(table):
     found = []
-    with open("/proc/self/mountinfo") as table:
-        for line in table:
-            # ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-            before, _, after = line.rstrip("\n").partition(" - ")
-            fields, tail = before.split(" "), after.split(" ")
-            major, minor = (int(part) for part in fields[2].split(":"))
-            options = {}
-            for option in (fields[5] + "," + (tail[2] if len(tail) > 2 else "")).split(","):
-                key, _, value = option.partition("=")
-                if key:
-                    options[key] = value
-            found.append(Mount(_unescape(fields[4]), tail[0], os.makedev(major, minor), options))
+    for line in table:
+        # ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        before, _, after = line.rstrip("\n").partition(" - ")
+        fields, tail = before.split(" "), after.split(" ")
+        major, minor = (int(part) for part in fields[2].split(":"))
+        options = {}
+        for option in (fields[5] + "," + (tail[2] if len(tail) > 2 else "")).split(","):
+            key, _, value = option.partition("=")
+            if key:
+                options[key] = value
+        found.append(Mount(_unescape(fields[4]), tail[0], os.makedev(major, minor), options))
     return found
 
 

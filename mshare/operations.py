@@ -13,7 +13,7 @@ import time
 from typing import List, Optional
 
 from mshare import addresses, attachments, binding, faults
-from mshare._core import Mapping
+from mshare._core import Mapping, address_range_free
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.attachments import Attachment, data_identity
 from mshare.backends import get_backend
@@ -25,7 +25,7 @@ from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import Registry, range_file_name
+from mshare.registry import Registry, range_file_name, range_marks
 
 
 def bookkeeping_length(page_size):
@@ -104,6 +104,8 @@ def create(
             initialize_bookkeeping(mapping, entry)
             registry.publish(name, entry.pack(), mode, region_id, undo)
             faults.point("create:published")
+            # Now, while a failure can still undo the create, rather than as the lock goes.
+            registry.index.save()
             entry_stat = registry.stat_entry(name)
             # Registered before the registry lock is released, so that a concurrent
             # attach from another thread shares this mapping instead of mapping again.
@@ -201,23 +203,27 @@ def _map_entry(registry, name, entry, data, key, writable):
 
 
 def _allocate(registry, length, requested):
-    """Pick (or check) a start address; called with the registry locked."""
-    taken = [
-        (claim.start, claim.end)
-        for claim in registry.ranges()
-        if not registry.release_range_if_unused(claim)
-    ]
-    taken += addresses.own_mappings()
+    """Pick (or check) a start address; called with the registry locked.
+
+    The address index says which ranges the registry holds; this process's own mappings
+    are looked up (``/proc/self/maps``) only when the address picked turns out taken here.
+    """
+    index = registry.index
     if requested is not None:
-        for start, end in taken:
-            if start < requested + length and requested < end:
-                raise AddressConflictError(
-                    f"address range {requested:#x}-{requested + length:#x} overlaps "
-                    f"{start:#x}-{end:#x}, taken by a live region or "
-                    f"{describe_occupant(requested, requested + length)}"
-                )
+        if index.overlaps(requested, requested + length):
+            raise AddressConflictError(
+                f"address range {requested:#x}-{requested + length:#x} overlaps a range taken "
+                f"by a live region (or one still mapped after unlink)"
+            )
+        if not address_range_free(requested, length):
+            raise AddressConflictError(
+                f"address range {requested:#x}-{requested + length:#x} overlaps "
+                f"{describe_occupant(requested, requested + length)} in this process"
+            )
         return requested
-    start = addresses.first_fit(length, taken)
+    start = index.first_free(length)
+    if start is not None and not address_range_free(start, length):
+        start = index.first_free(length, also_taken=addresses.own_mappings())
     if start is None:
         arena_start, arena_end = addresses.arena()
         raise MshareError(
@@ -283,6 +289,7 @@ def list_regions() -> List[ListedRegion]:
     attachments.release_pending()
     with Registry() as registry:
         found = []
+        marks = range_marks()
         for name in registry.names():
             try:
                 entry, entry_stat = registry.read_entry(name)
@@ -302,7 +309,7 @@ def list_regions() -> List[ListedRegion]:
                     pass
                 continue
             found.append(RegionInfo.from_entry(name, entry, entry_stat,
-                                               registry.attach_count(entry.addr, entry.end)))
+                                               registry.attach_count(entry.addr, entry.end, marks)))
         return found
 
 

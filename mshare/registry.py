@@ -15,6 +15,9 @@ Layout of ``MSHARE_ROOT`` (default ``/dev/shm/mshare``, mode 1777 like ``/tmp``)
     every user's ``create`` sees every region's range, even of regions it may not read.
     Each process that maps the region holds a shared ``flock`` on it, which is how
     attachers are counted and how a range still mapped after ``unlink`` stays reserved.
+``.index/UID``
+    the address index (``mshare.address_index``): which GiBs each user's range files
+    take, so that ``create`` never reads every range file.
 ``.tmp-ID``
     an entry being written; it becomes visible only through an atomic ``link``.
 
@@ -31,8 +34,10 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from mshare import addresses, entry as entry_format, faults
+from mshare.address_index import AddressIndex
 from mshare.backends import BACKENDS, get_backend
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
+from mshare.fileio import read_at_most, unlink_quietly, write_all
 from mshare.owned import Undo, create_file, open_descriptor, signals_deferred
 from mshare.registry_root import default_root
 
@@ -47,6 +52,9 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Where every registry this process opened lives, as the kernel names it: a forked
 # child closes the lock and range-file descriptors it inherited from these.
 opened_paths = set()
+# (path, (device, inode)) of the registry directories already in ``opened_paths``: a
+# directory made anew under the same path may reuse the inode, but not both.
+_known_directories = set()
 
 
 def registry_root():
@@ -77,13 +85,16 @@ class Registry:
         self._directory = _open_directory(self.path)
         try:
             info = os.fstat(self.dir_fd)
+            self.identity = (info.st_dev, info.st_ino)
             # Data objects carry this id, so two registries never share one.
             self.registry_id = hashlib.blake2b(
                 f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
             ).hexdigest()
-            self.identity = (info.st_dev, info.st_ino)
-            opened_paths.add(os.readlink(f"/proc/self/fd/{self.dir_fd}"))
+            if (self.path, self.identity) not in _known_directories:
+                opened_paths.add(os.readlink(f"/proc/self/fd/{self.dir_fd}"))
+                _known_directories.add((self.path, self.identity))
             self._ensure_info_file()
+            self.index = AddressIndex(self)
         except BaseException:
             self.close()
             raise
@@ -107,21 +118,51 @@ class Registry:
     def locked(self, exclusive=True):
         """Hold the registry lock: exclusive for changes, shared for attaching.
 
-        The wait can be interrupted (Ctrl-C): the descriptor goes with the exception, and
-        the lock with it."""
+        The exclusive lock comes with the address index loaded and pending ranges swept;
+        the index is written back before the lock goes. The wait can be interrupted
+        (Ctrl-C): the descriptor goes with the exception, and the lock with it."""
         with self._open_public_file(LOCK_FILE, b"") as lock:
             fcntl.flock(lock.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
+            if not exclusive:
+                yield
+                return
+            with self._index_session():
+                yield
 
+    @contextmanager
     def try_locked(self):
-        """The exclusive registry lock if it is free now, else ``None`` (never waits)."""
-        lock = self._open_public_file(LOCK_FILE, b"")
+        """The exclusive lock, as ``locked()`` gives it, if it is free now: yields True,
+        or False (holding nothing) when another process has it. Never waits."""
+        with self._open_public_file(LOCK_FILE, b"") as lock:
+            try:
+                fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            with self._index_session():
+                yield True
+
+    @contextmanager
+    def _index_session(self):
+        """The address index loaded (and pending ranges released) for the duration, then
+        saved; nested sessions share the outer one. Call with the exclusive lock held."""
+        if self.index.users is not None:
+            yield
+            return
+        self.index.load()
         try:
-            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            return None
-        return lock
+            self.release_pending_ranges()
+            yield
+        finally:
+            try:
+                self.index.save()
+            except OSError:
+                # What is not saved is only ranges gone or pending (bits are written
+                # before their range file is made), and the directory has changed since
+                # the index was written, so the next holder of the lock rebuilds it.
+                pass
+            finally:
+                self.index.users = None
 
     # -- entries -------------------------------------------------------------------
 
@@ -175,7 +216,7 @@ class Registry:
             info = os.fstat(descriptor.fd)
             if not stat.S_ISREG(info.st_mode):
                 raise CorruptEntryError(f"registry entry {name!r} is not a regular file", name)
-            data = _read_at_most(descriptor.fd, entry_format.MAX_ENTRY_BYTES + 1)
+            data = read_at_most(descriptor.fd, entry_format.MAX_ENTRY_BYTES + 1)
         return self.parse_entry(name, data), info
 
     def parse_entry(self, name, data):
@@ -202,9 +243,9 @@ class Registry:
         temp_name = TEMP_PREFIX + region_id
         with Undo() as temporary:
             with create_file(temporary, temp_name, _CREATE_FLAGS, 0o600,
-                             lambda: _unlink_quietly(temp_name, self.dir_fd),
+                             lambda: unlink_quietly(temp_name, self.dir_fd),
                              dir_fd=self.dir_fd) as temp:
-                _write_all(temp.fd, data)
+                write_all(temp.fd, data)
                 os.fchmod(temp.fd, mode)
             faults.point("create:entry-written")
             try:
@@ -228,19 +269,43 @@ class Registry:
 
     # -- address ranges ------------------------------------------------------------
 
+    def range_file_names(self):
+        """Names of the range files present (one listing of the directory)."""
+        return [name for name in os.listdir(self.dir_fd) if name.startswith(RANGE_PREFIX)]
+
     def ranges(self):
         """Every address range recorded, including ones whose content is unreadable."""
-        claims = []
-        for file_name in os.listdir(self.dir_fd):
-            if not file_name.startswith(RANGE_PREFIX):
-                continue
+        return [claim for claim, _owner in self._recorded()]
+
+    def recorded_ranges(self):
+        """``(RangeClaim, owner uid, whether its data object exists)`` of every range file
+        inside the arena: what the address index is rebuilt from."""
+        arena_start, arena_end = addresses.arena()
+        found = []
+        for claim, owner in self._recorded():
+            if not (arena_start <= claim.start < claim.end <= arena_end
+                    and not (claim.start - arena_start) % addresses.ALIGNMENT):
+                continue  # no address the allocator could hand out
+            if owner is None:
+                try:
+                    owner = os.stat(claim.file_name, dir_fd=self.dir_fd, follow_symlinks=False).st_uid
+                except FileNotFoundError:
+                    continue
+            backend = BACKENDS.get(claim.backend)
+            exists = backend is None or not claim.location or backend.exists(claim.location)
+            found.append((claim, owner, exists))
+        return found
+
+    def _recorded(self):
+        found = []
+        for file_name in self.range_file_names():
             try:
                 start_text, end_text = file_name[len(RANGE_PREFIX):].split("-")
                 start, end = int(start_text, 16), int(end_text, 16)
             except ValueError:
                 continue
-            claims.append(self._read_range(file_name, start, end)[0])
-        return claims
+            found.append(self._read_range(file_name, start, end))
+        return found
 
     def recorded_range(self, start, end):
         """``(RangeClaim, owner uid)`` of the range file for ``[start, end)``;
@@ -259,20 +324,26 @@ class Registry:
                 info = os.fstat(descriptor.fd)
                 if stat.S_ISREG(info.st_mode):
                     owner = info.st_uid
-                    backend, _, location = _read_at_most(descriptor.fd, 8192).decode().partition(" ")
+                    backend, _, location = read_at_most(descriptor.fd, 8192).decode().partition(" ")
         except (OSError, UnicodeDecodeError):
             pass
         return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
     def claim_range(self, start, end, backend, location, undo):
-        """Record ``[start, end)`` as taken by a region's data object; the file's removal
-        is pushed on the ``Undo`` stack ``undo`` the instant it exists."""
+        """Record ``[start, end)`` as taken by a region's data object, in the address
+        index first and then as its range file; undoing either is pushed on the ``Undo``
+        stack ``undo`` the instant it exists."""
         file_name = range_file_name(start, end)
+        owner = os.geteuid()
+        self.index.add(start, end, owner)
+        undo.callback(self.index.remove, start, end, owner)
+        self.index.save()
+        faults.point("create:indexed")
         with create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
-                         lambda: _unlink_quietly(file_name, self.dir_fd),
+                         lambda: unlink_quietly(file_name, self.dir_fd),
                          dir_fd=self.dir_fd) as claim:
             faults.point("create:range-opened")
-            _write_all(claim.fd, f"{backend} {location}\n".encode())
+            write_all(claim.fd, f"{backend} {location}\n".encode())
             os.fchmod(claim.fd, PUBLIC_READ)
         return file_name
 
@@ -318,7 +389,7 @@ class Registry:
         except FileNotFoundError:
             return False
         with descriptor:
-            recorded = _read_at_most(descriptor.fd, 8192).decode(errors="replace").partition(" ")[2]
+            recorded = read_at_most(descriptor.fd, 8192).decode(errors="replace").partition(" ")[2]
             if recorded.strip() != claim.location:
                 return True
             try:
@@ -328,39 +399,49 @@ class Registry:
         return False
 
     def release_range_if_unused(self, claim):
-        """Remove a range nobody maps any more (call with the registry locked); ranges of
-        other users that the sticky directory will not let us remove stay until their
-        owner (or ``gc``) does."""
-        if self.range_in_use(claim):
-            return False
-        try:
-            os.unlink(claim.file_name, dir_fd=self.dir_fd)
-        except FileNotFoundError:
+        """Remove a range nobody maps any more, and its bits from the address index (call
+        with the registry locked); ranges of other users that the sticky directory will
+        not let us remove stay until their owner (or ``gc``) does."""
+        with self._index_session():
+            if self.range_in_use(claim):
+                return False
+            try:
+                owner = os.stat(claim.file_name, dir_fd=self.dir_fd, follow_symlinks=False).st_uid
+                os.unlink(claim.file_name, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                return True
+            except PermissionError:
+                return False
+            # After the file is gone, never before: the index covers every range file.
+            self.index.remove(claim.start, claim.end, owner)
             return True
-        except PermissionError:
-            return False
-        return True
 
-    def attach_count(self, start, end):
+    def keep_pending(self, claim, owner):
+        """The range of an unlinked region is still mapped: release it at a later change."""
+        self.index.add_pending(claim.start, claim.end, owner)
+
+    def release_pending_ranges(self):
+        """Release the pending ranges nobody maps any more (exclusive lock held)."""
+        for owner, start, end in self.index.pending():
+            claim, _file_owner = self.recorded_range(start, end)
+            if claim is None:
+                self.index.remove(start, end, owner)  # gone already
+            elif not self.range_in_use(claim):
+                self.release_range_if_unused(claim)
+
+    def attach_count(self, start, end, marks=None):
         """How many processes hold a mark on the range (``/proc/locks``): locks placed by
         one process count once (a thread may take a new mark while another lets go of an
-        old one); locks whose owner this pid namespace cannot see count one each."""
+        old one); locks whose owner this pid namespace cannot see count one each.
+        ``marks`` is a ``range_marks()`` reading to reuse, for counting many ranges."""
         try:
             info = os.stat(range_file_name(start, end), dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return 0
-        key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-        owners, unseen = set(), 0
-        with open("/proc/locks") as locks:
-            for line in locks:
-                fields = line.split()
-                if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
-                    continue
-                if fields[5] == key:
-                    if fields[4] == "0":
-                        unseen += 1
-                    owners.add(fields[4])
-        return len(owners - {"0"}) + unseen
+        if marks is None:
+            marks = range_marks()
+        owners = marks.get(f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}", ())
+        return len(set(owners) - {"0"}) + owners.count("0")
 
     # -- helpers -------------------------------------------------------------------
 
@@ -399,9 +480,9 @@ class Registry:
         temp_name = f"{TEMP_PREFIX}{file_name.lstrip('.')}-{os.getpid()}-{os.urandom(4).hex()}"
         with Undo() as temporary:
             with create_file(temporary, temp_name, _CREATE_FLAGS, PUBLIC_READ,
-                             lambda: _unlink_quietly(temp_name, self.dir_fd),
+                             lambda: unlink_quietly(temp_name, self.dir_fd),
                              dir_fd=self.dir_fd) as temp:
-                _write_all(temp.fd, content)
+                write_all(temp.fd, content)
                 os.fchmod(temp.fd, PUBLIC_READ)
             try:
                 os.link(temp_name, file_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
@@ -465,28 +546,17 @@ def _check_directory(path, info):
         )
 
 
-def _read_at_most(fd, limit):
-    chunks, total = [], 0
-    while total < limit:
-        chunk = os.read(fd, limit - total)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _unlink_quietly(file_name, dir_fd):
-    try:
-        os.unlink(file_name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
+def range_marks():
+    """``{"MAJOR:MINOR:INODE": [owner pid, ...]}`` of every ``flock`` in ``/proc/locks``
+    (pid ``"0"`` for owners this pid namespace cannot see), read once."""
+    marks = {}
+    with open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+                continue
+            marks.setdefault(fields[5], []).append(fields[4])
+    return marks
 
 
 def close_inherited_locks(keep):

@@ -1,7 +1,7 @@
 """What a consistent registry looks like, judged from the documented format alone.
 
-This reader is written from the README's "Registry files" and "Entry format" sections,
-not from mshare's own reader: a bug in production's parser or checks cannot make a
+This reader is written from the README's "Registry files" and "Entry format" sections
+and the address index format in docs/performance.md, not from mshare's own reader: a bug in production's parser or checks cannot make a
 broken registry look consistent here. Only ``struct``, ``zlib`` and ``os`` are used.
 """
 
@@ -12,12 +12,17 @@ import zlib
 from dataclasses import dataclass
 
 from helpers import huge_page_objects_of, shm_objects_of
+from mshare.addresses import arena
 from mshare.registry import Registry
 
-OWN_FILES = {".lock", "mshare_info"}
+INDEX_DIRECTORY = ".index"
+OWN_FILES = {".lock", "mshare_info", INDEX_DIRECTORY}
 RANGE_PREFIX = ".range-"
 TEMP_PREFIX = ".tmp-"
 SHM = "/dev/shm"
+# An address index file's header, field by field as docs/performance.md gives it.
+INDEX_HEADER = struct.Struct("<4s H H I I q q q")
+GiB = 1 << 30
 # The fixed part, field by field as the README's table gives it (108 bytes).
 FIXED = struct.Struct("<4sHH II QQQQQQ d 16s 16s HH")
 CRC = struct.Struct("<I")
@@ -88,6 +93,32 @@ def range_files(registry_path):
     return ranges
 
 
+def indexed_gibs(registry_path):
+    """Arena GiBs (counted from the arena's start) that some readable file of the address
+    index marks taken; files that fail their checksum count for nothing."""
+    directory = os.path.join(registry_path, INDEX_DIRECTORY)
+    taken = set()
+    for file_name in os.listdir(directory) if os.path.isdir(directory) else []:
+        with open(os.path.join(directory, file_name), "rb") as file:
+            data = file.read()
+        if len(data) < INDEX_HEADER.size + 4 or zlib.crc32(data[:-4]) != CRC.unpack(data[-4:])[0]:
+            continue
+        magic, _version, _zero, slots, _pending, *_stamp = INDEX_HEADER.unpack_from(data)
+        assert magic == b"MSIX", (file_name, magic)
+        bitmap = int.from_bytes(data[INDEX_HEADER.size:INDEX_HEADER.size + slots // 8], "little")
+        taken |= {slot for slot in range(slots) if bitmap >> slot & 1}
+    return taken
+
+
+def assert_index_covers_ranges(registry_path):
+    """Every range file's GiBs are marked in the index: what lets create trust it."""
+    arena_start = arena()[0]
+    taken = indexed_gibs(registry_path)
+    for file_name, (start, end, _location) in range_files(registry_path).items():
+        gibs = set(range((start - arena_start) // GiB, (end - arena_start + GiB - 1) // GiB))
+        assert gibs <= taken, f"{file_name} is not covered by the address index"
+
+
 def visible_regions(registry_path):
     """Every entry, each checked complete: well-formed, its data object present, owned
     like its entry and large enough, its address range recorded for it and overlapping
@@ -125,5 +156,6 @@ def assert_clean(registry_path, *, still_mapped=0):
                   if any((entry.addr, entry.range_file_end) == (start, end) for entry in regions.values())}
     extra = {f for f in files if f.startswith(RANGE_PREFIX)} - own_ranges
     assert len(extra) == still_mapped, extra
-    assert files <= own_ranges | extra, files
+    assert files <= own_ranges | extra | {INDEX_DIRECTORY}, files
+    assert_index_covers_ranges(registry_path)
     return regions

@@ -10,6 +10,7 @@ import socket
 import struct
 import zlib
 
+import mshare
 from mshare import addresses
 from mshare.backends.shm import SHM_DIRECTORY
 from mshare.entry import Entry
@@ -123,3 +124,6 @@ class Forger:
             except FileNotFoundError:
                 pass
         self.made.clear()
+        # Planted and removed behind the registry's back: the address index, rebuilt
+        # with the planted ranges, is stale now; the next change (here gc) makes it anew.
+        mshare.gc()

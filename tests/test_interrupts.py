@@ -16,6 +16,7 @@ import numpy  # imported before the storm: an import interrupted half-way cannot
 import pytest
 
 import mshare
+from consistency import INDEX_DIRECTORY, assert_index_covers_ranges
 from figures import record, scaled
 from helpers import huge_page_objects_of, shm_objects_of
 from mshare import addresses, procmaps
@@ -206,7 +207,8 @@ def storm_over(registry_path, calls, size, hugepages, topic):
     assert set(present) <= set(NAMES)
     expected_files = set(present) | {range_file_name(entry.addr, entry.end)
                                      for entry in present.values()}
-    assert set(os.listdir(registry_path)) - {LOCK_FILE, INFO_FILE} == expected_files
+    assert set(os.listdir(registry_path)) - {LOCK_FILE, INFO_FILE, INDEX_DIRECTORY} == expected_files
+    assert_index_covers_ranges(registry_path)
     data_objects = {os.path.basename(entry.location) for entry in present.values()}
     assert set(shm_objects_of(registry_id)) | {
         os.path.basename(path) for path in huge_page_objects_of(registry_id)} == data_objects

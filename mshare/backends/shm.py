@@ -23,7 +23,9 @@ def reserve(fd, length, path):
     free = shutil.disk_usage(directory).free
     if length > free:
         raise _no_space(path, length, free)
-    available = memory_available()
+    # Half of the free memory (sysinfo, one system call) is always available; only a
+    # larger region needs /proc/meminfo's finer estimate.
+    available = None if length <= _free_memory() // 2 else memory_available()
     if available is not None and length > available:
         raise OSError(
             errno.ENOMEM,
@@ -43,6 +45,10 @@ def _no_space(path, length, free):
     directory = os.path.dirname(path)
     return no_space(path, length, free,
                     f"free some space or enlarge it (mount -o remount,size=... {directory})")
+
+
+def _free_memory():
+    return os.sysconf("SC_AVPHYS_PAGES") * PAGE_SIZE
 
 
 def memory_available():
