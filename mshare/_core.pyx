@@ -11,7 +11,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EEXIST, EINTR, EINVAL, errno
 from libc.stdint cimport uintptr_t
 from libc.string cimport strerror
-from posix.unistd cimport usleep
+from posix.unistd cimport close as close_descriptor, usleep
 
 from mshare._system cimport *
 
@@ -178,6 +178,30 @@ cdef class Mapping:
     def __dealloc__(self):
         # Views hold a reference to the mapping, so this runs only when none remain.
         self._unmap()
+
+
+cdef class OwnedDescriptor:
+    """Owns one file descriptor and closes it exactly once: on ``close()`` or when dropped.
+
+    Closing holds the GIL (``select.epoll``, the standard owner of a raw descriptor,
+    releases it around ``close``), so dropping an attachment lets no other thread in
+    between the moment the attachment is gone from the table and its unmap.
+    """
+
+    cdef int fd
+
+    def __cinit__(self, int fd):
+        self.fd = fd
+
+    def close(self):
+        cdef int fd = self.fd
+        self.fd = -1
+        if fd >= 0:
+            close_descriptor(fd)
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close_descriptor(self.fd)
 
 
 cdef class MappedBuffer:

@@ -21,10 +21,11 @@ Handlers other than ``SIGINT``'s are left alone.
 
 import _signal
 import os
-import select
 import signal
 import threading
 from contextlib import ExitStack, contextmanager
+
+from mshare._core import OwnedDescriptor
 
 _recorded = []
 
@@ -60,15 +61,15 @@ class Descriptor:
     """An open file descriptor, closed exactly once: by ``close()``, by leaving a ``with``
     block, or when the object is dropped.
 
-    Dropping it runs no Python code: the descriptor is held by a ``select.epoll`` object
-    (the one standard object that takes ownership of any descriptor, ``epoll.fromfd``, and
-    closes it in C when deallocated, without a warning). A Python ``__del__`` could itself
-    be interrupted by a signal handler on entry and leak the descriptor it was to close."""
+    Dropping it runs no Python code and never lets another thread run: the descriptor is
+    held by the compiled core's ``OwnedDescriptor``, which closes it in C with the GIL
+    held. A Python ``__del__`` could itself be interrupted by a signal handler on entry
+    and leak the descriptor it was to close."""
 
     __slots__ = ("fd", "_owner")
 
     def __init__(self, fd):
-        self._owner = select.epoll.fromfd(fd)
+        self._owner = OwnedDescriptor(fd)
         self.fd = fd
 
     def close(self):
@@ -77,7 +78,7 @@ class Descriptor:
 
     def replace(self, fd):
         """Own ``fd`` instead, closing the descriptor owned so far."""
-        previous, self._owner = self._owner, select.epoll.fromfd(fd)
+        previous, self._owner = self._owner, OwnedDescriptor(fd)
         self.fd = fd
         previous.close()
 

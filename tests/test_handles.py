@@ -12,6 +12,8 @@ from figures import record, scaled
 from helpers import mapped_at, run_threads
 
 ROUNDS = scaled(400)
+# Before the fix, a dropped handle's mapping was seen halfway gone within ~1,000 rounds.
+DROP_ROUNDS = scaled(3000)
 
 
 def test_close_then_drop_of_another_handle_unmaps(registry_path, name):
@@ -70,6 +72,24 @@ def test_two_threads_attaching_and_dropping_while_a_closed_handle_lives(registry
     gc.collect()
     assert not mapped_at(addr) and mshare.info(name).attached == 0
     record("handles", attaches=2 * ROUNDS, address_conflicts=0)
+    mshare.unlink(name)
+
+
+def test_threads_dropping_handles_never_see_a_mapping_half_gone(registry_path, name):
+    """A handle dropped unclosed takes its mapping down in one step no other thread can
+    see halfway: an attach in another thread either shares the mapping or maps anew,
+    never finds the address still taken by a mapping that has left the table."""
+    mshare.create(name, 4096).close()
+    start = threading.Barrier(2)
+
+    def drop_again_and_again(index):
+        start.wait()
+        for round_number in range(DROP_ROUNDS):
+            region = mshare.attach(name)
+            region.buf[index] = round_number % 256
+            del region
+
+    assert run_threads(drop_again_and_again, 2) == []
     mshare.unlink(name)
 
 
