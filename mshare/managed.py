@@ -19,6 +19,7 @@ valid everywhere: ``ctypes`` structures allocated there can point at each other.
 
 import errno
 
+from mshare._shared import region_lock
 from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
 from mshare.errors import CorruptBookkeepingError
@@ -34,30 +35,11 @@ class ManagedMemory:
     read-write; finding arrays works read-only too.
     """
 
-    # The lock object of ``lock()`` without a timeout, made once: ``with region.lock():``
-    # then costs two attribute reads and the lock's one atomic operation.
+    # The lock object of ``lock()`` without a timeout, made once and forgotten by
+    # close(). ``lock`` is compiled: ``with region.lock():`` then costs one attribute read
+    # and the lock's one atomic operation each way, with no Python frame and no allocation.
     _lock_forever = None
-
-    def lock(self, timeout=None):
-        """The region's lock: shared by every process, survives its holder's death, not re-entrant.
-
-        A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
-        ``TimeoutError`` when it passes. If the previous holder died holding the lock,
-        taking it raises ``mshare.OwnerDiedError`` and leaves the lock *free*: the data it
-        guarded may be half-updated, so check or repair it, then take the lock again. A
-        lock is never left held by a dead process. The allocator has a lock of its own, so
-        ``alloc`` and ``array`` may be called while holding this one.
-
-        >>> with region.lock(timeout=5):
-        ...     counter[0] += 1
-        """
-        if timeout is None:
-            forever = self._lock_forever
-            if forever is not None and not self._closed:
-                return forever
-            forever = self._lock_forever = self._writable("lock()").lock()
-            return forever
-        return self._writable("lock()").lock(timeout)
+    lock = region_lock
 
     def alloc(self, nbytes: int, align: int = 64) -> int:
         """Allocate ``nbytes`` inside the region; return the address (valid in every process).
