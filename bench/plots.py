@@ -1,4 +1,4 @@
-"""The scale curves (figures 6 and 7) as PNG files: how each cost grows with region size and processes."""
+"""The scale curves (figures 6 and 8) as PNG files: how each cost grows with region size and processes."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
 
 
 def _scale_plot(path: Path, records: list[dict]) -> Path | None:
-    """Figure 7: system page tables against processes; a peer's line past what was
+    """Figure 8: system page tables against processes; a peer's line past what was
     measured is extrapolated (linear in processes) and drawn and labelled as such."""
     series = _series(records, "processes", lambda r: r["extra_info"]["pagetables_growth_kib"] / KiB)
     if not series:
@@ -120,6 +120,6 @@ def draw(data: dict, directory: Path) -> list[Path]:
                       where=lambda extra: extra["scan_pass"] == "repeat"),
               xscale="linear", yscale="linear"),
         _scale_plot(directory / "scale_pagetables_by_processes.png",
-                    records_of(data, "7 scale: processes mapping one region")),
+                    records_of(data, "8 scale: processes mapping one region")),
     ]
     return [path for path in written if path is not None]

@@ -1,4 +1,4 @@
-"""Figure 7: the kernel proposal's scenario, 1 to 1,000 processes mapping one large region.
+"""Figure 8: the kernel proposal's scenario, 1 to 1,000 processes mapping one large region.
 
 Processes are forked after the libraries are imported (``bench/forked_fleet.py``), so a
 small machine holds a thousand of them. Each attaches the region and reads every page,
@@ -37,7 +37,7 @@ def _sample() -> int:
     return pagetables_kib()
 
 
-@pytest.mark.benchmark(group="7 scale: processes mapping one region")
+@pytest.mark.benchmark(group="8 scale: processes mapping one region")
 @pytest.mark.parametrize(("backend_name", "count"), CASES,
                          ids=[f"{name}-{count}" for name, count in CASES])
 def test_processes_mapping_one_region(benchmark, backend_name, count):
