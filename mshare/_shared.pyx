@@ -47,7 +47,8 @@ from mshare._layout cimport (
 from mshare._mutex cimport (
     MS_LOCK_CLOSED, MS_LOCK_DEADLOCK, MS_LOCK_OWNER_DIED, MS_LOCK_TAKEN, MS_LOCK_TIMED_OUT,
     MS_LOCK_WAITERS,
-    monotonic, ms_futex_wake, ms_holder_alive, ms_lock_release, ms_lock_swap, ms_self_word,
+    monotonic, ms_futex_wake, ms_holder_alive, ms_lock_peek, ms_lock_release, ms_lock_spin,
+    ms_lock_swap, ms_self_word,
     self_word, timeout_seconds, wait_for,
 )
 from mshare._slots cimport encode_name, fixed_string, holds_name, name_hash, read_slot
@@ -126,29 +127,40 @@ cdef class RegionLock:
         return False
 
 
-def region_lock(region, timeout=None):
-    """The region's lock: shared by every process, survives its holder's death, not re-entrant.
+@cython.binding(False)
+cdef class RegionLocking:
+    """The base of ``Region`` (through ``ManagedMemory``) that hands out its lock.
 
-    A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
-    ``TimeoutError`` when it passes. If the previous holder died holding the lock,
-    taking it raises ``mshare.OwnerDiedError`` and leaves the lock *free*: the data it
-    guarded may be half-updated, so check or repair it, then take the lock again. A
-    lock is never left held by a dead process. The allocator has a lock of its own, so
-    ``alloc`` and ``array`` may be called while holding this one.
-
-    >>> with region.lock(timeout=5):
-    ...     counter[0] += 1
+    Compiled, with the lock kept in a slot of the object rather than its ``__dict__``,
+    because ``with region.lock():`` calls ``lock()`` every time and a Python frame or an
+    attribute lookup would cost more than the lock itself. The class it is mixed into
+    provides ``_writable(what)``, the region's ``Bookkeeping`` if it may be changed, and
+    forgets the cached lock at ``close()`` by setting ``_lock_forever`` to None.
     """
-    # ``Region.lock`` (``ManagedMemory``): compiled, because ``with region.lock():`` runs
-    # it every time and a Python frame would cost more than the lock itself.
-    if timeout is None:
-        forever = region._lock_forever
-        if forever is not None:
+
+    cdef public object _lock_forever  # the lock without a timeout, made once
+
+    def lock(self, timeout=None):
+        """The region's lock: shared by every process, survives its holder's death, not re-entrant.
+
+        A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
+        ``TimeoutError`` when it passes. If the previous holder died holding the lock,
+        taking it raises ``mshare.OwnerDiedError`` and leaves the lock *free*: the data it
+        guarded may be half-updated, so check or repair it, then take the lock again. A
+        lock is never left held by a dead process. The allocator has a lock of its own, so
+        ``alloc`` and ``array`` may be called while holding this one.
+
+        >>> with region.lock(timeout=5):
+        ...     counter[0] += 1
+        """
+        forever = self._lock_forever
+        if timeout is None and forever is not None:
             return forever
-        forever = region._writable("lock()").lock()
-        region._lock_forever = forever
-        return forever
-    return region._writable("lock()").lock(timeout)
+        bookkeeping = self._writable("lock()")
+        if timeout is not None:
+            return bookkeeping.lock(timeout)
+        self._lock_forever = bookkeeping.lock()
+        return self._lock_forever
 
 
 cdef class Bookkeeping:
@@ -319,8 +331,8 @@ cdef class Bookkeeping:
         cdef uint64_t observed = 0
         if me == 0:
             me = self_word()
-        if not ms_lock_swap(&bk.user_lock, &observed, me):
-            self.wait_user(bk, me, observed, timeout)
+        if not ms_lock_swap(&bk.user_lock, &observed, me) and not ms_lock_spin(&bk.user_lock, me):
+            self.wait_user(bk, me, ms_lock_peek(&bk.user_lock), timeout)
         self.hold(me)
         return 0
 

@@ -19,14 +19,14 @@ valid everywhere: ``ctypes`` structures allocated there can point at each other.
 
 import errno
 
-from mshare._shared import region_lock
+from mshare._shared import RegionLocking
 from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
 from mshare.errors import CorruptBookkeepingError
 from mshare.queues import find_or_create as find_or_create_queue
 
 
-class ManagedMemory:
+class ManagedMemory(RegionLocking):
     """The lock, allocator and named arrays of a region.
 
     Needs ``addr``, ``size``, ``readonly``, ``name``, ``buf``, ``_closed`` and
@@ -34,12 +34,6 @@ class ManagedMemory:
     (``lock``, ``alloc``, ``free``, creating or deleting arrays) needs a region attached
     read-write; finding arrays works read-only too.
     """
-
-    # The lock object of ``lock()`` without a timeout, made once and forgotten by
-    # close(). ``lock`` is compiled: ``with region.lock():`` then costs one attribute read
-    # and the lock's one atomic operation each way, with no Python frame and no allocation.
-    _lock_forever = None
-    lock = region_lock
 
     def alloc(self, nbytes: int, align: int = 64) -> int:
         """Allocate ``nbytes`` inside the region; return the address (valid in every process).
