@@ -1,4 +1,4 @@
-"""The scale curves (figure 6) as PNG files: how each cost grows with region size and processes."""
+"""The scale curves (figures 6 and 8) as PNG files: how each cost grows with region size and processes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ matplotlib.use("Agg")  # files only; no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from bench.machine import GiB, MiB  # noqa: E402
+from bench.machine import GiB, KiB, MiB  # noqa: E402
 from bench.report import records_of  # noqa: E402
+from bench.scale import DEFAULT_MOST  # noqa: E402
 
 
 def _series(records: list[dict], x_key: str, y, where=lambda extra: True) -> dict:
@@ -45,6 +46,36 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
     if yscale != "log" and min(ys) >= 0:
         axes.set_ylim(bottom=0)
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _scale_plot(path: Path, records: list[dict]) -> Path | None:
+    """Figure 10: system page tables against processes; a peer's line past what was
+    measured is extrapolated (linear in processes) and drawn and labelled as such."""
+    series = _series(records, "processes", lambda r: r["extra_info"]["pagetables_growth_kib"] / KiB)
+    if not series:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    most = max(DEFAULT_MOST, max(x for points in series.values() for x, _ in points))
+    for name, points in series.items():
+        size = next(r["extra_info"]["size"] for r in records if r["extra_info"]["backend"] == name)
+        label = f"{name}, {size // GiB} GiB" if size >= GiB else f"{name}, {size // MiB} MiB"
+        style = "-o" if name.startswith("mshare") else "--s"
+        axes.plot([x for x, _ in points], [y for _, y in points], style, label=label)
+        last_x, last_y = points[-1]
+        if last_x < most and not name.startswith("mshare"):
+            axes.plot([last_x, most], [last_y, last_y * most / last_x], ":", color="grey",
+                      label=f"{name}, extrapolated past {last_x} processes")
+    axes.set_xscale("log")
+    axes.set_yscale("symlog", linthresh=0.1)
+    axes.set_ylim(bottom=0)
+    axes.set(title="Page tables of N processes mapping one region and reading every page",
+             xlabel="processes", ylabel="system page tables grown (MiB)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -88,5 +119,7 @@ def draw(data: dict, directory: Path) -> list[Path]:
               _series(scan, "workers", lambda r: r["extra_info"]["gb_per_s"],
                       where=lambda extra: extra["scan_pass"] == "repeat"),
               xscale="linear", yscale="linear"),
+        _scale_plot(directory / "scale_pagetables_by_processes.png",
+                    records_of(data, "10 scale: processes mapping one region")),
     ]
     return [path for path in written if path is not None]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.machine import human, source_problem
+from bench.scale_report import SCALE_GROUP, scale_section
 
 BELOW_RESOLUTION = "below resolution"
 
@@ -308,7 +309,7 @@ def ray_section(data: dict) -> list[str]:
 
 def other_groups(data: dict) -> list[str]:
     """Benchmarks outside the figures (the lock and the allocator): median per round."""
-    known = {figure.group for figure in FIGURES}
+    known = {figure.group for figure in FIGURES} | {SCALE_GROUP}
     records = [record for record in data["benchmarks"] if record["group"] not in known
                and "ray_contender" not in record["extra_info"]]
     if not records:
@@ -337,7 +338,7 @@ def render(data: dict, plots: list[Path] = ()) -> str:
             continue
         lines += [f"## {figure.title}", "", figure.explanation, ""]
         lines += figure_tables(figure, records) + [""]
-    lines += ray_section(data) + other_groups(data)
+    lines += ray_section(data) + scale_section(data) + other_groups(data)
     if plots:
         lines += ["## 6. Scale curves", ""]
         lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]

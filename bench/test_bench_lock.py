@@ -98,7 +98,7 @@ def _contend(lock, counter, start, operations):
             counter.value += 1
 
 
-@pytest.mark.parametrize("processes", [2, 4])
+@pytest.mark.parametrize("processes", [2, 4, 8])
 @pytest.mark.parametrize("contender", ["mshare", "multiprocessing.Lock", "posix_ipc.Semaphore"])
 def test_contended_throughput(benchmark, region, semaphore, contender, processes):
     context = multiprocessing.get_context("fork")

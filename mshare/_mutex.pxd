@@ -16,6 +16,8 @@ cdef extern from "_futex.h" nogil:
     uint64_t ms_self_word()
     int ms_holder_alive(uint64_t word)
     int ms_lock_swap(uint64_t *word, uint64_t *expected, uint64_t desired)
+    int ms_lock_spin(uint64_t *word, uint64_t me)
+    uint64_t ms_lock_peek(uint64_t *word)
     uint64_t ms_lock_release(uint64_t *word)
     void ms_futex_wake(uint64_t *word, int count)
 

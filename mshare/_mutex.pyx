@@ -25,7 +25,6 @@ import math
 
 cdef extern from "_futex.h" nogil:
     int ms_futex_wait(uint64_t *word, uint32_t expected, long nanoseconds)
-    uint64_t ms_lock_peek(uint64_t *word)
 
 
 # A waiter wakes at least this often (seconds) to run signal handlers and check the holder.

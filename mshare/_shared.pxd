@@ -24,6 +24,7 @@ cdef class Bookkeeping:
     cdef object __weakref__
 
     cdef bint holds_lock(self)
+    cdef void hold(self, uint64_t me) noexcept
     cdef void drop_hold(self)
     cdef str closed_message(self)
     cdef ms_bookkeeping_t *usable(self) except NULL

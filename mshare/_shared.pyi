@@ -25,6 +25,11 @@ class RegionLock:
         traceback: TracebackType | None,
     ) -> bool: ...
 
+class RegionLocking:
+    _lock_forever: RegionLock | None
+    def lock(self, timeout: float | None = ...) -> RegionLock: ...
+    def _writable(self, what: str) -> Bookkeeping: ...
+
 class Bookkeeping:
     bookkeeping_addr: int
     arena_addr: int

@@ -47,7 +47,8 @@ from mshare._layout cimport (
 from mshare._mutex cimport (
     MS_LOCK_CLOSED, MS_LOCK_DEADLOCK, MS_LOCK_OWNER_DIED, MS_LOCK_TAKEN, MS_LOCK_TIMED_OUT,
     MS_LOCK_WAITERS,
-    monotonic, ms_futex_wake, ms_holder_alive, ms_lock_release, ms_lock_swap, ms_self_word,
+    monotonic, ms_futex_wake, ms_holder_alive, ms_lock_peek, ms_lock_release, ms_lock_spin,
+    ms_lock_swap, ms_self_word,
     self_word, timeout_seconds, wait_for,
 )
 from mshare._slots cimport encode_name, fixed_string, holds_name, name_hash, read_slot
@@ -98,16 +99,68 @@ cdef class RegionLock:
         """Release the lock; ``RuntimeError`` if this thread does not hold it."""
         self.owner.release_user()
 
+    # The fast path of `with`, inline: one compare-and-swap to take a free lock and one
+    # exchange to release it, no allocation. Anything else (a closed or unchecked region,
+    # a held lock, an unknown thread identity) goes through acquire_user's checks and wait.
     def __enter__(self):
-        self.owner.acquire_user(self.timeout)
+        cdef Bookkeeping owner = self.owner
+        cdef ms_bookkeeping_t *bk = owner.arena.bk
+        cdef uint64_t me = ms_self_word()
+        cdef uint64_t observed = 0
+        if (bk != NULL and owner.header_checked and not owner.closing and me != 0
+                and ms_lock_swap(&bk.user_lock, &observed, me)):
+            owner.hold(me)
+        else:
+            owner.acquire_user(self.timeout)
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        # A condition's wait interrupted while re-taking the lock ends the block without
-        # it: then the error that says why must reach the caller, not "not held".
-        if exc_type is None or self.owner.held_by == ms_self_word():
-            self.owner.release_user()
+        cdef Bookkeeping owner = self.owner
+        cdef uint64_t me = ms_self_word()
+        if me != 0 and owner.held_by == me:
+            ms_lock_release(&owner.arena.bk.user_lock)
+            owner.drop_hold()
+        elif exc_type is None:
+            owner.release_user()  # raises: this thread does not hold it
+        # Otherwise a condition's wait interrupted while re-taking the lock ended the block
+        # without it, and the error that says why must reach the caller, not "not held".
         return False
+
+
+@cython.binding(False)
+cdef class RegionLocking:
+    """The base of ``Region`` (through ``ManagedMemory``) that hands out its lock.
+
+    Compiled, with the lock kept in a slot of the object rather than its ``__dict__``,
+    because ``with region.lock():`` calls ``lock()`` every time and a Python frame or an
+    attribute lookup would cost more than the lock itself. The class it is mixed into
+    provides ``_writable(what)``, the region's ``Bookkeeping`` if it may be changed, and
+    forgets the cached lock at ``close()`` by setting ``_lock_forever`` to None.
+    """
+
+    cdef public object _lock_forever  # the lock without a timeout, made once
+
+    def lock(self, timeout=None):
+        """The region's lock: shared by every process, survives its holder's death, not re-entrant.
+
+        A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
+        ``TimeoutError`` when it passes. If the previous holder died holding the lock,
+        taking it raises ``mshare.OwnerDiedError`` and leaves the lock *free*: the data it
+        guarded may be half-updated, so check or repair it, then take the lock again. A
+        lock is never left held by a dead process. The allocator has a lock of its own, so
+        ``alloc`` and ``array`` may be called while holding this one.
+
+        >>> with region.lock(timeout=5):
+        ...     counter[0] += 1
+        """
+        forever = self._lock_forever
+        if timeout is None and forever is not None:
+            return forever
+        bookkeeping = self._writable("lock()")
+        if timeout is not None:
+            return bookkeeping.lock(timeout)
+        self._lock_forever = bookkeeping.lock()
+        return self._lock_forever
 
 
 cdef class Bookkeeping:
@@ -278,12 +331,15 @@ cdef class Bookkeeping:
         cdef uint64_t observed = 0
         if me == 0:
             me = self_word()
-        if not ms_lock_swap(&bk.user_lock, &observed, me):
-            self.wait_user(bk, me, observed, timeout)
+        if not ms_lock_swap(&bk.user_lock, &observed, me) and not ms_lock_spin(&bk.user_lock, me):
+            self.wait_user(bk, me, ms_lock_peek(&bk.user_lock), timeout)
+        self.hold(me)
+        return 0
+
+    cdef void hold(self, uint64_t me) noexcept:
         # Held: keep this object, and through it the mapping, alive until released.
         Py_INCREF(self)
         self.held_by = me
-        return 0
 
     cdef int wait_user(self, ms_bookkeeping_t *bk, uint64_t me, uint64_t observed,
                        double timeout) except -1:

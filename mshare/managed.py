@@ -20,6 +20,7 @@ valid everywhere: ``ctypes`` structures allocated there can point at each other.
 import errno
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
+from mshare._shared import RegionLocking
 from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
 from mshare.array_shapes import _array_bytes, _check_storable, _shape
 from mshare.errors import CorruptBookkeepingError
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from mshare.queues import Queue
 
 
-class ManagedMemory:
+class ManagedMemory(RegionLocking):
     """The lock, allocator and named arrays of a region.
 
     Needs ``addr``, ``size``, ``readonly``, ``name``, ``buf``, ``_closed`` and
@@ -42,31 +43,6 @@ class ManagedMemory:
     (``lock``, ``alloc``, ``free``, creating or deleting arrays) needs a region attached
     read-write; finding arrays works read-only too.
     """
-
-    # The lock object of ``lock()`` without a timeout, made once: ``with region.lock():``
-    # then costs two attribute reads and the lock's one atomic operation.
-    _lock_forever = None
-
-    def lock(self, timeout: Optional[float] = None) -> "RegionLock":
-        """The region's lock: shared by every process, survives its holder's death, not re-entrant.
-
-        A context manager. It waits with the GIL released; ``timeout`` (seconds) raises
-        ``TimeoutError`` when it passes. If the previous holder died holding the lock,
-        taking it raises ``mshare.OwnerDiedError`` and leaves the lock *free*: the data it
-        guarded may be half-updated, so check or repair it, then take the lock again. A
-        lock is never left held by a dead process. The allocator has a lock of its own, so
-        ``alloc`` and ``array`` may be called while holding this one.
-
-        >>> with region.lock(timeout=5):
-        ...     counter[0] += 1
-        """
-        if timeout is None:
-            forever = self._lock_forever
-            if forever is not None and not self._closed:
-                return forever
-            forever = self._lock_forever = self._writable("lock()").lock()
-            return forever
-        return self._writable("lock()").lock(timeout)
 
     def alloc(self, nbytes: int, align: int = 64) -> int:
         """Allocate ``nbytes`` inside the region; return the address (valid in every process).

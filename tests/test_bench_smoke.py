@@ -21,6 +21,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 MSHARE_BACKENDS = ("mshare-shm", "mshare-thp", "mshare-hugetlb")
 GROUPS = {"1 round trip", "2 attach", "3 attach and touch", "4a page tables by processes",
           "4b page tables by region size", "5 parallel scan"}
+SCALE_GROUP, SCALE_BACKENDS = "10 scale: processes mapping one region", ("mshare-hugetlb",
+                                                                         "shared_memory")
 DROP_IN_GROUPS = {"7a drop-in round trip", "7b drop-in attach", "7c drop-in attach and touch",
                   "7d drop-in page tables"}
 
@@ -44,6 +46,8 @@ def test_smoke_run_writes_every_figure(tmp_path, hugetlbfs, thp_root):
     for group in GROUPS:
         for backend in MSHARE_BACKENDS + ("shared_memory", "posix_ipc", "SharedArray"):
             assert (group, backend) in measured, f"{backend} missing from {group!r}"
+    for backend in SCALE_BACKENDS:
+        assert (SCALE_GROUP, backend) in measured, f"{backend} missing from {SCALE_GROUP!r}"
     for group in DROP_IN_GROUPS:
         for backend in ("mshare.shared_memory", "shared_memory"):
             assert (group, backend) in measured, f"{backend} missing from {group!r}"
@@ -51,7 +55,7 @@ def test_smoke_run_writes_every_figure(tmp_path, hugetlbfs, thp_root):
     assert "mshare-shm vs shared_memory" in report
     assert "mshare.shared_memory vs shared_memory" in report
     assert "SMOKE MODE" in report
-    assert len(list(tmp_path.glob("*.png"))) == 5
+    assert len(list(tmp_path.glob("*.png"))) == 6
     # The run names its regions bench-PID-N: other runs on the machine are not its leftovers.
     left = {entry for entry in set(os.listdir("/dev/shm")) - before if f"bench-{run.pid}-" in entry}
     assert left == set()

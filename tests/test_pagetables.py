@@ -3,6 +3,7 @@
 page tables grow by almost nothing per process with hugetlb (the PMD tables are shared)
 and by 2 MiB per GiB with shm."""
 
+import os
 import statistics
 import subprocess
 
@@ -150,3 +151,60 @@ def test_shm_processes_each_pay_for_their_page_tables(registry_path, name):
         mshare.unlink(name)
     assert steps == {4096}
     assert growth / 2 >= 1024 * KiB, f"only {growth / 2 / KiB:.0f} KiB per GiB per process"
+
+
+# What a forked process pays in page tables of its own for a hugetlb region, whatever its
+# size (docs/scale.md): its PUD table, one per 512 GiB span, and the PMD table of the
+# partial GiB that holds the region's bookkeeping, which no other process shares. Every
+# whole GiB is mapped by a PMD table that all processes share.
+FLOOR = 2 * TABLE
+
+
+def _vmpte_growth_in_a_forked_child(name):
+    """``VmPTE`` growth of a child forked from here while it attaches ``name``, reads every
+    page and takes the lock (which touches the bookkeeping)."""
+    results, report = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            before = vmpte_bytes()
+            region = mshare.attach(name)
+            bytes(region.buf[::region.page_size])
+            with region.lock():
+                pass
+            os.write(report, b"%d" % (vmpte_bytes() - before))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(report)
+    with os.fdopen(results, "rb") as answer:
+        growth = answer.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    return int(growth)
+
+
+def vmpte_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmPTE:"):
+                return int(line.split()[1]) * KiB
+    raise AssertionError("no VmPTE line in /proc/self/status")
+
+
+def test_a_forked_process_pays_the_same_few_page_tables_for_1_and_4_gib(registry_path, name,
+                                                                         hugetlbfs):
+    own = {}
+    for size in (GiB, 4 * GiB):
+        try:
+            with mshare.create(name, size, hugepages="hugetlb", populate=True) as region:
+                shared = region.stats().shared_span
+                growth = _vmpte_growth_in_a_forked_child(name)
+        finally:
+            mshare.unlink(name)
+        # VmPTE charges a shared table to every process using it; what is left is the
+        # child's own.
+        assert shared == size
+        own[size] = growth - shared // GiB * TABLE
+    assert own[GiB] == own[4 * GiB], f"own page tables by size: {own}"
+    assert 0 <= own[GiB] <= FLOOR, f"a forked process's own page tables: {own[GiB]} bytes"
