@@ -121,7 +121,8 @@ class ManagedMemory:
         return self._bookkeeping.named()
 
     def objects(self) -> dict:
-        """Each named object's name and kind: ``"array"``, ``"event"`` or ``"condition"``."""
+        """Each named object's name and kind: ``"array"``, ``"event"``, ``"condition"`` or
+        ``"queue"``."""
         bookkeeping = self._bookkeeping
         kinds = {}
         for name in bookkeeping.named():
