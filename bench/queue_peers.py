@@ -282,9 +282,13 @@ class _IceoryxEnd:
             self.port = self.service.subscriber_builder().buffer_size(DEPTH).create()
 
     def send(self, now):
-        sample = self.port.loan_slice_uninit(self.size)
-        _stamp_view(sample.payload_ptr)[0] = now
-        sample.assume_init().send()
+        while True:
+            sample = self.port.loan_slice_uninit(self.size)
+            _stamp_view(sample.payload_ptr)[0] = now
+            # Under load a send here sometimes reports that it reached no subscriber, and
+            # that sample is never received: send it again.
+            if sample.assume_init().send():
+                return
 
     def receive(self):
         # Its subscriber has no blocking receive: it polls, yielding the CPU between tries.
@@ -308,13 +312,6 @@ class IceoryxLoan(Contender):
     copies = 0
     pairs = True
     module = "iceoryx2"
-
-    def unavailable(self, producers):
-        if producers > 1:
-            return ("iceoryx2 loan, 4 to 4: with four publisher/subscriber pairs at once, a "
-                    "subscriber here sometimes never receives what its connected publisher "
-                    "sent (iceoryx2 0.10.0); not measured")
-        return super().unavailable(producers)
 
     @contextlib.contextmanager
     def channel(self, size, pairs):
