@@ -39,6 +39,10 @@ from mshare._shared import INTERNAL_LOCK_TIMEOUT
 from mshare.errors import CorruptBookkeepingError
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
 cdef extern from "_waiting.h" nogil:
     uint32_t ms_word_peek(uint64_t *word)
 
@@ -73,9 +77,10 @@ HEADER_BYTES = sizeof(ms_queue_header_t)
 SLOT_HEADER_BYTES = sizeof(ms_queue_slot_t)
 # A waiter for a slot looks again this often (seconds): a writer it waits for may have died.
 cdef double RECHECK = 0.02
-# Before it sleeps, a waiter watches the word this long (seconds, the GIL released): the
-# other side often moves it sooner than a sleep and a wake-up would take.
-cdef double SPIN = 20e-6
+# Before it sleeps, a waiter watches the word this long (seconds, the GIL released),
+# yielding the CPU between looks: the other side often moves it sooner than a sleep and a
+# wake-up would take, and may need this very CPU to do so.
+cdef double SPIN = 50e-6
 
 cdef object _CONSTRUCT = object()
 
@@ -97,6 +102,7 @@ cdef bint moved_within(uint64_t *word, uint32_t seen, double seconds) noexcept:
             if monotonic() > until:
                 moved = False
                 break
+            sched_yield()
     return moved
 
 
@@ -181,19 +187,19 @@ cdef class SlotRing:
         return tail - head
 
     cdef int wait_on(self, uint64_t *word, uint32_t seen, double deadline) except -1:
-        """Sleep until ``word`` moves on, a recheck is due, or ``deadline`` (< 0: never)."""
+        """Sleep until ``word`` moves on (1), or a recheck is due or ``deadline`` passes (0;
+        < 0: never)."""
         cdef double until = monotonic() + RECHECK
         cdef uint32_t current
         if moved_within(word, seen, SPIN):
-            return 0
+            return 1
         if 0 <= deadline < until:
             until = deadline
         ms_queue_count_sleeper(self.header, 1)
         try:
-            sleep_on(self.owner, word, seen, until, &current, self.name)
+            return sleep_on(self.owner, word, seen, until, &current, self.name)
         finally:
             ms_queue_count_sleeper(self.header, -1)
-        return 0
 
     def claim_for_writing(self, uint64_t nbytes, str dtype, tuple shape, double deadline):
         """Hand this thread the next position's slot, for an item of ``nbytes`` with this
@@ -221,6 +227,9 @@ cdef class SlotRing:
         cdef uint64_t *word = &self.header.emptied if writing else &self.header.filled
         cdef uint32_t seen
         cdef int64_t index
+        # Whether a whole recheck interval passed with nothing moving: only then is a slot
+        # holder's liveness worth its /proc read.
+        cdef bint stalled = False
         self.owner.enter()
         try:
             while True:
@@ -228,9 +237,9 @@ cdef class SlotRing:
                 try:
                     seen = ms_word_peek(word)
                     if writing:
-                        index = self.try_writing(me, nbytes, dtype_key, shape)
+                        index = self.try_writing(me, nbytes, dtype_key, shape, stalled)
                     else:
-                        index = self.try_reading(me, copy)
+                        index = self.try_reading(me, copy, stalled)
                 finally:
                     ms_lock_release(&self.header.lock)
                 if index >= 0:
@@ -239,14 +248,15 @@ cdef class SlotRing:
                     continue
                 if 0 <= deadline <= monotonic():
                     return NOT_YET
-                self.wait_on(word, seen, deadline)
+                stalled = not self.wait_on(word, seen, deadline)
         finally:
             self.owner.leave()
 
     cdef int64_t try_writing(self, uint64_t me, uint64_t nbytes, bytes dtype_key,
-                             tuple shape) except CLAIM_FAILED:
+                             tuple shape, bint stalled) except CLAIM_FAILED:
         """Under the lock: the slot of position ``tail`` marked WRITING for this thread with
-        the item's header, or NOT_YET while every slot is taken."""
+        the item's header, or NOT_YET while every slot is taken (a slot held by a dead
+        process counts as free once the wait has ``stalled``)."""
         cdef uint64_t head = ms_peek(&self.header.head), tail = ms_peek(&self.header.tail)
         cdef uint64_t index, state
         cdef ms_queue_slot_t *slot
@@ -256,7 +266,7 @@ cdef class SlotRing:
         index = tail % self.slots
         slot = self.slot(index)
         state = ms_peek(&slot.state)
-        if (state != MS_QUEUE_FREE and state != MS_QUEUE_READY
+        if (stalled and state != MS_QUEUE_FREE and state != MS_QUEUE_READY
                 and not ms_holder_alive(ms_peek(&slot.owner))):
             state = MS_QUEUE_FREE  # its writer or reader died: dropped
         if state != MS_QUEUE_FREE:
@@ -273,10 +283,12 @@ cdef class SlotRing:
         ms_store(&self.header.tail, tail + 1)
         return index
 
-    cdef int64_t try_reading(self, uint64_t me, ms_queue_slot_t *copy) except CLAIM_FAILED:
+    cdef int64_t try_reading(self, uint64_t me, ms_queue_slot_t *copy,
+                             bint stalled) except CLAIM_FAILED:
         """Under the lock: the slot of position ``head`` marked READING for this thread, its
-        header copied into ``copy``; NOT_YET while it is empty or being written; SKIPPED
-        when the position was dropped and ``head`` moved past it."""
+        header copied into ``copy``; NOT_YET while it is empty or being written (by a live
+        producer, checked once the wait has ``stalled``); SKIPPED when the position was
+        dropped and ``head`` moved past it."""
         cdef uint64_t head = ms_peek(&self.header.head), tail = ms_peek(&self.header.tail)
         cdef uint64_t index, state, position
         cdef ms_queue_slot_t *slot
@@ -293,7 +305,7 @@ cdef class SlotRing:
             ms_store(&self.header.head, head + 1)
             return index
         if (position == head and state == MS_QUEUE_WRITING
-                and ms_holder_alive(ms_peek(&slot.owner))):
+                and (not stalled or ms_holder_alive(ms_peek(&slot.owner)))):
             return NOT_YET  # its producer is still writing: wait for it
         if position == head:  # a dead producer's or reader's: dropped
             ms_store(&slot.state, MS_QUEUE_FREE)
