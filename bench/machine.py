@@ -156,7 +156,8 @@ def describe() -> dict:
         "dev_shm_free_gib": round(shm_free_bytes() / GiB, 1),
         "source": source_revision(),
         "versions": {name: _version(name) for name in
-                     ("mshare", "numpy", "posix_ipc", "SharedArray", "pytest-benchmark")},
+                     ("mshare", "numpy", "posix_ipc", "SharedArray", "pytest-benchmark",
+                      "faster-fifo", "iceoryx2")},
     }
 
 

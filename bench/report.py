@@ -96,6 +96,26 @@ FIGURES = [
     Figure("7d drop-in page tables", "7d. Drop-in: page tables per process per GiB", "KiB",
            "processes", True, "As figure 4a, through each SharedMemory class.",
            "kib_per_process_per_gib"),
+] + [
+    Figure(f"11 queue {measure}, {topology}", f"11{letters[index]}. Queue: {title}, {topology}",
+           unit, "size", lower, explanation, metric)
+    for topology, letters in (("1 to 1", "abcde"), ("4 to 4", "fghij"))
+    for index, (measure, title, unit, lower, metric, explanation) in enumerate((
+        ("throughput", "throughput", "GB/s", False, "gb_per_s",
+         "Producers send numpy arrays as fast as they can; payload bytes over the time from "
+         "the first producer's start to the last item's arrival (one run)."),
+        ("throughput", "items per second", "items/s", False, "items_per_s",
+         "The same runs, counted in items."),
+        ("latency", "median latency", "µs", True, "median_latency_us",
+         "Each producer sends one array every few milliseconds to consumers waiting for it; "
+         "from the producer's clock before sending to the consumer's after receiving."),
+        ("latency", "99th-percentile latency", "µs", True, "p99_latency_us",
+         "The same runs, 99th percentile."),
+        ("throughput", "payload bytes copied per item", "bytes", True,
+         "bytes_copied_per_item",
+         "By construction, not measured: how many times each way copies the payload "
+         "(bench/queue_peers.py), times its size."),
+    ))
 ]
 
 

@@ -5,8 +5,10 @@
 #ifndef MSHARE_QUEUE_H
 #define MSHARE_QUEUE_H
 
+#include <limits.h>
 #include <stdint.h>
 
+#include "_futex.h"
 #include "_layout.h"
 
 enum ms_queue_state {
@@ -19,7 +21,8 @@ typedef struct {
     uint64_t emptied; /* futex half: a sequence moved on by every slot freed */
     uint64_t head;    /* positions handed to consumers so far */
     uint64_t tail;    /* positions handed to producers so far */
-    uint64_t reserved[3];
+    uint64_t sleepers; /* threads asleep on filled or emptied, so a wake is worth a call */
+    uint64_t reserved[2];
 } ms_queue_header_t;
 
 typedef struct {
@@ -32,6 +35,20 @@ typedef struct {
     uint64_t shape[MS_MAX_DIMS];
     uint64_t reserved[7];
 } ms_queue_slot_t;
+
+/* Move a futex half on and wake its sleepers, if the count says there are any. Both sides
+ * are sequentially consistent: either the notifier sees the sleeper counted, or the
+ * sleeper's FUTEX_WAIT sees the word moved. A writer's garbage in the count costs a wasted
+ * wake, or a sleeper its recheck interval: never a lost item. */
+static inline void ms_queue_notify(ms_queue_header_t *header, uint64_t *word) {
+    __atomic_fetch_add(ms_futex_half(word), 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&header->sleepers, __ATOMIC_SEQ_CST))
+        ms_futex_wake(word, INT_MAX);
+}
+
+static inline void ms_queue_count_sleeper(ms_queue_header_t *header, int64_t change) {
+    __atomic_fetch_add(&header->sleepers, (uint64_t)change, __ATOMIC_SEQ_CST);
+}
 
 _Static_assert(sizeof(ms_queue_header_t) == 64, "queue header layout changed");
 _Static_assert(sizeof(ms_queue_slot_t) == 192, "queue slot layout changed");

@@ -21,8 +21,7 @@ slot size this process holds privately (from the name table's record of the queu
 dtype and shape are copied out of its slot and checked before a view is made.
 """
 
-from libc.limits cimport INT_MAX
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 import errno
@@ -40,9 +39,12 @@ from mshare._shared import INTERNAL_LOCK_TIMEOUT
 from mshare.errors import CorruptBookkeepingError
 
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
 cdef extern from "_waiting.h" nogil:
     uint32_t ms_word_peek(uint64_t *word)
-    void ms_condition_notify(uint64_t *word, int count)
 
 
 cdef extern from "_queue.h" nogil:
@@ -57,6 +59,7 @@ cdef extern from "_queue.h" nogil:
         uint64_t emptied
         uint64_t head
         uint64_t tail
+        uint64_t sleepers
     ctypedef struct ms_queue_slot_t:
         uint64_t state
         uint64_t owner
@@ -65,6 +68,8 @@ cdef extern from "_queue.h" nogil:
         uint64_t ndim
         char dtype[32]
         uint64_t shape[8]
+    void ms_queue_notify(ms_queue_header_t *header, uint64_t *word)
+    void ms_queue_count_sleeper(ms_queue_header_t *header, int64_t change)
 
 
 QUEUE_KIND = "~queue"
@@ -72,8 +77,33 @@ HEADER_BYTES = sizeof(ms_queue_header_t)
 SLOT_HEADER_BYTES = sizeof(ms_queue_slot_t)
 # A waiter for a slot looks again this often (seconds): a writer it waits for may have died.
 cdef double RECHECK = 0.02
+# Before it sleeps, a waiter watches the word this long (seconds, the GIL released),
+# yielding the CPU between looks: the other side often moves it sooner than a sleep and a
+# wake-up would take, and may need this very CPU to do so.
+cdef double SPIN = 50e-6
 
 cdef object _CONSTRUCT = object()
+
+# What a claim attempt returns instead of a slot index (indices are below 2**40).
+cdef enum:
+    NOT_YET = -1       # nothing to claim now: wait for the other side
+    SKIPPED = -2       # a dropped position was passed over: try again at once
+    CLAIM_FAILED = -3  # an exception is set
+
+
+cdef bint moved_within(uint64_t *word, uint32_t seen, double seconds) noexcept:
+    """Whether the futex half of ``word`` leaves ``seen`` within ``seconds``, watched with
+    the GIL released."""
+    cdef double until
+    cdef bint moved = True
+    with nogil:
+        until = monotonic() + seconds
+        while ms_word_peek(word) == seen:
+            if monotonic() > until:
+                moved = False
+                break
+            sched_yield()
+    return moved
 
 
 def slot_stride(uint64_t slot_size):
@@ -157,104 +187,130 @@ cdef class SlotRing:
         return tail - head
 
     cdef int wait_on(self, uint64_t *word, uint32_t seen, double deadline) except -1:
-        """Sleep until ``word`` moves on, a recheck is due, or ``deadline`` (< 0: never)."""
+        """Sleep until ``word`` moves on (1), or a recheck is due or ``deadline`` passes (0;
+        < 0: never)."""
         cdef double until = monotonic() + RECHECK
         cdef uint32_t current
+        if moved_within(word, seen, SPIN):
+            return 1
         if 0 <= deadline < until:
             until = deadline
-        sleep_on(self.owner, word, seen, until, &current, self.name)
-        return 0
+        ms_queue_count_sleeper(self.header, 1)
+        try:
+            return sleep_on(self.owner, word, seen, until, &current, self.name)
+        finally:
+            ms_queue_count_sleeper(self.header, -1)
 
     def claim_for_writing(self, uint64_t nbytes, str dtype, tuple shape, double deadline):
         """Hand this thread the next position's slot, for an item of ``nbytes`` with this
         dtype string and shape; its index, or None once ``deadline`` passes (< 0: never)."""
-        cdef uint64_t me = self_word()
-        cdef bytes dtype_key = dtype.encode("ascii")
-        cdef uint64_t head, tail, index, state, owner
-        cdef ms_queue_slot_t *slot
-        cdef uint32_t seen
-        cdef unsigned d
+        cdef int64_t index
         if nbytes > self.slot_size:
             raise ValueError(f"an item of {nbytes} bytes does not fit the {self.slot_size}-byte "
                              f"slots of queue {self.name!r}")
-        self.owner.enter()
-        try:
-            while True:
-                self.take(me)
-                try:
-                    head = ms_peek(&self.header.head)
-                    tail = ms_peek(&self.header.tail)
-                    seen = ms_word_peek(&self.header.emptied)
-                    if self.outstanding(head, tail) < self.slots:
-                        index = tail % self.slots
-                        slot = self.slot(index)
-                        state = ms_peek(&slot.state)
-                        owner = ms_peek(&slot.owner)
-                        if state != MS_QUEUE_FREE and state != MS_QUEUE_READY and not ms_holder_alive(owner):
-                            state = MS_QUEUE_FREE  # its writer or reader died: dropped
-                        if state == MS_QUEUE_FREE:
-                            slot.owner = me
-                            slot.position = tail
-                            slot.nbytes = nbytes
-                            slot.ndim = len(shape)
-                            memset(slot.dtype, 0, MS_DTYPE_BYTES)
-                            memcpy(slot.dtype, <char *>dtype_key, len(dtype_key))
-                            for d in range(MS_MAX_DIMS):
-                                slot.shape[d] = shape[d] if d < len(shape) else 0
-                            ms_store(&slot.state, MS_QUEUE_WRITING)
-                            ms_store(&self.header.tail, tail + 1)
-                            return index
-                finally:
-                    ms_lock_release(&self.header.lock)
-                if 0 <= deadline <= monotonic():
-                    return None
-                self.wait_on(&self.header.emptied, seen, deadline)
-        finally:
-            self.owner.leave()
+        index = self.claim(True, deadline, nbytes, dtype.encode("ascii"), shape, NULL)
+        return None if index == NOT_YET else index
 
     def claim_for_reading(self, double deadline):
         """Hand this thread the oldest ready item: ``(index, addr, nbytes, dtype, shape)``
         from a private copy of its slot, or None once ``deadline`` passes (< 0: never)."""
-        cdef uint64_t me = self_word()
-        cdef uint64_t head, tail, index, state, position
-        cdef ms_queue_slot_t *slot
         cdef ms_queue_slot_t copy
+        cdef int64_t index = self.claim(False, deadline, 0, None, None, &copy)
+        return None if index == NOT_YET else self.checked_item(index, &copy)
+
+    cdef int64_t claim(self, bint writing, double deadline, uint64_t nbytes, bytes dtype_key,
+                       tuple shape, ms_queue_slot_t *copy) except CLAIM_FAILED:
+        """The loop both claims share: try under the queue's lock, and until that hands this
+        thread a slot, sleep on the word the other side moves (NOT_YET once ``deadline``
+        passes)."""
+        cdef uint64_t me = self_word()
+        cdef uint64_t *word = &self.header.emptied if writing else &self.header.filled
         cdef uint32_t seen
+        cdef int64_t index
+        # Whether a whole recheck interval passed with nothing moving: only then is a slot
+        # holder's liveness worth its /proc read.
+        cdef bint stalled = False
         self.owner.enter()
         try:
             while True:
                 self.take(me)
                 try:
-                    head = ms_peek(&self.header.head)
-                    tail = ms_peek(&self.header.tail)
-                    seen = ms_word_peek(&self.header.filled)
-                    if self.outstanding(head, tail) > 0:
-                        index = head % self.slots
-                        slot = self.slot(index)
-                        state = ms_peek(&slot.state)
-                        position = ms_peek(&slot.position)
-                        if position == head and state == MS_QUEUE_READY:
-                            memcpy(&copy, slot, sizeof(ms_queue_slot_t))
-                            slot.owner = me
-                            ms_store(&slot.state, MS_QUEUE_READING)
-                            ms_store(&self.header.head, head + 1)
-                            break
-                        if (position == head and state == MS_QUEUE_WRITING
-                                and ms_holder_alive(ms_peek(&slot.owner))):
-                            pass  # its producer is still writing: wait for it
-                        else:
-                            if position == head:  # a dead producer's or reader's: dropped
-                                ms_store(&slot.state, MS_QUEUE_FREE)
-                            ms_store(&self.header.head, head + 1)
-                            continue
+                    seen = ms_word_peek(word)
+                    if writing:
+                        index = self.try_writing(me, nbytes, dtype_key, shape, stalled)
+                    else:
+                        index = self.try_reading(me, copy, stalled)
                 finally:
                     ms_lock_release(&self.header.lock)
+                if index >= 0:
+                    return index
+                if index == SKIPPED:
+                    continue
                 if 0 <= deadline <= monotonic():
-                    return None
-                self.wait_on(&self.header.filled, seen, deadline)
+                    return NOT_YET
+                stalled = not self.wait_on(word, seen, deadline)
         finally:
             self.owner.leave()
-        return self.checked_item(index, &copy)
+
+    cdef int64_t try_writing(self, uint64_t me, uint64_t nbytes, bytes dtype_key,
+                             tuple shape, bint stalled) except CLAIM_FAILED:
+        """Under the lock: the slot of position ``tail`` marked WRITING for this thread with
+        the item's header, or NOT_YET while every slot is taken (a slot held by a dead
+        process counts as free once the wait has ``stalled``)."""
+        cdef uint64_t head = ms_peek(&self.header.head), tail = ms_peek(&self.header.tail)
+        cdef uint64_t index, state
+        cdef ms_queue_slot_t *slot
+        cdef unsigned d
+        if self.outstanding(head, tail) == self.slots:
+            return NOT_YET
+        index = tail % self.slots
+        slot = self.slot(index)
+        state = ms_peek(&slot.state)
+        if (stalled and state != MS_QUEUE_FREE and state != MS_QUEUE_READY
+                and not ms_holder_alive(ms_peek(&slot.owner))):
+            state = MS_QUEUE_FREE  # its writer or reader died: dropped
+        if state != MS_QUEUE_FREE:
+            return NOT_YET
+        slot.owner = me
+        slot.position = tail
+        slot.nbytes = nbytes
+        slot.ndim = len(shape)
+        memset(slot.dtype, 0, MS_DTYPE_BYTES)
+        memcpy(slot.dtype, <char *>dtype_key, len(dtype_key))
+        for d in range(MS_MAX_DIMS):
+            slot.shape[d] = shape[d] if d < len(shape) else 0
+        ms_store(&slot.state, MS_QUEUE_WRITING)
+        ms_store(&self.header.tail, tail + 1)
+        return index
+
+    cdef int64_t try_reading(self, uint64_t me, ms_queue_slot_t *copy,
+                             bint stalled) except CLAIM_FAILED:
+        """Under the lock: the slot of position ``head`` marked READING for this thread, its
+        header copied into ``copy``; NOT_YET while it is empty or being written (by a live
+        producer, checked once the wait has ``stalled``); SKIPPED when the position was
+        dropped and ``head`` moved past it."""
+        cdef uint64_t head = ms_peek(&self.header.head), tail = ms_peek(&self.header.tail)
+        cdef uint64_t index, state, position
+        cdef ms_queue_slot_t *slot
+        if self.outstanding(head, tail) == 0:
+            return NOT_YET
+        index = head % self.slots
+        slot = self.slot(index)
+        state = ms_peek(&slot.state)
+        position = ms_peek(&slot.position)
+        if position == head and state == MS_QUEUE_READY:
+            memcpy(copy, slot, sizeof(ms_queue_slot_t))
+            slot.owner = me
+            ms_store(&slot.state, MS_QUEUE_READING)
+            ms_store(&self.header.head, head + 1)
+            return index
+        if (position == head and state == MS_QUEUE_WRITING
+                and (not stalled or ms_holder_alive(ms_peek(&slot.owner)))):
+            return NOT_YET  # its producer is still writing: wait for it
+        if position == head:  # a dead producer's or reader's: dropped
+            ms_store(&slot.state, MS_QUEUE_FREE)
+        ms_store(&self.header.head, head + 1)
+        return SKIPPED
 
     cdef object checked_item(self, uint64_t index, ms_queue_slot_t *copy):
         cdef uint64_t nbytes = copy.nbytes, ndim = copy.ndim
@@ -276,17 +332,17 @@ cdef class SlotRing:
     def publish(self, uint64_t index):
         """Make the item this thread wrote into slot ``index`` ready for consumers."""
         self.finish(index, MS_QUEUE_WRITING, MS_QUEUE_READY)
-        ms_condition_notify(&self.header.filled, INT_MAX)
+        ms_queue_notify(self.header, &self.header.filled)
 
     def drop(self, uint64_t index):
         """Give up the slot this thread was writing; its position is skipped."""
         self.finish(index, MS_QUEUE_WRITING, MS_QUEUE_FREE)
-        ms_condition_notify(&self.header.emptied, INT_MAX)
+        ms_queue_notify(self.header, &self.header.emptied)
 
     def release(self, uint64_t index):
         """Free the slot this thread was reading."""
         self.finish(index, MS_QUEUE_READING, MS_QUEUE_FREE)
-        ms_condition_notify(&self.header.emptied, INT_MAX)
+        ms_queue_notify(self.header, &self.header.emptied)
 
     cdef int finish(self, uint64_t index, uint64_t expected, uint64_t state) except -1:
         """Move slot ``index`` from ``expected`` (held by this thread) to ``state``;

@@ -109,7 +109,8 @@ class ManagedMemory(RegionLocking):
         return self._bookkeeping.named()
 
     def objects(self) -> Dict[str, str]:
-        """Each named object's name and kind: ``"array"``, ``"event"`` or ``"condition"``."""
+        """Each named object's name and kind: ``"array"``, ``"event"``, ``"condition"`` or
+        ``"queue"``."""
         bookkeeping = self._bookkeeping
         kinds = {}
         for name in bookkeeping.named():

@@ -1,6 +1,7 @@
 """region.queue(): items handed over between processes exactly once, in order per producer,
 intact; Full and Empty; Ctrl-C; producers and consumers killed mid-operation."""
 
+import multiprocessing
 import os
 import queue
 import signal
@@ -237,5 +238,36 @@ def test_ctrl_c_during_a_blocked_call_raises_and_leaves_the_queue_working(
     output = waiter.communicate(timeout=60)[0].split()
     assert waiter.returncode == 0
     assert output == ["interrupted"] + (["fills", "it"] if blocked == "put" else []) + ["works"]
+    region.close()
+    mshare.unlink(name)
+
+
+def _reserve_in_child(name, addresses):
+    region = mshare.attach(name)
+    with region.queue("items").reserve((1024,), "uint32") as slot:
+        slot[:] = numpy.arange(1024, dtype="uint32")
+        addresses.put(slot.ctypes.data)
+    del slot
+    region.close()
+
+
+def test_reserve_and_get_lend_the_slot_itself_so_nothing_is_copied(registry_path, name):
+    region = mshare.create(name, 1 << 20)
+    items = region.queue("items", 2, 4096)
+    payloads = {items._ring.payload_addr(index) for index in range(items.slots)}
+    context = multiprocessing.get_context("fork")
+    addresses = context.Queue()
+    producer = context.Process(target=_reserve_in_child, args=(name, addresses))
+    producer.start()
+    written_at = addresses.get(timeout=60)
+    producer.join(60)
+    assert producer.exitcode == 0
+    assert written_at in payloads  # the producer wrote into a slot, in place
+    with items.get(timeout=5) as item:
+        # The consumer's array is that very memory, at the same address in this process.
+        assert item.ctypes.data == written_at
+        assert (item == numpy.arange(1024, dtype="uint32")).all()
+        assert not item.flags.writeable and not item.flags.owndata
+    del item
     region.close()
     mshare.unlink(name)
