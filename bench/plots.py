@@ -45,7 +45,12 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict,
     axes.set_yscale(yscale, **({"linthresh": 1.0} if yscale == "symlog" else {}))
     if yscale != "log" and min(ys) >= 0:
         axes.set_ylim(bottom=0)
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(figure, axes, path, title=title, xlabel=xlabel, ylabel=ylabel)
+
+
+def _save(figure, axes, path: Path, **labels: str) -> Path:
+    """Label, grid and write one figure; the same finish for every plot."""
+    axes.set(**labels)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -74,14 +79,9 @@ def _scale_plot(path: Path, records: list[dict]) -> Path | None:
     axes.set_xscale("log")
     axes.set_yscale("symlog", linthresh=0.1)
     axes.set_ylim(bottom=0)
-    axes.set(title="Page tables of N processes mapping one region and reading every page",
-             xlabel="processes", ylabel="system page tables grown (MiB)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, path,
+                 title="Page tables of N processes mapping one region and reading every page",
+                 xlabel="processes", ylabel="system page tables grown (MiB)")
 
 
 def draw(data: dict, directory: Path) -> list[Path]:
