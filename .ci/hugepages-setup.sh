@@ -48,5 +48,6 @@ mount_once() {  # FSTYPE OPTIONS PATH
 }
 mount_once hugetlbfs mode=1777,pagesize=2M /dev/hugepages
 if grep -qv '\[deny\]' /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null; then
-    mount_once tmpfs mode=1777,huge=within_size,size=4G "$thp"
+    # Room for the benchmarks' 4 GiB region and its bookkeeping (a tmpfs reserves nothing).
+    mount_once tmpfs mode=1777,huge=within_size,size=6G "$thp"
 fi
