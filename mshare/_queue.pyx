@@ -105,6 +105,7 @@ cdef Py_ssize_t CHECKED_KINDS = 256
 
 cdef object _CONSTRUCT = object()
 cdef object _numpy = None
+cdef object _NOTHING = object()  # an argument nobody passes
 
 # What a claim attempt returns instead of a slot index (indices are below 2**40).
 cdef enum:
@@ -143,6 +144,8 @@ cdef class SlotRing:
     cdef uint64_t stride
     cdef uint64_t mapped_at  # where the region's memoryview starts
     cdef dict to_write  # (shape, numpy dtype) -> (bytes, dtype string), both checked
+    cdef tuple last_kind  # (numpy dtype, shape, what to_write holds for them) of the last item
+    cdef tuple last_dtype  # reserve()'s last dtype argument, and it made a numpy dtype
     cdef dict to_read  # a slot header's item fields -> (numpy dtype, shape), checked
     cdef readonly str name
 
@@ -171,6 +174,8 @@ cdef class SlotRing:
         self.name = name
         self.mapped_at = mapped_at
         self.to_write, self.to_read = {}, {}
+        self.last_kind = (_NOTHING, None, None)
+        self.last_dtype = (_NOTHING, None)
         return self
 
     cdef ms_queue_slot_t *slot(self, uint64_t index) noexcept:
@@ -333,9 +338,15 @@ cdef class SlotRing:
         """A ``Loan`` of the next free slot as an array of ``shape`` and ``dtype`` over
         ``buf`` (the region's memoryview), claimed when its ``with`` block begins."""
         cdef Loan loan = Loan.__new__(Loan)
-        if type(shape) is not tuple or any(type(extent) is not int for extent in shape):
+        if not is_int_tuple(shape):
             shape = _shape(shape)  # a tuple of ints is checked once, by item_kind
-        loan.dtype = numpy_module().dtype(dtype)
+        if dtype is not self.last_dtype[0]:
+            np = numpy_module()
+            # Only a dtype, a type or a string given again is taken to mean the same dtype:
+            # another object could change in between.
+            self.last_dtype = (dtype if isinstance(dtype, (type, str, np.dtype)) else _NOTHING,
+                               np.dtype(dtype))
+        loan.dtype = self.last_dtype[1]
         loan.nbytes, loan.dtype_key = self.item_kind(shape, loan.dtype)
         loan.ring, loan.buf, loan.shape, loan.timeout = self, buf, shape, timeout
         loan.span = timeout_span(timeout)
@@ -378,6 +389,8 @@ cdef class SlotRing:
     cdef tuple item_kind(self, tuple shape, object dtype):
         """The bytes and dtype string (ASCII) of an item of ``shape`` and ``dtype``, checked
         once per kind."""
+        if dtype is self.last_kind[0] and shape == self.last_kind[1]:
+            return self.last_kind[2]  # like the item before: no tuple made, no hash
         key = (shape, dtype)
         known = self.to_write.get(key)
         if known is None:
@@ -387,6 +400,7 @@ cdef class SlotRing:
                 raise ValueError(f"an item of {known[0]} bytes does not fit the "
                                  f"{self.slot_size}-byte slots of queue {self.name!r}")
             remember(self.to_write, key, known)
+        self.last_kind = (dtype, shape, known)
         return known
 
     cdef object view_of(self, object buf, uint64_t index, object dtype, tuple shape):
@@ -591,6 +605,15 @@ cdef void copy_in(void *slot, const void *source, uint64_t nbytes) noexcept:
     else:
         with nogil:
             memcpy(slot, source, nbytes)
+
+
+cdef bint is_int_tuple(object shape):
+    if type(shape) is not tuple:
+        return False
+    for extent in <tuple>shape:
+        if type(extent) is not int:
+            return False
+    return True
 
 
 cdef double timeout_span(object timeout) except? -2:
