@@ -348,16 +348,22 @@ cdef class SlotRing:
                                np.dtype(dtype))
         loan.dtype = self.last_dtype[1]
         loan.nbytes, loan.dtype_key = self.item_kind(shape, loan.dtype)
-        loan.ring, loan.buf, loan.shape, loan.timeout = self, buf, shape, timeout
-        loan.span = timeout_span(timeout)
+        loan.shape = shape
+        self.prepare(loan, buf, timeout, MS_QUEUE_WRITING, MS_QUEUE_READY)
         return loan
 
     def lend(self, buf, timeout):
         """A ``Lent`` of the oldest item over ``buf``, claimed when its block begins."""
         cdef Lent lent = Lent.__new__(Lent)
-        lent.ring, lent.buf, lent.timeout = self, buf, timeout
-        lent.span = timeout_span(timeout)
+        self.prepare(lent, buf, timeout, MS_QUEUE_READING, MS_QUEUE_FREE)
         return lent
+
+    cdef int prepare(self, SlotClaim claim, object buf, object timeout, uint64_t held,
+                     uint64_t done) except -1:
+        claim.ring, claim.buf, claim.timeout = self, buf, timeout
+        claim.span = timeout_span(timeout)
+        claim.held, claim.done = held, done
+        return 0
 
     def put(self, buf, source, timeout):
         """Copy the numpy array ``source`` into the next free slot and publish it."""
@@ -492,30 +498,58 @@ cdef class SlotRing:
         return 0
 
 
-cdef class Loan:
-    """``Queue.reserve``'s context manager. Its ``__enter__`` claims a slot and makes its
-    view in C, with no Python code between, so a signal handler (Ctrl-C) runs either
-    before the claim or after ``__enter__`` has returned, when the ``with`` statement owns
-    the loan: the slot is published or dropped at exit, and freed by this object's
-    deallocation if no exit comes."""
+cdef class SlotClaim:
+    """What ``Loan`` and ``Lent`` share: the slot one claimed, given back when its ``with``
+    block ends or, failing that, when the object is deallocated."""
 
     cdef SlotRing ring
-    cdef object buf, shape, dtype, timeout
-    cdef bytes dtype_key
-    cdef uint64_t nbytes, me
+    cdef object buf, timeout
+    cdef uint64_t me
     cdef double span
     cdef int64_t index
+    cdef uint64_t held  # the state of a slot this object holds: WRITING or READING
+    cdef uint64_t done  # the state it leaves at a block's normal end
 
     def __cinit__(self):
         self.index = -1
 
-    def __enter__(self):
-        cdef int64_t index
+    cdef uint64_t begin(self) except 0:
+        """This thread's lock word, which will hold the slot."""
         if self.index >= 0:
-            raise RuntimeError("this loan's slot is already claimed")
+            raise RuntimeError(f"this {type(self).__name__.lower()} of queue {self.ring.name!r} "
+                               f"already claimed its slot")
         self.me = self_word()
-        index = self.ring.claim(self.me, True, deadline_after(self.span), self.nbytes,
-                                self.dtype_key, self.shape, NULL)
+        return self.me
+
+    def __exit__(self, kind, error, trace):
+        self.settle(self.done if kind is None else MS_QUEUE_FREE)
+        return False
+
+    cdef int settle(self, uint64_t state) except -1:
+        cdef int64_t index = self.index
+        self.index = -1
+        if index >= 0:
+            self.ring.hand_back(index, self.me, self.held, state)
+        return 0
+
+    def __dealloc__(self):
+        if self.index >= 0:
+            settle_quietly(self.ring, self.index, self.me, self.held)
+
+
+cdef class Loan(SlotClaim):
+    """``Queue.reserve``'s context manager. Its ``__enter__`` claims a slot and makes its
+    view in C, with no Python code between, so a signal handler (Ctrl-C) runs either
+    before the claim or after ``__enter__`` has returned, when the ``with`` statement owns
+    the loan: the slot is published at a normal exit, dropped at an exception."""
+
+    cdef object shape, dtype
+    cdef bytes dtype_key
+    cdef uint64_t nbytes
+
+    def __enter__(self):
+        cdef int64_t index = self.ring.claim(self.begin(), True, deadline_after(self.span),
+                                             self.nbytes, self.dtype_key, self.shape, NULL)
         if index == NOT_YET:
             raise stdlib_queue.Full(f"queue {self.ring.name!r} stayed full for {self.timeout} s")
         self.index = index
@@ -525,44 +559,15 @@ cdef class Loan:
             self.settle(MS_QUEUE_FREE)
             raise
 
-    def __exit__(self, kind, error, trace):
-        self.settle(MS_QUEUE_READY if kind is None else MS_QUEUE_FREE)
-        return False
 
-    cdef int settle(self, uint64_t state) except -1:
-        cdef int64_t index = self.index
-        self.index = -1
-        if index >= 0:
-            self.ring.hand_back(index, self.me, MS_QUEUE_WRITING, state)
-        return 0
-
-    def __dealloc__(self):
-        if self.index >= 0:
-            settle_quietly(self.ring, self.index, self.me, MS_QUEUE_WRITING)
-
-
-cdef class Lent:
+cdef class Lent(SlotClaim):
     """``Queue.get``'s context manager: claims the oldest item and makes its read-only view
-    in C at ``__enter__`` (see ``Loan`` for why), frees the slot at exit or, failing that,
-    at deallocation."""
-
-    cdef SlotRing ring
-    cdef object buf, timeout
-    cdef uint64_t me
-    cdef double span
-    cdef int64_t index
-
-    def __cinit__(self):
-        self.index = -1
+    in C at ``__enter__`` (see ``Loan`` for why), frees the slot at exit."""
 
     def __enter__(self):
         cdef ms_queue_slot_t copy
-        cdef int64_t index
-        if self.index >= 0:
-            raise RuntimeError("this item's slot is already claimed")
-        self.me = self_word()
-        index = self.ring.claim(self.me, False, deadline_after(self.span), 0, None, None,
-                                &copy)
+        cdef int64_t index = self.ring.claim(self.begin(), False, deadline_after(self.span),
+                                             0, None, None, &copy)
         if index == NOT_YET:
             raise stdlib_queue.Empty(f"queue {self.ring.name!r} stayed empty for "
                                      f"{self.timeout} s")
@@ -570,23 +575,8 @@ cdef class Lent:
         try:
             return self.ring.read_view(self.buf, index, &copy)
         except BaseException:
-            self.settle()
+            self.settle(MS_QUEUE_FREE)
             raise
-
-    def __exit__(self, kind, error, trace):
-        self.settle()
-        return False
-
-    cdef int settle(self) except -1:
-        cdef int64_t index = self.index
-        self.index = -1
-        if index >= 0:
-            self.ring.hand_back(index, self.me, MS_QUEUE_READING, MS_QUEUE_FREE)
-        return 0
-
-    def __dealloc__(self):
-        if self.index >= 0:
-            settle_quietly(self.ring, self.index, self.me, MS_QUEUE_READING)
 
 
 cdef void settle_quietly(SlotRing ring, int64_t index, uint64_t me, uint64_t expected) noexcept:

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
     import numpy
     import numpy.typing
 
+    from mshare.region import Region
 
-def find_or_create(region, name, slots, slot_size):
+
+def find_or_create(region: "Region", name: str, slots: Optional[int],
+                   slot_size: Optional[int]) -> "Queue":
     """The queue ``name`` of ``region``: made when ``slots`` and ``slot_size`` are given."""
     bookkeeping = region._writable("queue()")
     if slots is not None or slot_size is not None:
@@ -55,14 +58,14 @@ class Queue:
     """A named queue of ``slots`` slots of ``slot_size`` bytes; many producers, many
     consumers, FIFO per producer. See the module docstring."""
 
-    def __init__(self, region, ring):
+    def __init__(self, region: "Region", ring: SlotRing) -> None:
         self._region = region
         self._ring = ring
-        self.name = ring.name
-        self.slots = ring.slots
-        self.slot_size = ring.slot_size
+        self.name: str = ring.name
+        self.slots: int = ring.slots
+        self.slot_size: int = ring.slot_size
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<mshare queue {self.name!r}: {self.slots} slots of {self.slot_size} bytes "
                 f"in {self._region.name!r}>")
 
