@@ -453,12 +453,12 @@ cdef class SlotRing:
                             or __builtin_mul_overflow(elements, max(extent, 1), &elements)
                             or __builtin_mul_overflow(total, extent, &total)):
                         overflow = True
-                if (__builtin_mul_overflow(elements, itemsize, &elements)
-                        or elements > INDEX_MAX or __builtin_mul_overflow(total, itemsize, &total)):
+                if (__builtin_mul_overflow(elements, itemsize, &elements) or elements > INDEX_MAX
+                        or __builtin_mul_overflow(total, itemsize, &total)):
                     overflow = True
                 if overflow or total != nbytes:
-                    problem = f"{dtype} of shape {[copy.shape[d] for d in range(ndim)]}, " \
-                              f"which is not {nbytes} bytes"
+                    problem = (f"{dtype} of shape {[copy.shape[d] for d in range(ndim)]}, "
+                               f"which is not {nbytes} bytes")
         if problem is not None:
             raise CorruptBookkeepingError(
                 f"an item of queue {self.name!r} is recorded as {problem}; it was dropped",
