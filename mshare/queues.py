@@ -13,7 +13,7 @@ crash rules are in ``mshare._queue``.
 """
 
 import errno
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from mshare._queue import HEADER_BYTES, QUEUE_KIND, Lent, Loan, SlotRing, slot_stride
 from mshare._waiting import KINDS
@@ -23,10 +23,23 @@ if TYPE_CHECKING:
     import numpy
     import numpy.typing
 
-    from mshare.region import Region
+    from mshare._shared import Bookkeeping
 
 
-def find_or_create(region: "Region", name: str, slots: Optional[int],
+class _Region(Protocol):
+    """What a queue uses of its region (a ``mshare.Region``; named here without importing
+    it, which imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def addr(self) -> int: ...
+    @property
+    def buf(self) -> memoryview: ...
+    def _writable(self, what: str) -> "Bookkeeping": ...
+
+
+def find_or_create(region: _Region, name: str, slots: Optional[int],
                    slot_size: Optional[int]) -> "Queue":
     """The queue ``name`` of ``region``: made when ``slots`` and ``slot_size`` are given."""
     bookkeeping = region._writable("queue()")
@@ -58,7 +71,7 @@ class Queue:
     """A named queue of ``slots`` slots of ``slot_size`` bytes; many producers, many
     consumers, FIFO per producer. See the module docstring."""
 
-    def __init__(self, region: "Region", ring: SlotRing) -> None:
+    def __init__(self, region: _Region, ring: SlotRing) -> None:
         self._region = region
         self._ring = ring
         self.name: str = ring.name
