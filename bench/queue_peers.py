@@ -16,6 +16,10 @@ consumer end returns that stamp, which is all it reads of the item.
 - ``multiprocessing.Queue`` and faster-fifo: 4 (pickled into bytes, into the pipe or the
   shared ring, out of it, unpickled into a new array).
 
+The futex wake floor is no queue: it is what waking a process blocked in ``FUTEX_WAIT`` costs
+on this machine, driven and measured like the others (latency only), so the queues' latency
+can be read against it.
+
 Point-to-point transports (a Pipe, an iceoryx2 service with its own publisher and
 subscriber) run "4 to 4" as four independent pairs; the queues run it as one queue that
 four producers and four consumers share.
@@ -25,10 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import importlib.util
+import mmap
 import multiprocessing
 import os
+import platform
 import queue as stdlib_queue
+import shutil
+import tempfile
 import time
 import uuid
 
@@ -54,6 +63,7 @@ class Contender:
     family = "peer"
     copies = 0
     pairs = False  # "4 to 4" as four independent pairs
+    throughput = True  # False: it has no back-pressure, so it measures latency only
     module = ""  # the package it needs, if any
 
     def unavailable(self, producers: int) -> str | None:
@@ -260,11 +270,15 @@ class MultiprocessingPipe(Contender):
 class _IceoryxEnd:
     """One node and one port of an iceoryx2 publish/subscribe service of byte slices."""
 
-    def __init__(self, service_name, size, publishing):
+    def __init__(self, place, service_name, size, publishing):
         import iceoryx2 as iox2
 
         iox2.set_log_level(iox2.LogLevel.Error)
-        self.node = (iox2.NodeBuilder.new()
+        prefix, root = place
+        config = iox2.config.default()
+        config.global_cfg.prefix = iox2.FileName.new(prefix)
+        config.global_cfg.root_path = iox2.Path.new(root + "/")
+        self.node = (iox2.NodeBuilder.new().config(config)
                      .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
                      .create(iox2.ServiceType.Ipc))
         self.service = (self.node.service_builder(iox2.ServiceName.new(service_name))
@@ -315,10 +329,21 @@ class IceoryxLoan(Contender):
 
     @contextlib.contextmanager
     def channel(self, size, pairs):
-        yield [f"mshare-bench-{uuid.uuid4().hex[:12]}-{pair}" for pair in range(pairs)]
+        """Service names, and a file prefix and root of this channel's own: iceoryx2 leaves
+        files in /dev/shm and under its root, which go when the channel closes. The prefix
+        starts like the benchmark's region names, so a check for leftovers sees them."""
+        prefix = f"bench-{os.getpid()}-iox2-{uuid.uuid4().hex[:12]}-"
+        root = tempfile.mkdtemp(prefix=prefix)
+        try:
+            yield (prefix, root), [f"mshare-bench-{pair}" for pair in range(pairs)]
+        finally:
+            for leftover in glob.glob(os.path.join("/dev/shm", glob.escape(prefix) + "*")):
+                os.unlink(leftover)
+            shutil.rmtree(root)
 
-    def producer(self, names, index, size):
-        end = _IceoryxEnd(names[index], size, publishing=True)
+    def producer(self, channel, index, size):
+        place, names = channel
+        end = _IceoryxEnd(place, names[index], size, publishing=True)
         # Its subscriber exists by now; a sample sent before the publisher has connected to
         # it reaches nobody, so connect first.
         deadline = time.monotonic() + PATIENCE
@@ -329,9 +354,81 @@ class IceoryxLoan(Contender):
         end.port.update_connections()
         return end
 
-    def consumer(self, names, index, size):
-        return _IceoryxEnd(names[index], size, publishing=False)
+    def consumer(self, channel, index, size):
+        place, names = channel
+        return _IceoryxEnd(place, names[index], size, publishing=False)
+
+
+# FUTEX_WAIT and FUTEX_WAKE on a word shared between processes (not the private variants).
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _FutexEnd:
+    """One end of a futex ping over a shared page: a 32-bit sequence (the futex word) and
+    the last stamp. The sender stores the stamp, moves the sequence on and wakes; the
+    receiver sleeps in FUTEX_WAIT until the sequence reaches the item it waits for."""
+
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _slice = _Timespec(1, 0)  # a sleeper looks at the clock this often, to give up in time
+
+    def __init__(self, page):
+        self.sequence = ctypes.c_uint32.from_buffer(page, 0)
+        self.stamp = ctypes.c_int64.from_buffer(page, 8)
+        self.address = ctypes.addressof(self.sequence)
+        self.expected = 0
+
+    def send(self, now):
+        self.stamp.value = now
+        self.sequence.value += 1  # one sender per page
+        self._futex(_FUTEX_WAKE, 1, None)
+
+    def receive(self):
+        self.expected = (self.expected + 1) & 0xFFFFFFFF
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            seen = self.sequence.value
+            if (seen - self.expected) & 0x80000000 == 0:  # reached, wrap-around aside
+                return self.stamp.value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no futex wake came in {PATIENCE} s")
+            self._futex(_FUTEX_WAIT, seen, ctypes.byref(self._slice))
+
+    def _futex(self, operation, value, timeout):
+        self._libc.syscall(_SYS_FUTEX, ctypes.c_void_p(self.address), operation,
+                           ctypes.c_uint32(value), timeout, None, 0)
+
+    def close(self):
+        self.sequence = self.stamp = None  # their exports of the page go with them
+
+
+class FutexFloor(Contender):
+    name = "futex wake floor"
+    pairs = True
+    throughput = False
+
+    def unavailable(self, producers):
+        if _SYS_FUTEX is None:
+            return f"{self.name}: no futex system call number known for {platform.machine()}"
+        return None
+
+    @contextlib.contextmanager
+    def channel(self, size, pairs):
+        pages = [mmap.mmap(-1, mmap.PAGESIZE) for _ in range(pairs)]  # shared, anonymous
+        yield pages
+        for page in pages:
+            page.close()
+
+    def producer(self, pages, index, size):
+        return _FutexEnd(pages[index])
+
+    def consumer(self, pages, index, size):
+        return _FutexEnd(pages[index])
 
 
 CONTENDERS = [MsharePut(), MshareReserve(), MultiprocessingQueue(), FasterFifo(),
-              IceoryxLoan(), MultiprocessingPipe()]
+              IceoryxLoan(), MultiprocessingPipe(), FutexFloor()]

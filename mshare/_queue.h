@@ -6,6 +6,7 @@
 #define MSHARE_QUEUE_H
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "_futex.h"
@@ -49,6 +50,10 @@ static inline void ms_queue_notify(ms_queue_header_t *header, uint64_t *word) {
 static inline void ms_queue_count_sleeper(ms_queue_header_t *header, int64_t change) {
     __atomic_fetch_add(&header->sleepers, (uint64_t)change, __ATOMIC_SEQ_CST);
 }
+
+/* The fields that describe a slot's item (nbytes to shape): what a reader checks. */
+#define MS_QUEUE_ITEM_HEADER_BYTES \
+    (offsetof(ms_queue_slot_t, reserved) - offsetof(ms_queue_slot_t, nbytes))
 
 _Static_assert(sizeof(ms_queue_header_t) == 64, "queue header layout changed");
 _Static_assert(sizeof(ms_queue_slot_t) == 192, "queue slot layout changed");

@@ -1,4 +1,7 @@
-from typing import Final
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import numpy.typing
 
 from mshare._shared import Bookkeeping
 
@@ -7,6 +10,20 @@ HEADER_BYTES: Final[int]
 SLOT_HEADER_BYTES: Final[int]
 
 def slot_stride(slot_size: int) -> int: ...
+
+class SlotClaim:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> Literal[False]: ...
+
+class Loan(SlotClaim):
+    def __enter__(self) -> numpy.typing.NDArray[Any]: ...
+
+class Lent(SlotClaim):
+    def __enter__(self) -> numpy.typing.NDArray[Any]: ...
 
 class SlotRing:
     @property
@@ -17,15 +34,23 @@ class SlotRing:
     def name(self) -> str: ...
     @staticmethod
     def over_block(
-        owner: Bookkeeping, name: str, addr: int, nbytes: int, slots: int, slot_size: int
+        owner: Bookkeeping,
+        name: str,
+        addr: int,
+        nbytes: int,
+        slots: int,
+        slot_size: int,
+        mapped_at: int,
     ) -> SlotRing: ...
-    def claim_for_writing(
-        self, nbytes: int, dtype: str, shape: tuple[int, ...], deadline: float
-    ) -> int | None: ...
-    def claim_for_reading(
-        self, deadline: float
-    ) -> tuple[int, int, int, str, tuple[int, ...]] | None: ...
     def payload_addr(self, index: int) -> int: ...
-    def publish(self, index: int) -> None: ...
-    def drop(self, index: int) -> None: ...
-    def release(self, index: int) -> None: ...
+    def reserve(
+        self,
+        buf: memoryview,
+        shape: int | tuple[int, ...],
+        dtype: numpy.typing.DTypeLike,
+        timeout: float | None,
+    ) -> Loan: ...
+    def lend(self, buf: memoryview, timeout: float | None) -> Lent: ...
+    def put(
+        self, buf: memoryview, source: numpy.typing.NDArray[Any], timeout: float | None
+    ) -> None: ...

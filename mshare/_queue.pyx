@@ -21,10 +21,13 @@ slot size this process holds privately (from the name table's record of the queu
 dtype and shape are copied out of its slot and checked before a view is made.
 """
 
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBuffer_Release
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 import errno
+import queue as stdlib_queue
 
 from mshare._layout cimport MS_DTYPE_BYTES, MS_MAX_DIMS, ms_peek, ms_store
 from mshare._mutex cimport (
@@ -36,11 +39,20 @@ from mshare._slots cimport fixed_string
 from mshare._waiting cimport sleep_on
 
 from mshare._shared import INTERNAL_LOCK_TIMEOUT
+from mshare.array_shapes import _array_bytes, _check_storable, _shape
 from mshare.errors import CorruptBookkeepingError
 
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+
+
+cdef extern from *:
+    bint __builtin_mul_overflow(uint64_t a, uint64_t b, uint64_t *product) nogil
+    # PyObject_GetBuffer without Cython's exception check: a source that is not one C-
+    # contiguous block is copied another way, so its error is cleared, not raised.
+    int get_buffer "PyObject_GetBuffer"(object source, Py_buffer *view, int flags)
+    void PyErr_Clear()
 
 
 cdef extern from "_waiting.h" nogil:
@@ -68,6 +80,7 @@ cdef extern from "_queue.h" nogil:
         uint64_t ndim
         char dtype[32]
         uint64_t shape[8]
+    size_t MS_QUEUE_ITEM_HEADER_BYTES
     void ms_queue_notify(ms_queue_header_t *header, uint64_t *word)
     void ms_queue_count_sleeper(ms_queue_header_t *header, int64_t change)
 
@@ -82,7 +95,17 @@ cdef double RECHECK = 0.02
 # wake-up would take, and may need this very CPU to do so.
 cdef double SPIN = 50e-6
 
+# Copies of at least this many bytes into a slot release the GIL.
+cdef uint64_t RELEASE_GIL_BYTES = 1 << 16
+# The largest byte or element count numpy can index.
+cdef uint64_t INDEX_MAX = 0x7fffffffffffffff
+# Item kinds (shape and dtype) each queue remembers as checked, so a stream of like items
+# pays for the checks once; past this many the memory starts again.
+cdef Py_ssize_t CHECKED_KINDS = 256
+
 cdef object _CONSTRUCT = object()
+cdef object _numpy = None
+cdef object _NOTHING = object()  # an argument nobody passes
 
 # What a claim attempt returns instead of a slot index (indices are below 2**40).
 cdef enum:
@@ -119,6 +142,11 @@ cdef class SlotRing:
     cdef readonly uint64_t slots
     cdef readonly uint64_t slot_size
     cdef uint64_t stride
+    cdef uint64_t mapped_at  # where the region's memoryview starts
+    cdef dict to_write  # (shape, numpy dtype) -> (bytes, dtype string), both checked
+    cdef tuple last_kind  # (numpy dtype, shape, what to_write holds for them) of the last item
+    cdef tuple last_dtype  # reserve()'s last dtype argument, and it made a numpy dtype
+    cdef dict to_read  # a slot header's item fields -> (numpy dtype, shape), checked
     cdef readonly str name
 
     def __cinit__(self, token):
@@ -127,9 +155,10 @@ cdef class SlotRing:
 
     @staticmethod
     def over_block(Bookkeeping owner not None, str name, uint64_t addr, uint64_t nbytes,
-                   uint64_t slots, uint64_t slot_size):
+                   uint64_t slots, uint64_t slot_size, uint64_t mapped_at):
         """The queue in the named block at ``addr`` (checked against the arena by the name
-        table); CorruptBookkeepingError unless ``slots`` slots of ``slot_size`` fill it."""
+        table) of the region mapped at ``mapped_at``; CorruptBookkeepingError unless
+        ``slots`` slots of ``slot_size`` fill it."""
         cdef SlotRing self
         if (slots == 0 or slot_size == 0 or slots > nbytes or slot_size > nbytes
                 or addr % 64 or sizeof(ms_queue_header_t) + slots * slot_stride(slot_size) != nbytes):
@@ -143,6 +172,10 @@ cdef class SlotRing:
         self.slot_size = slot_size
         self.stride = slot_stride(slot_size)
         self.name = name
+        self.mapped_at = mapped_at
+        self.to_write, self.to_read = {}, {}
+        self.last_kind = (_NOTHING, None, None)
+        self.last_dtype = (_NOTHING, None)
         return self
 
     cdef ms_queue_slot_t *slot(self, uint64_t index) noexcept:
@@ -201,29 +234,11 @@ cdef class SlotRing:
         finally:
             ms_queue_count_sleeper(self.header, -1)
 
-    def claim_for_writing(self, uint64_t nbytes, str dtype, tuple shape, double deadline):
-        """Hand this thread the next position's slot, for an item of ``nbytes`` with this
-        dtype string and shape; its index, or None once ``deadline`` passes (< 0: never)."""
-        cdef int64_t index
-        if nbytes > self.slot_size:
-            raise ValueError(f"an item of {nbytes} bytes does not fit the {self.slot_size}-byte "
-                             f"slots of queue {self.name!r}")
-        index = self.claim(True, deadline, nbytes, dtype.encode("ascii"), shape, NULL)
-        return None if index == NOT_YET else index
-
-    def claim_for_reading(self, double deadline):
-        """Hand this thread the oldest ready item: ``(index, addr, nbytes, dtype, shape)``
-        from a private copy of its slot, or None once ``deadline`` passes (< 0: never)."""
-        cdef ms_queue_slot_t copy
-        cdef int64_t index = self.claim(False, deadline, 0, None, None, &copy)
-        return None if index == NOT_YET else self.checked_item(index, &copy)
-
-    cdef int64_t claim(self, bint writing, double deadline, uint64_t nbytes, bytes dtype_key,
-                       tuple shape, ms_queue_slot_t *copy) except CLAIM_FAILED:
-        """The loop both claims share: try under the queue's lock, and until that hands this
-        thread a slot, sleep on the word the other side moves (NOT_YET once ``deadline``
-        passes)."""
-        cdef uint64_t me = self_word()
+    cdef int64_t claim(self, uint64_t me, bint writing, double deadline, uint64_t nbytes,
+                       bytes dtype_key, tuple shape, ms_queue_slot_t *copy) except CLAIM_FAILED:
+        """The loop both claims share: try under the queue's lock, and until that hands the
+        thread whose lock word is ``me`` a slot, sleep on the word the other side moves
+        (NOT_YET once ``deadline`` passes)."""
         cdef uint64_t *word = &self.header.emptied if writing else &self.header.filled
         cdef uint32_t seen
         cdef int64_t index
@@ -312,16 +327,6 @@ cdef class SlotRing:
         ms_store(&self.header.head, head + 1)
         return SKIPPED
 
-    cdef object checked_item(self, uint64_t index, ms_queue_slot_t *copy):
-        cdef uint64_t nbytes = copy.nbytes, ndim = copy.ndim
-        if nbytes > self.slot_size or ndim > MS_MAX_DIMS or copy.dtype[MS_DTYPE_BYTES - 1]:
-            self.finish(index, MS_QUEUE_READING, MS_QUEUE_FREE)
-            raise CorruptBookkeepingError(
-                f"an item of queue {self.name!r} is recorded as {nbytes} bytes in "
-                f"{ndim} dimensions; it was dropped", self.owner.name)
-        return (index, self.payload(index), nbytes,
-                fixed_string(copy.dtype, MS_DTYPE_BYTES).decode("ascii", errors="replace"),
-                tuple(copy.shape[d] for d in range(ndim)))
 
     def payload_addr(self, uint64_t index):
         """Where slot ``index``'s bytes start."""
@@ -329,31 +334,153 @@ cdef class SlotRing:
             raise ValueError(f"queue {self.name!r} has no slot {index}")
         return self.payload(index)
 
-    def publish(self, uint64_t index):
-        """Make the item this thread wrote into slot ``index`` ready for consumers."""
-        self.finish(index, MS_QUEUE_WRITING, MS_QUEUE_READY)
-        ms_queue_notify(self.header, &self.header.filled)
+    def reserve(self, buf, shape, dtype, timeout):
+        """A ``Loan`` of the next free slot as an array of ``shape`` and ``dtype`` over
+        ``buf`` (the region's memoryview), claimed when its ``with`` block begins."""
+        cdef Loan loan = Loan.__new__(Loan)
+        if not is_int_tuple(shape):
+            shape = _shape(shape)  # a tuple of ints is checked once, by item_kind
+        if dtype is not self.last_dtype[0]:
+            np = numpy_module()
+            # Only a dtype, a type or a string given again is taken to mean the same dtype:
+            # another object could change in between.
+            self.last_dtype = (dtype if isinstance(dtype, (type, str, np.dtype)) else _NOTHING,
+                               np.dtype(dtype))
+        loan.dtype = self.last_dtype[1]
+        loan.nbytes, loan.dtype_key = self.item_kind(shape, loan.dtype)
+        loan.shape = shape
+        self.prepare(loan, buf, timeout, MS_QUEUE_WRITING, MS_QUEUE_READY)
+        return loan
 
-    def drop(self, uint64_t index):
-        """Give up the slot this thread was writing; its position is skipped."""
-        self.finish(index, MS_QUEUE_WRITING, MS_QUEUE_FREE)
-        ms_queue_notify(self.header, &self.header.emptied)
+    def lend(self, buf, timeout):
+        """A ``Lent`` of the oldest item over ``buf``, claimed when its block begins."""
+        cdef Lent lent = Lent.__new__(Lent)
+        self.prepare(lent, buf, timeout, MS_QUEUE_READING, MS_QUEUE_FREE)
+        return lent
 
-    def release(self, uint64_t index):
-        """Free the slot this thread was reading."""
-        self.finish(index, MS_QUEUE_READING, MS_QUEUE_FREE)
-        ms_queue_notify(self.header, &self.header.emptied)
+    cdef int prepare(self, SlotClaim claim, object buf, object timeout, uint64_t held,
+                     uint64_t done) except -1:
+        claim.ring, claim.buf, claim.timeout = self, buf, timeout
+        claim.span = timeout_span(timeout)
+        claim.held, claim.done = held, done
+        return 0
 
-    cdef int finish(self, uint64_t index, uint64_t expected, uint64_t state) except -1:
-        """Move slot ``index`` from ``expected`` (held by this thread) to ``state``;
-        RuntimeError if this thread does not hold it (a writer took it from a thread it
-        judged dead, or the caller never claimed it)."""
-        cdef uint64_t me = self_word()
-        cdef ms_queue_slot_t *slot
+    def put(self, buf, source, timeout):
+        """Copy the numpy array ``source`` into the next free slot and publish it."""
+        cdef uint64_t nbytes, me = self_word()
+        cdef bytes dtype_key
+        cdef int64_t index
+        cdef Py_buffer view
+        nbytes, dtype_key = self.item_kind(source.shape, source.dtype)
+        index = self.claim(me, True, deadline_after(timeout_span(timeout)), nbytes, dtype_key,
+                           source.shape, NULL)
+        if index == NOT_YET:
+            raise stdlib_queue.Full(f"queue {self.name!r} stayed full for {timeout} s")
+        try:
+            if get_buffer(source, &view, PyBUF_C_CONTIGUOUS) == 0:
+                try:
+                    if <uint64_t>view.len != nbytes:
+                        raise ValueError(f"an array of {nbytes} bytes exported {view.len}")
+                    copy_in(<void *><uintptr_t>self.payload(index), view.buf, nbytes)
+                finally:
+                    PyBuffer_Release(&view)
+            else:
+                PyErr_Clear()
+                self.view_of(buf, index, source.dtype, source.shape)[...] = source
+        except BaseException:
+            self.hand_back(index, me, MS_QUEUE_WRITING, MS_QUEUE_FREE)
+            raise
+        self.hand_back(index, me, MS_QUEUE_WRITING, MS_QUEUE_READY)
+
+    cdef tuple item_kind(self, tuple shape, object dtype):
+        """The bytes and dtype string (ASCII) of an item of ``shape`` and ``dtype``, checked
+        once per kind."""
+        if dtype is self.last_kind[0] and shape == self.last_kind[1]:
+            return self.last_kind[2]  # like the item before: no tuple made, no hash
+        key = (shape, dtype)
+        known = self.to_write.get(key)
+        if known is None:
+            _check_storable(dtype)
+            known = (_array_bytes(_shape(shape), dtype), dtype.str.encode("ascii"))
+            if known[0] > self.slot_size:
+                raise ValueError(f"an item of {known[0]} bytes does not fit the "
+                                 f"{self.slot_size}-byte slots of queue {self.name!r}")
+            remember(self.to_write, key, known)
+        self.last_kind = (dtype, shape, known)
+        return known
+
+    cdef object view_of(self, object buf, uint64_t index, object dtype, tuple shape):
+        return numpy_module().ndarray(shape, dtype, buf, self.payload(index) - self.mapped_at)
+
+    cdef object read_view(self, object buf, uint64_t index, ms_queue_slot_t *copy):
+        """The read-only array of the item whose header was copied into ``copy``, checked
+        against this queue's slot size; CorruptBookkeepingError (the item dropped) unless
+        its dtype and shape make its byte count."""
+        key = PyBytes_FromStringAndSize(<char *>&copy.nbytes, MS_QUEUE_ITEM_HEADER_BYTES)
+        known = self.to_read.get(key)
+        if known is None:
+            known = self.read_kind(copy)
+            remember(self.to_read, key, known)
+        view = self.view_of(buf, index, known[0], known[1])
+        view.flags.writeable = False
+        return view
+
+    cdef tuple read_kind(self, ms_queue_slot_t *copy):
+        """The numpy dtype and shape a slot's header (a private copy) records. Only
+        C-implemented calls: no Python code runs, so no signal handler, between a claim and
+        the view it returns."""
+        cdef uint64_t nbytes = copy.nbytes, ndim = copy.ndim, d
+        cdef uint64_t extent, itemsize, elements = 1, total = 1
+        cdef bint overflow = False
+        np = numpy_module()
+        problem = None
+        if nbytes > self.slot_size or ndim > MS_MAX_DIMS or copy.dtype[MS_DTYPE_BYTES - 1]:
+            problem = f"{nbytes} bytes in {ndim} dimensions"
+        else:
+            text = fixed_string(copy.dtype, MS_DTYPE_BYTES)
+            try:
+                dtype = np.dtype(text.decode("ascii"))
+            except (TypeError, ValueError, UnicodeDecodeError):
+                dtype = None
+            if (dtype is None or dtype.itemsize == 0 or dtype.hasobject
+                    or np.dtype(dtype.str) != dtype):
+                problem = f"dtype {text!r}, which no slot can hold"
+            else:
+                itemsize = dtype.itemsize
+                for d in range(ndim):
+                    extent = copy.shape[d]
+                    if (extent > INDEX_MAX
+                            or __builtin_mul_overflow(elements, max(extent, 1), &elements)
+                            or __builtin_mul_overflow(total, extent, &total)):
+                        overflow = True
+                if (__builtin_mul_overflow(elements, itemsize, &elements) or elements > INDEX_MAX
+                        or __builtin_mul_overflow(total, itemsize, &total)):
+                    overflow = True
+                if overflow or total != nbytes:
+                    problem = (f"{dtype} of shape {[copy.shape[d] for d in range(ndim)]}, "
+                               f"which is not {nbytes} bytes")
+        if problem is not None:
+            raise CorruptBookkeepingError(
+                f"an item of queue {self.name!r} is recorded as {problem}; it was dropped",
+                self.owner.name)
+        return (dtype, tuple(copy.shape[d] for d in range(ndim)))
+
+    cdef int hand_back(self, uint64_t index, uint64_t me, uint64_t expected,
+                       uint64_t state) except -1:
+        """Move slot ``index`` from ``expected`` (held by ``me``) to ``state`` and wake the
+        side that waits for it."""
+        self.finish(index, me, expected, state)
+        ms_queue_notify(self.header, &self.header.filled if state == MS_QUEUE_READY
+                        else &self.header.emptied)
+        return 0
+
+    cdef int finish(self, uint64_t index, uint64_t me, uint64_t expected,
+                    uint64_t state) except -1:
+        """Move slot ``index`` from ``expected`` (held by ``me``) to ``state``;
+        RuntimeError if ``me`` does not hold it (a writer took it from a thread it judged
+        dead)."""
+        cdef ms_queue_slot_t *slot = self.slot(index)
         cdef bint held
-        if index >= self.slots:
-            raise ValueError(f"queue {self.name!r} has no slot {index}")
-        slot = self.slot(index)
         self.owner.enter()
         try:
             self.take(me)
@@ -369,3 +496,139 @@ cdef class SlotRing:
             raise RuntimeError(f"slot {index} of queue {self.name!r} is not held by this "
                                f"thread any more")
         return 0
+
+
+cdef class SlotClaim:
+    """What ``Loan`` and ``Lent`` share: the slot one claimed, given back when its ``with``
+    block ends or, failing that, when the object is deallocated."""
+
+    cdef SlotRing ring
+    cdef object buf, timeout
+    cdef uint64_t me
+    cdef double span
+    cdef int64_t index
+    cdef uint64_t held  # the state of a slot this object holds: WRITING or READING
+    cdef uint64_t done  # the state it leaves at a block's normal end
+
+    def __cinit__(self):
+        self.index = -1
+
+    cdef uint64_t begin(self) except 0:
+        """This thread's lock word, which will hold the slot."""
+        if self.index >= 0:
+            raise RuntimeError(f"this {type(self).__name__.lower()} of queue {self.ring.name!r} "
+                               f"already claimed its slot")
+        self.me = self_word()
+        return self.me
+
+    def __exit__(self, kind, error, trace):
+        self.settle(self.done if kind is None else MS_QUEUE_FREE)
+        return False
+
+    cdef int settle(self, uint64_t state) except -1:
+        cdef int64_t index = self.index
+        self.index = -1
+        if index >= 0:
+            self.ring.hand_back(index, self.me, self.held, state)
+        return 0
+
+    def __dealloc__(self):
+        if self.index >= 0:
+            settle_quietly(self.ring, self.index, self.me, self.held)
+
+
+cdef class Loan(SlotClaim):
+    """``Queue.reserve``'s context manager. Its ``__enter__`` claims a slot and makes its
+    view in C, with no Python code between, so a signal handler (Ctrl-C) runs either
+    before the claim or after ``__enter__`` has returned, when the ``with`` statement owns
+    the loan: the slot is published at a normal exit, dropped at an exception."""
+
+    cdef object shape, dtype
+    cdef bytes dtype_key
+    cdef uint64_t nbytes
+
+    def __enter__(self):
+        cdef int64_t index = self.ring.claim(self.begin(), True, deadline_after(self.span),
+                                             self.nbytes, self.dtype_key, self.shape, NULL)
+        if index == NOT_YET:
+            raise stdlib_queue.Full(f"queue {self.ring.name!r} stayed full for {self.timeout} s")
+        self.index = index
+        try:
+            return self.ring.view_of(self.buf, index, self.dtype, self.shape)
+        except BaseException:
+            self.settle(MS_QUEUE_FREE)
+            raise
+
+
+cdef class Lent(SlotClaim):
+    """``Queue.get``'s context manager: claims the oldest item and makes its read-only view
+    in C at ``__enter__`` (see ``Loan`` for why), frees the slot at exit."""
+
+    def __enter__(self):
+        cdef ms_queue_slot_t copy
+        cdef int64_t index = self.ring.claim(self.begin(), False, deadline_after(self.span),
+                                             0, None, None, &copy)
+        if index == NOT_YET:
+            raise stdlib_queue.Empty(f"queue {self.ring.name!r} stayed empty for "
+                                     f"{self.timeout} s")
+        self.index = index
+        try:
+            return self.ring.read_view(self.buf, index, &copy)
+        except BaseException:
+            self.settle(MS_QUEUE_FREE)
+            raise
+
+
+cdef void settle_quietly(SlotRing ring, int64_t index, uint64_t me, uint64_t expected) noexcept:
+    """Free a slot whose loan is deallocated unsettled; a deallocation cannot raise, and
+    whatever stopped the freeing (the region closed, the slot taken over) leaves the slot
+    to the crash rules."""
+    try:
+        ring.hand_back(index, me, expected, MS_QUEUE_FREE)
+    except BaseException:
+        pass
+
+
+cdef void copy_in(void *slot, const void *source, uint64_t nbytes) noexcept:
+    if nbytes < RELEASE_GIL_BYTES:
+        memcpy(slot, source, nbytes)
+    else:
+        with nogil:
+            memcpy(slot, source, nbytes)
+
+
+cdef bint is_int_tuple(object shape):
+    if type(shape) is not tuple:
+        return False
+    for extent in <tuple>shape:
+        if type(extent) is not int:
+            return False
+    return True
+
+
+cdef double timeout_span(object timeout) except? -2:
+    """Seconds a claim may wait: -1 for None (forever)."""
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+    return timeout
+
+
+cdef inline double deadline_after(double span) noexcept:
+    return -1 if span < 0 else monotonic() + span
+
+
+cdef object numpy_module():
+    global _numpy
+    if _numpy is None:
+        import numpy
+        _numpy = numpy
+    return _numpy
+
+
+cdef int remember(dict kinds, object key, object value) except -1:
+    if len(kinds) >= CHECKED_KINDS:
+        kinds.clear()
+    kinds[key] = value
+    return 0

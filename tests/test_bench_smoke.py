@@ -23,6 +23,8 @@ GROUPS = {"1 round trip", "2 attach", "3 attach and touch", "4a page tables by p
           "4b page tables by region size", "5 parallel scan"}
 SCALE_GROUP, SCALE_BACKENDS = "10 scale: processes mapping one region", ("mshare-hugetlb",
                                                                          "shared_memory")
+QUEUE_GROUPS = {"11 queue throughput, 1 to 1": ("mshare reserve",),
+                "11 queue latency, 1 to 1": ("mshare reserve", "futex wake floor")}
 DROP_IN_GROUPS = {"7a drop-in round trip", "7b drop-in attach", "7c drop-in attach and touch",
                   "7d drop-in page tables"}
 
@@ -51,11 +53,15 @@ def test_smoke_run_writes_every_figure(tmp_path, hugetlbfs, thp_root):
     for group in DROP_IN_GROUPS:
         for backend in ("mshare.shared_memory", "shared_memory"):
             assert (group, backend) in measured, f"{backend} missing from {group!r}"
+    for group, backends in QUEUE_GROUPS.items():
+        for backend in backends:
+            assert (group, backend) in measured, f"{backend} missing from {group!r}"
     report = (tmp_path / "results.md").read_text()
     assert "mshare-shm vs shared_memory" in report
     assert "mshare.shared_memory vs shared_memory" in report
     assert "SMOKE MODE" in report
     assert len(list(tmp_path.glob("*.png"))) == 6
-    # The run names its regions bench-PID-N: other runs on the machine are not its leftovers.
+    # The run names its regions bench-PID-N, and iceoryx2's files bench-PID-iox2-: other runs
+    # on the machine are not its leftovers.
     left = {entry for entry in set(os.listdir("/dev/shm")) - before if f"bench-{run.pid}-" in entry}
     assert left == set()
