@@ -24,7 +24,7 @@ import mshare
 from mshare.backends.selection import validate_hugepages
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.ray import cluster
-from mshare.ray.cluster import DEFAULT_TIMEOUT, Deadline
+from mshare.ray.cluster import DEFAULT_TIMEOUT, Deadline, RayObject
 from mshare.ray.errors import NodeDiedError, OwnerLostError
 from mshare.ray.owner import RegionOwner, RegionStats, local_info, size_mismatch, unlink_local
 from mshare.ray.sizing import doctor_notes
@@ -133,7 +133,8 @@ def ensure(name: str, size: int, *, mode: int = 0o600, hugepages: str = "auto",
     return found
 
 
-def owner(name: str, node_id: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT):
+def owner(name: str, node_id: Optional[str] = None, *,
+          timeout: float = DEFAULT_TIMEOUT) -> RayObject:
     """The Ray actor handle of region ``name``'s owner on a node (default: this one).
 
     ``FileNotFoundError`` if there is no such region, ``OwnerLostError`` if the region
