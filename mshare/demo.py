@@ -234,7 +234,7 @@ class MshareContender:
     label: Final = "mshare"
 
     def __init__(self, name: str, size: int, hugepages: str) -> None:
-        options: Dict[str, str] = {}
+        options: Dict[str, Any] = {}
         if "hugepages" in _create_parameters():
             options["hugepages"] = hugepages
         elif hugepages in ("hugetlb", "thp"):

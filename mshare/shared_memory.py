@@ -18,7 +18,7 @@ import types
 from functools import partial
 from multiprocessing import managers
 from multiprocessing.managers import dispatch
-from typing import Any, Callable, Final, Iterable, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Final, Iterable, List, Optional, Protocol, Tuple, TypeVar
 
 import mshare
 from mshare import _shared_memory_tracker
@@ -215,6 +215,17 @@ class ShareableList(ShareableListLayout[SharedMemory]):
         return types.GenericAlias(cls, item)
 
 
+class _SegmentTracker(Protocol):
+    """What the manager server keeps of its blocks (the stdlib's tracker has no types)."""
+
+    shared_memory_context_name: str
+    segment_names: List[str]
+
+    def register_segment(self, segment_name: str) -> None: ...
+    def destroy_segment(self, segment_name: str) -> None: ...
+    def unlink(self) -> None: ...
+
+
 class _BlockTracker(managers._SharedMemoryTracker):
     """The manager server's list of blocks, unlinked as mshare blocks at shutdown."""
 
@@ -231,7 +242,7 @@ class SharedMemoryServer(managers.SharedMemoryServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # A fresh list: the stdlib tracker's default list is shared between instances.
-        self.shared_memory_context: _BlockTracker = _BlockTracker(
+        self.shared_memory_context: _SegmentTracker = _BlockTracker(
             self.shared_memory_context.shared_memory_context_name, [])
 
 
