@@ -11,7 +11,7 @@ never a read outside the slot.
 """
 
 import struct
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, ClassVar, Generic, Iterable, Optional, Protocol, TypeVar
 
 _ENCODING = "utf8"
 _ALIGNMENT = 8
@@ -33,7 +33,21 @@ _BACK_TRANSFORMS = {
 }
 
 
-def _recreation_code(value):
+class Block(Protocol):
+    """What the layout needs of the block that holds it."""
+
+    @property
+    def buf(self) -> memoryview: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+BlockType = TypeVar("BlockType", bound=Block)
+
+
+def _recreation_code(value: object) -> int:
     if isinstance(value, str):
         return 1
     if isinstance(value, bytes):
@@ -43,7 +57,7 @@ def _recreation_code(value):
     return 0
 
 
-def _format_of(item):
+def _format_of(item: object) -> str:
     # A KeyError for an unsupported type, as the stdlib raises.
     fmt = _TYPES_MAPPING[type(item)]
     if isinstance(item, (str, bytes)):
@@ -51,10 +65,11 @@ def _format_of(item):
     return fmt
 
 
-class ShareableListLayout:
+class ShareableListLayout(Generic[BlockType]):
     """``ShareableList`` minus the block type, which a subclass names in ``_block_class``."""
 
-    _block_class = None
+    _block_class: ClassVar[Callable[..., Any]]
+    shm: BlockType
 
     def __init__(self, sequence: Optional[Iterable[Any]] = None, *, name: Optional[str] = None,
                  **block_options: Any) -> None:
@@ -177,11 +192,11 @@ class ShareableListLayout:
     def __len__(self) -> int:
         return self._list_len
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{self.__class__.__name__}({list(self)}, name={self.shm.name!r})"
 
     @property
-    def format(self):
+    def format(self) -> str:
         """The ``struct`` format of all items currently stored."""
         return "".join(self._get_packing_format(i) for i in range(self._list_len))
 

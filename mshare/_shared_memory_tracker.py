@@ -29,25 +29,36 @@ import struct
 import subprocess
 import sys
 import threading
+from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
 
 import mshare
 
-ENVIRONMENT_VARIABLE = "MSHARE_SHARED_MEMORY_TRACKER"
+ENVIRONMENT_VARIABLE: Final = "MSHARE_SHARED_MEMORY_TRACKER"
 # The stdlib's resource tracker words its leak warning so; programs (and CPython's own
 # tests) that watch stderr for leaked blocks look for this sentence.
-LEAK_WARNING = "resource_tracker: There appear to be {count} leaked shared_memory objects " \
+LEAK_WARNING: Final = "resource_tracker: There appear to be {count} leaked shared_memory objects " \
                "to clean up at shutdown"
-MAX_MESSAGE_BYTES = 4096
+MAX_MESSAGE_BYTES: Final = 4096
 
 _lock = threading.Lock()
 # A bare descriptor, not a socket object: it stays open until the process ends, on
 # purpose, and a socket object collected at exit would warn that it was left open.
-_connection_fd = None
-_connection_pid = None
-_connection_address = None
+_connection_fd: Optional[int] = None
+_connection_pid: Optional[int] = None
+_connection_address: Optional[str] = None
+# A registered region: (registry, name, addr, created); the tracker maps each to the pid
+# of the process that registered it.
+RegionKey = Tuple[str, str, int, float]
 
 
-def _after_fork_in_child():
+class Peer(TypedDict):
+    """A connected process: its pid (``SO_PEERCRED``) and the start of a message."""
+
+    pid: int
+    pending: bytes
+
+
+def _after_fork_in_child() -> None:
     global _lock, _connection_pid
     # The parent's connection stays open in the child on purpose: it keeps the program
     # alive while the child lives. The child opens its own to register, since the tracker
@@ -59,19 +70,19 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def register(name, registry_path, addr, created):
+def register(name: str, registry_path: str, addr: int, created: float) -> None:
     """Have the program's tracker unlink region ``name`` if it is still there at the end."""
     _send({"op": "register", "name": name, "registry": registry_path, "addr": addr,
            "created": created})
 
 
-def unregister(name, registry_path, addr, created):
+def unregister(name: str, registry_path: str, addr: int, created: float) -> None:
     """The block was unlinked by its program: nothing is left for the tracker to do."""
     _send({"op": "unregister", "name": name, "registry": registry_path, "addr": addr,
            "created": created})
 
 
-def _send(message):
+def _send(message: Dict[str, Any]) -> None:
     data = (json.dumps(message) + "\n").encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError(f"tracker message for {message['name']!r} is too long")
@@ -87,11 +98,11 @@ def _send(message):
         raise OSError(f"the shared_memory tracker did not take the message for {message['name']!r}")
 
 
-def _connected():
+def _connected() -> int:
     global _connection_fd, _connection_pid, _connection_address
-    if _connection_pid == os.getpid():
+    if _connection_pid == os.getpid() and _connection_fd is not None:
         return _connection_fd
-    connection = None
+    connection: Optional[socket.socket] = None
     address = _connection_address or _address_of_parent_program()
     if address:
         try:
@@ -105,7 +116,7 @@ def _connected():
     return _connection_fd
 
 
-def _address_of_parent_program():
+def _address_of_parent_program() -> Optional[str]:
     """The tracker a spawned ``multiprocessing`` child joins: its parent's, which the
     parent left in the environment. Other children (``subprocess``) are programs of
     their own, as they are for the stdlib's resource tracker."""
@@ -117,7 +128,7 @@ def _address_of_parent_program():
     return address
 
 
-def _connect(address):
+def _connect(address: str) -> socket.socket:
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect("\0" + address)
@@ -127,11 +138,11 @@ def _connect(address):
     return connection
 
 
-def _start_tracker():
+def _start_tracker() -> Tuple[str, socket.socket]:
     """``(address, connection)`` of a new tracker, already connected to it."""
     address = f"mshare-shared-memory-{os.getpid()}-{os.urandom(8).hex()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection = None
+    connection: Optional[socket.socket] = None
     try:
         listener.bind("\0" + address)
         listener.listen(64)
@@ -166,7 +177,7 @@ def _start_tracker():
     return address, connection
 
 
-def _parent_pidfd():
+def _parent_pidfd() -> Optional[int]:
     """A pidfd of this process's parent when this is a ``multiprocessing`` child: a
     worker that creates the program's first tracked block must not take the block with
     it when it exits, while the rest of the program runs on."""
@@ -187,7 +198,7 @@ def _parent_pidfd():
 # -- the tracker process -------------------------------------------------------------------
 
 
-def main(listener_fd, parent_pidfd=None):
+def main(listener_fd: int, parent_pidfd: Optional[int] = None) -> None:
     """Serve registrations until the program's last connection closes (and the process
     behind ``parent_pidfd`` has exited), then clean up."""
     if os.fork():
@@ -196,7 +207,7 @@ def main(listener_fd, parent_pidfd=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     listener = socket.socket(fileno=listener_fd)
-    registered = {}  # (registry, name, addr, created) -> pid of the process that registered
+    registered: Dict[RegionKey, int] = {}
     selector = selectors.DefaultSelector()
     # The starting process connected before starting this one.
     _accept(listener, selector)
@@ -217,17 +228,19 @@ def main(listener_fd, parent_pidfd=None):
     _clean_up(registered)
 
 
-def _accept(listener, selector):
+def _accept(listener: socket.socket, selector: selectors.BaseSelector) -> None:
     connection, _ = listener.accept()
     pid, uid, _gid = struct.unpack("3i", connection.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     if uid != os.geteuid():
         connection.close()
         return
-    selector.register(connection, selectors.EVENT_READ, {"pid": pid, "pending": b""})
+    peer: Peer = {"pid": pid, "pending": b""}
+    selector.register(connection, selectors.EVENT_READ, peer)
 
 
-def _serve(connection, peer, selector, registered):
+def _serve(connection: socket.socket, peer: Peer, selector: selectors.BaseSelector,
+           registered: Dict[RegionKey, int]) -> None:
     try:
         data = connection.recv(MAX_MESSAGE_BYTES)
     except ConnectionResetError:
@@ -250,7 +263,7 @@ def _serve(connection, peer, selector, registered):
             pass
 
 
-def _handle(line, peer_pid, registered):
+def _handle(line: bytes, peer_pid: int, registered: Dict[RegionKey, int]) -> bool:
     """Record one message; ``False`` for one that is not well formed."""
     try:
         message = json.loads(line)
@@ -270,7 +283,7 @@ def _handle(line, peer_pid, registered):
     return True
 
 
-def _current_region(key, creator_pid):
+def _current_region(key: RegionKey, creator_pid: int) -> Optional[mshare.RegionInfo]:
     """The region ``key`` names if it is still the one registered, made by
     ``creator_pid``, else ``None``."""
     registry, name, addr, created = key
@@ -287,8 +300,8 @@ def _current_region(key, creator_pid):
     return region
 
 
-def _clean_up(registered):
-    leaked = []
+def _clean_up(registered: Dict[RegionKey, int]) -> None:
+    leaked: List[str] = []
     for key, creator_pid in registered.items():
         if _current_region(key, creator_pid) is None:
             continue

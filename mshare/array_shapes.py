@@ -2,14 +2,18 @@
 
 import math
 import operator
+from typing import TYPE_CHECKING, Any, Final, Iterable, Tuple, Union
 
 from mshare._shared import DTYPE_MAX_BYTES, MAX_DIMS
 
+if TYPE_CHECKING:
+    import numpy
+
 # numpy indexes arrays with signed 64-bit integers.
-INDEX_MAX = (1 << 63) - 1
+INDEX_MAX: Final = (1 << 63) - 1
 
 
-def _shape(shape):
+def _shape(shape: Union[int, Iterable[int]]) -> Tuple[int, ...]:
     try:
         dims = (operator.index(shape),)
     except TypeError:
@@ -24,7 +28,7 @@ def _shape(shape):
     return dims
 
 
-def _array_bytes(shape, dtype):
+def _array_bytes(shape: Tuple[int, ...], dtype: "numpy.dtype[Any]") -> int:
     """Bytes of an array of ``shape`` and ``dtype``; ValueError where numpy could not index
     it: every extent and the element count, zeros aside, must fit a signed 64-bit index."""
     elements = math.prod(max(extent, 1) for extent in shape)
@@ -34,7 +38,7 @@ def _array_bytes(shape, dtype):
     return math.prod(shape) * dtype.itemsize
 
 
-def _check_storable(dtype):
+def _check_storable(dtype: "numpy.dtype[Any]") -> None:
     import numpy
 
     if dtype.itemsize == 0:

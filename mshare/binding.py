@@ -15,10 +15,13 @@ import stat
 
 from mshare import faults
 from mshare.backends import get_backend
+from mshare.entry import Entry
 from mshare.errors import CorruptEntryError
+from mshare.owned import Descriptor
+from mshare.registry import Registry
 
 
-def foreign(entry_stat, data_stat):
+def foreign(entry_stat: os.stat_result, data_stat: os.stat_result) -> str | None:
     """Why ``data_stat`` is not the data object of the entry ``entry_stat`` describes,
     or ``None`` when owner, group and mode all match."""
     if not stat.S_ISREG(data_stat.st_mode):
@@ -34,7 +37,7 @@ def foreign(entry_stat, data_stat):
     return None
 
 
-def open_data(name, entry, entry_stat, writable):
+def open_data(name: str, entry: Entry, entry_stat: os.stat_result, writable: bool) -> Descriptor:
     """Open the data object of ``entry`` once it is shown to belong to the entry and to
     hold every byte the entry maps; returns its ``Descriptor``. The kernel checks
     permission on the open itself."""
@@ -71,13 +74,13 @@ def open_data(name, entry, entry_stat, writable):
     return data
 
 
-def _refuse_foreign(name, entry_stat, data_stat):
+def _refuse_foreign(name: str, entry_stat: os.stat_result, data_stat: os.stat_result) -> None:
     problem = foreign(entry_stat, data_stat)
     if problem is not None:
         raise CorruptEntryError(f"region {name!r}: {problem}; refusing to map it", name)
 
 
-def remove_data(registry, entry, entry_stat):
+def remove_data(registry: Registry, entry: Entry, entry_stat: os.stat_result) -> None:
     """After an entry is unlinked, remove its data object and release its address range,
     each only if it belongs to the entry; anything else stays for its owner (or gc)."""
     backend = get_backend(entry.backend)

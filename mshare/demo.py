@@ -17,6 +17,7 @@ Ctrl-C and SIGTERM included.
 import argparse
 import contextlib
 import ctypes
+import inspect
 import json
 import os
 import secrets
@@ -26,6 +27,9 @@ import subprocess
 import sys
 import time
 from multiprocessing import resource_tracker, shared_memory
+from types import FrameType
+from typing import (Any, Callable, Dict, Final, Iterator, List, Mapping, Optional, Sequence,
+                    TypedDict, Union)
 
 import mshare
 from mshare.backends.files import Unavailable
@@ -34,19 +38,35 @@ from mshare.machine import settle_counters
 from mshare.operations import bookkeeping_length
 from mshare.units import format_size, size_argument
 
-GiB = 1 << 30
-MiB = 1 << 20
-HUGEPAGE_CHOICES = ("auto", "hugetlb", "thp", "off")
-HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-WHAT_IT_BUYS = ("A fixed address means that a pointer one process stores in a region is valid in "
+GiB: Final = 1 << 30
+MiB: Final = 1 << 20
+HUGEPAGE_CHOICES: Final = ("auto", "hugetlb", "thp", "off")
+HELD_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
+WHAT_IT_BUYS: Final = ("A fixed address means that a pointer one process stores in a region is valid in "
                 "every process that attaches it: structures inside need no offsets and no copies.")
 # The creator's pointer sits after the 8-byte marker; the message it points to, mid-region.
-POINTER_OFFSET = 8
-MESSAGE = b"reached through the creator's pointer".ljust(48, b"\0")
+POINTER_OFFSET: Final = 8
+MESSAGE: Final = b"reached through the creator's pointer".ljust(48, b"\0")
+
+
+class Row(TypedDict):
+    """One contender's line in the table: what ``measure`` found."""
+
+    label: str
+    backend: str
+    page_size: int
+    seconds: float
+    pagetables_kib: float
+    same_address: bool
+    pointer_followed: bool
+
+
+# What a worker reports as one line of JSON.
+Report = Dict[str, Any]
 
 
 @contextlib.contextmanager
-def signals_held():
+def signals_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM for a moment: they take effect once the block is left."""
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
@@ -57,7 +77,7 @@ def signals_held():
 
 # -- sizes and kernel counters ------------------------------------------------------------
 
-def _meminfo_kib(key):
+def _meminfo_kib(key: str) -> int:
     with open("/proc/meminfo") as lines:
         for line in lines:
             if line.startswith(key + ":"):
@@ -65,7 +85,7 @@ def _meminfo_kib(key):
     raise KeyError(key)
 
 
-def default_size():
+def default_size() -> int:
     """About 1 GiB; less when free memory or /dev/shm space is short (both must hold it)."""
     available = _meminfo_kib("MemAvailable") * 1024
     shm = os.statvfs("/dev/shm")
@@ -73,7 +93,7 @@ def default_size():
     return max(64 * MiB, room // (64 * MiB) * (64 * MiB))
 
 
-def pagetables_kib():
+def pagetables_kib() -> int:
     """System-wide page-table memory, once the kernel has folded its per-CPU counters."""
     if not settle_counters():
         # Only root may ask for the fold; everyone else waits one folding interval.
@@ -83,7 +103,7 @@ def pagetables_kib():
 
 # -- the worker: a new interpreter -----------------------------------------------------------
 
-def _attach_shared_memory(name):
+def _attach_shared_memory(name: str) -> shared_memory.SharedMemory:
     # The resource tracker would unlink the block when this worker exits (gh-82300).
     register = resource_tracker.register
     resource_tracker.register = lambda *args: None
@@ -93,7 +113,7 @@ def _attach_shared_memory(name):
         resource_tracker.register = register
 
 
-def worker():
+def worker() -> None:
     """Wait for "go", attach, read a byte of every page, report; leave on "exit" or EOF."""
     kind, name = sys.argv[1], sys.argv[2]
     # The parent stops its workers itself. A Ctrl-C that reached this process before it
@@ -104,6 +124,7 @@ def worker():
     if sys.stdin.readline().strip() != "go":
         return
     started = time.perf_counter()
+    handle: Union[mshare.Region, shared_memory.SharedMemory]
     if kind == "mshare":
         handle = mshare.attach(name)
         buf, page_size = handle.buf, handle.page_size
@@ -121,12 +142,12 @@ def worker():
     handle.close()
 
 
-def _address_of(buf):
+def _address_of(buf: memoryview) -> int:
     # The ctypes view goes on return, so it never keeps the mapping from closing.
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
-def store_pointer(buf):
+def store_pointer(buf: memoryview) -> None:
     """Write MESSAGE mid-region and, after the marker, its address in this process."""
     offset = len(buf) // 2 // 8 * 8
     buf[offset:offset + len(MESSAGE)] = MESSAGE
@@ -134,7 +155,7 @@ def store_pointer(buf):
     buf[POINTER_OFFSET:POINTER_OFFSET + 8] = pointer.to_bytes(8, "little")
 
 
-def follow_pointer(buf):
+def follow_pointer(buf: memoryview) -> Optional[str]:
     """The text the stored pointer leads to, or None where it points outside this mapping.
 
     The pointer is read once and followed only if the whole message lies inside this
@@ -150,10 +171,12 @@ def follow_pointer(buf):
 class Workers:
     """N worker processes; stopping them is safe to call at any point, more than once."""
 
-    def __init__(self):
-        self.processes = []
+    def __init__(self) -> None:
+        self.processes: List[subprocess.Popen[str]] = []
 
-    def start(self, count, kind, name):
+    def start(self, count: int, kind: str, name: str) -> None:
+        """Start ``count`` workers that will attach the ``kind`` region ``name``; return
+        once every one is ready."""
         code = "from mshare.demo import worker; worker()"
         # Workers import this very mshare, and start from "/" so that a source checkout
         # in the working directory (where `pip install .` was run) never shadows it.
@@ -173,7 +196,8 @@ class Workers:
             if process.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"worker {process.pid} failed to start")
 
-    def attach_one_by_one(self, progress):
+    def attach_one_by_one(self, progress: Callable[[int], None]) -> List[Report]:
+        """Let each worker attach in turn; ``progress`` hears how many have reported."""
         reports = []
         for index, process in enumerate(self.processes, 1):
             process.stdin.write("go\n")
@@ -185,7 +209,8 @@ class Workers:
             progress(index)
         return reports
 
-    def stop(self):
+    def stop(self) -> None:
+        """Tell every worker to leave, wait for it (kill it if it hangs), and forget it."""
         for process in self.processes:
             try:
                 process.stdin.close()  # EOF: the worker closes its mapping and exits
@@ -204,43 +229,52 @@ class Workers:
 # -- one contender ----------------------------------------------------------------------------
 
 class MshareContender:
-    label = "mshare"
+    """An mshare region, created with the ``hugepages`` choice asked for."""
 
-    def __init__(self, name, size, hugepages):
-        options = {}
+    label: Final = "mshare"
+
+    def __init__(self, name: str, size: int, hugepages: str) -> None:
+        options: Dict[str, Any] = {}
         if "hugepages" in _create_parameters():
             options["hugepages"] = hugepages
         elif hugepages in ("hugetlb", "thp"):
             raise mshare.MshareError(f"this mshare has no {hugepages} backend; "
                                      "use --hugepages auto or off")
-        self.name = name
-        self.region = mshare.create(name, size, **options)
-        self.backend, self.page_size = self.region.backend, self.region.page_size
+        self.name: str = name
+        self.region: mshare.Region = mshare.create(name, size, **options)
+        self.backend: str = self.region.backend
+        self.page_size: int = self.region.page_size
 
-    def make_resident(self):
+    def make_resident(self) -> None:
+        """Fault every page in, write a fresh marker and the pointer to the message."""
         self.region.populate()
         self.region.buf[:8] = secrets.token_bytes(8)
         store_pointer(self.region.buf)
 
     @property
-    def marker(self):
+    def marker(self) -> str:
+        """The marker the creator wrote, as hex: what every worker must read back."""
         return bytes(self.region.buf[:8]).hex()
 
-    def remove(self):
+    def remove(self) -> None:
+        """Close and unlink the region."""
         self.region.close()
         mshare.unlink(self.name)
 
 
 class SharedMemoryContender:
-    label = "shared_memory"
-    backend = "shm"
+    """A ``multiprocessing.shared_memory`` block of the same size: the peer."""
 
-    def __init__(self, name, size):
-        self.name = name
-        self.block = shared_memory.SharedMemory(name, create=True, size=size)
-        self.page_size = os.sysconf("SC_PAGE_SIZE")
+    label: Final = "shared_memory"
+    backend: Final = "shm"
 
-    def make_resident(self):
+    def __init__(self, name: str, size: int) -> None:
+        self.name: str = name
+        self.block: shared_memory.SharedMemory = shared_memory.SharedMemory(name, create=True, size=size)
+        self.page_size: int = os.sysconf("SC_PAGE_SIZE")
+
+    def make_resident(self) -> None:
+        """Fault every page in, write a fresh marker and the pointer to the message."""
         # A byte written in every page makes the block resident, as mshare's populate does.
         pages = len(range(0, len(self.block.buf), self.page_size))
         self.block.buf[::self.page_size] = bytes(pages)
@@ -248,21 +282,24 @@ class SharedMemoryContender:
         store_pointer(self.block.buf)
 
     @property
-    def marker(self):
+    def marker(self) -> str:
+        """The marker the creator wrote, as hex: what every worker must read back."""
         return bytes(self.block.buf[:8]).hex()
 
-    def remove(self):
+    def remove(self) -> None:
+        """Close and unlink the block."""
         self.block.close()
         self.block.unlink()
 
 
-def _create_parameters():
-    import inspect
+Contender = Union[MshareContender, SharedMemoryContender]
 
+
+def _create_parameters() -> Mapping[str, inspect.Parameter]:
     return inspect.signature(mshare.create).parameters
 
 
-def measure(contender, workers, count, say):
+def measure(contender: Contender, workers: Workers, count: int, say: Callable[[str], None]) -> Row:
     """Attach `count` workers to the contender's region; per-worker time and page tables."""
     kind = "mshare" if contender.label == "mshare" else "shared_memory"
     say(f"  starting {count} workers...")
@@ -273,7 +310,7 @@ def measure(contender, workers, count, say):
     exact = settle_counters()
     samples = [pagetables_kib()]
 
-    def attached(done):
+    def attached(done: int) -> None:
         if exact:
             samples.append(pagetables_kib())
         say(f"  worker {done}/{count} attached and read every page")
@@ -299,7 +336,8 @@ def measure(contender, workers, count, say):
 
 # -- the report -------------------------------------------------------------------------------
 
-def table(rows, count):
+def table(rows: Sequence[Row], count: int) -> List[str]:
+    """The comparison table, mshare's row first, and the ratios shared_memory / mshare."""
     ours, theirs = rows
     lines = [f"{'':<15}{'backend':<9}{'page size':>10}{'attach+touch/worker':>22}"
              f"{'page tables/worker':>21}{'same address':>14}{'pointer works':>15}"]
@@ -318,7 +356,8 @@ def table(rows, count):
     return lines
 
 
-def pointer_story(rows):
+def pointer_story(rows: Sequence[Row]) -> List[str]:
+    """What became of the creator's pointer in each contender's workers."""
     ours, theirs = rows
     outcome = ("followed it to the message" if ours["pointer_followed"]
                else "did NOT find the message")
@@ -330,17 +369,17 @@ def pointer_story(rows):
     return story
 
 
-def _yes(flag):
+def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _mshare_command():
+def _mshare_command() -> str:
     """The mshare being run, spelled so that sudo and a shell in any directory find it."""
     script = os.path.join(os.path.dirname(sys.executable), "mshare")
     return script if os.access(script, os.X_OK) else f"{sys.executable} -m mshare"
 
 
-def huge_page_size():
+def huge_page_size() -> Optional[int]:
     """The machine's default huge page size in bytes, or None if its kernel has none."""
     try:
         return _meminfo_kib("Hugepagesize") * 1024
@@ -348,7 +387,7 @@ def huge_page_size():
         return None
 
 
-def with_huge_pages(row, size, huge_page):
+def with_huge_pages(row: Row, size: int, huge_page: int) -> List[str]:
     """What the mshare row would show with huge pages of `huge_page` bytes: page tables per
     worker, worked out as the kernel lays them out."""
     # One 4 KiB page-table page maps 1 GiB with 2 MiB pages. The region starts on a GiB, so
@@ -366,7 +405,8 @@ def with_huge_pages(row, size, huge_page):
     ]
 
 
-def advice(row, size):
+def advice(row: Row, size: int) -> List[str]:
+    """What mshare's backend bought here and, without huge pages, how to get them."""
     if row["backend"] == "hugetlb":
         return ["mshare used hugetlbfs: the workers share its page tables, and a new process "
                 "has the whole region usable in milliseconds."]
@@ -400,14 +440,15 @@ def advice(row, size):
 
 # -- the command ------------------------------------------------------------------------------
 
-def _workers(text):
+def _workers(text: str) -> int:
     count = int(text)
     if count < 1:
         raise argparse.ArgumentTypeError("--workers must be at least 1")
     return count
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, on ``parser``."""
     parser.add_argument("--size", type=size_argument, default=None,
                         help="region size, e.g. 256M, 1G (default: about 1G, less if memory is short)")
     parser.add_argument("--workers", type=_workers, default=max(4, os.cpu_count() or 1),
@@ -416,11 +457,11 @@ def add_arguments(parser):
                         help="mshare's backend choice (default auto: the best available)")
 
 
-def _raise_on_sigterm(signum, frame):
+def _raise_on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
     raise SystemExit(128 + signum)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Run the demo with parsed `args` (size, workers, hugepages); return the exit code."""
     size = args.size or default_size()
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -430,11 +471,14 @@ def run(args):
         f"{format_size(_meminfo_kib('MemAvailable') * 1024)} available)")
     say(WHAT_IT_BUYS)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    workers, contenders, rows = Workers(), [], []
+    workers = Workers()
+    contenders: List[Contender] = []
+    rows: List[Row] = []
     try:
-        for step, make in enumerate((
-                lambda: MshareContender(f"demo-{tag}", size, args.hugepages),
-                lambda: SharedMemoryContender(f"mshare-demo-{tag}", size)), 1):
+        makers: Sequence[Callable[[], Contender]] = (
+            lambda: MshareContender(f"demo-{tag}", size, args.hugepages),
+            lambda: SharedMemoryContender(f"mshare-demo-{tag}", size))
+        for step, make in enumerate(makers, 1):
             started = time.perf_counter()
             with signals_held():  # created and listed for removal, or neither
                 contenders.append(make())
@@ -459,7 +503,8 @@ def run(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m mshare.demo``: parse ``argv``, run the demo, return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m mshare.demo", description=__doc__.split("\n")[0])
     add_arguments(parser)
     try:

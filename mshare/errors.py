@@ -16,21 +16,21 @@ class MshareError(OSError):
 class AddressConflictError(MshareError):
     """The region's fixed address is already taken in this process (or the arena is full)."""
 
-    def __init__(self, message, name=None):
+    def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(errno.EEXIST, message, name)
 
 
 class CorruptEntryError(MshareError):
     """A registry entry is truncated, of an unknown version, inconsistent, or not a file."""
 
-    def __init__(self, message, name=None):
+    def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(errno.EBADMSG, message, name)
 
 
 class UnsafeRegistryError(MshareError):
     """The registry directory could let another user tamper with regions."""
 
-    def __init__(self, message, path=None):
+    def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(errno.EPERM, message, path)
 
 
@@ -51,14 +51,14 @@ class OwnerDiedError(MshareError):
     protected may be half-updated. Repair or re-check that data, then take the lock again.
     """
 
-    def __init__(self, message, name=None):
+    def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(errno.EOWNERDEAD, message, name)
 
 
 class RegionFullError(MshareError, MemoryError):
     """The region's allocator has no free block large enough, or its name table is full."""
 
-    def __init__(self, message, name=None):
+    def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(errno.ENOMEM, message, name)
 
 
@@ -69,5 +69,5 @@ class CorruptBookkeepingError(MshareError):
     allocator's block headers by writing past the end of an allocation.
     """
 
-    def __init__(self, message, name=None):
+    def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(errno.EBADMSG, message, name)

@@ -4,7 +4,7 @@ caller can read, ``UnreadableRegion`` for one it may not read or that is damaged
 import os
 import stat
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias, Union
 
 from mshare.entry import Entry
 
@@ -28,6 +28,7 @@ class RegionInfo:
 
     @classmethod
     def from_entry(cls, name: str, entry: Entry, entry_stat: os.stat_result, attached: int) -> "RegionInfo":
+        """The region ``name`` as ``entry`` describes it, owned and moded as ``entry_stat``."""
         return cls(
             name=name, addr=entry.addr, size=entry.size,
             mode=stat.S_IMODE(entry_stat.st_mode), uid=entry_stat.st_uid, gid=entry_stat.st_gid,
@@ -56,4 +57,4 @@ class UnreadableRegion:
 
 
 # What ``list()`` returns for each entry; tell the two apart with ``isinstance``.
-ListedRegion = Union[RegionInfo, UnreadableRegion]
+ListedRegion: TypeAlias = Union[RegionInfo, UnreadableRegion]

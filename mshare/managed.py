@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy
     import numpy.typing
 
-    from mshare._shared import RegionLock
+    from mshare._shared import Bookkeeping, RegionLock
     from mshare._waiting import Condition, Event
     from mshare.queues import Queue
 
@@ -162,14 +162,16 @@ class ManagedMemory(RegionLocking):
         """
         self._writable("delete()").delete_named(name)
 
-    def _writable(self, what):
+    def _writable(self, what: str) -> "Bookkeeping":
         bookkeeping = self._bookkeeping
         if self.readonly:
             raise PermissionError(errno.EACCES, f"{what} needs the region attached read-write",
                                   self.name)
         return bookkeeping
 
-    def _view(self, name, found, dtype, shape):
+    def _view(self, name: str, found: Tuple[int, int, str, Tuple[int, ...]],
+              dtype: "numpy.typing.DTypeLike", shape: Union[int, Tuple[int, ...], None],
+              ) -> "numpy.typing.NDArray[Any]":
         import numpy
 
         addr, nbytes, stored_dtype, stored_shape = found

@@ -1,10 +1,12 @@
 """Validation of region names, sizes and modes: the rules msharefs file names follow."""
 
-MAX_NAME_BYTES = 255
-RESERVED_NAMES = frozenset({"mshare_info"})
+from typing import Final
+
+MAX_NAME_BYTES: Final = 255
+RESERVED_NAMES: Final = frozenset({"mshare_info"})
 
 
-def validate_name(name):
+def validate_name(name: object) -> str:
     """Return ``name`` if it can name a region, else raise ``TypeError``/``ValueError``."""
     if not isinstance(name, str):
         raise TypeError(f"region name must be str, not {type(name).__name__}")
@@ -28,23 +30,24 @@ def validate_name(name):
     return name
 
 
-def _require_int(value, what):
+def _require_int(value: object, what: str) -> int:
     # bool is an int subclass, but create("x", True) is always a mistake.
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be int, not {type(value).__name__}")
+    return value
 
 
-def validate_size(size):
+def validate_size(size: object) -> int:
     """Return ``size`` if it is a positive int, else raise ``TypeError``/``ValueError``."""
-    _require_int(size, "size")
+    size = _require_int(size, "size")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     return size
 
 
-def validate_mode(mode):
+def validate_mode(mode: object) -> int:
     """Return ``mode`` if it is a permission mode 0..0o777, else raise."""
-    _require_int(mode, "mode")
+    mode = _require_int(mode, "mode")
     if not 0 <= mode <= 0o777:
         raise ValueError(f"mode must be between 0 and 0o777, got {oct(mode) if mode >= 0 else mode}")
     return mode

@@ -15,7 +15,7 @@ size whenever the kernel maps the region's pages with PMDs.
 """
 
 from dataclasses import dataclass
-from typing import Dict, NamedTuple
+from typing import Dict, Final, NamedTuple, Set, Union
 
 from mshare import addresses, machine
 from mshare._core import PAGE_SIZE
@@ -23,7 +23,10 @@ from mshare._core import PAGE_SIZE
 # Processes share the PMD table of a hugetlb mapping per whole 1 GiB-aligned range: the
 # range one PMD table maps (512 entries of 2 MiB) on x86-64 and arm64 with 4 KiB pages,
 # and the alignment of every region's start.
-SHARING_UNIT = addresses.ALIGNMENT
+SHARING_UNIT: Final[int] = addresses.ALIGNMENT
+
+# One mapping's smaps fields: sizes and counts as int, ``VmFlags`` as a set of flags.
+SmapsFields = Dict[str, Union[int, Set[str]]]
 
 
 class PageTableStats(NamedTuple):
@@ -54,10 +57,11 @@ def pagetable_stats(settle: bool = False) -> PageTableStats:
     return PageTableStats(machine.meminfo()["PageTables"] * 1024, process)
 
 
-def mapping_smaps(addr) -> Dict[str, int]:
+def mapping_smaps(addr: int) -> SmapsFields:
     """The ``/proc/self/smaps`` fields of the mapping that starts at ``addr``, sizes in
     bytes, ``THPeligible`` as 0/1 and ``VmFlags`` as a set of flags."""
-    fields, inside = None, False
+    fields: SmapsFields | None = None
+    inside = False
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             head = line.split(None, 1)[0]
@@ -69,7 +73,7 @@ def mapping_smaps(addr) -> Dict[str, int]:
                 if inside:
                     fields = {"Size": int(end, 16) - addr}
                 continue
-            if not inside:
+            if fields is None or not inside:
                 continue
             key, value = head[:-1], line.split()[1:]
             if key == "VmFlags":
@@ -83,35 +87,42 @@ def mapping_smaps(addr) -> Dict[str, int]:
     return fields
 
 
-def page_size_of(fields) -> int:
+def _number(fields: SmapsFields, key: str, default: int = 0) -> int:
+    # Every field but ``VmFlags`` is a number.
+    value = fields.get(key, default)
+    return value if isinstance(value, int) else default
+
+
+def page_size_of(fields: SmapsFields) -> int:
     """The page size the kernel maps a mapping with, from its smaps ``fields``.
 
     hugetlb mappings report their page size as ``KernelPageSize``. Transparent huge pages
     do not (it stays 4 KiB), so a mapping whose resident pages are PMD-mapped, or that
     the kernel declares eligible before any page is resident, reports the PMD size.
     """
-    kernel = fields.get("KernelPageSize", PAGE_SIZE)
+    kernel = _number(fields, "KernelPageSize", PAGE_SIZE)
     if kernel > PAGE_SIZE:
         return kernel
-    pmd_mapped = fields.get("ShmemPmdMapped", 0) + fields.get("FilePmdMapped", 0)
-    if pmd_mapped or (fields.get("THPeligible") and not resident(fields)):
+    pmd_mapped = _number(fields, "ShmemPmdMapped") + _number(fields, "FilePmdMapped")
+    if pmd_mapped or (_number(fields, "THPeligible") and not resident(fields)):
         return machine.pmd_page_size()
     return kernel
 
 
-def resident(fields) -> int:
+def resident(fields: SmapsFields) -> int:
     """Bytes of the mapping present in this process's page tables (smaps counts hugetlb
     pages apart from ``Rss``)."""
-    return fields.get("Rss", 0) + fields.get("Shared_Hugetlb", 0) + fields.get("Private_Hugetlb", 0)
+    return (_number(fields, "Rss") + _number(fields, "Shared_Hugetlb")
+            + _number(fields, "Private_Hugetlb"))
 
 
-def huge_resident(fields) -> int:
+def huge_resident(fields: SmapsFields) -> int:
     """Bytes of the mapping resident in huge pages (hugetlb or PMD-mapped)."""
-    return (fields.get("Shared_Hugetlb", 0) + fields.get("Private_Hugetlb", 0)
-            + fields.get("ShmemPmdMapped", 0) + fields.get("FilePmdMapped", 0))
+    return (_number(fields, "Shared_Hugetlb") + _number(fields, "Private_Hugetlb")
+            + _number(fields, "ShmemPmdMapped") + _number(fields, "FilePmdMapped"))
 
 
-def shared_span(addr, length) -> int:
+def shared_span(addr: int, length: int) -> int:
     """Bytes of ``[addr, addr + length)`` in whole ``SHARING_UNIT``-aligned ranges: the
     part of a 2 MiB-page hugetlb mapping whose page tables processes share."""
     first = -(-addr // SHARING_UNIT) * SHARING_UNIT
@@ -140,15 +151,17 @@ class RegionStats:
     shared_span: int
 
 
-def region_stats(backend, addr) -> RegionStats:
+def region_stats(backend: str, addr: int) -> RegionStats:
     """``RegionStats`` of the mapping at ``addr`` of a region in ``backend``."""
     fields = mapping_smaps(addr)
     span = 0
     # Only PMD entries that map huge pages of a shared hugetlb mapping share their table.
     pmd_mapped_hugetlb = fields.get("KernelPageSize") == machine.pmd_page_size()
-    if pmd_mapped_hugetlb and "sh" in fields.get("VmFlags", ()):
-        span = shared_span(addr, fields["Size"])
+    flags = fields.get("VmFlags", set())
+    mapped = _number(fields, "Size")
+    if pmd_mapped_hugetlb and isinstance(flags, set) and "sh" in flags:
+        span = shared_span(addr, mapped)
     return RegionStats(
-        backend=backend, page_size=page_size_of(fields), mapped=fields["Size"], resident=resident(fields),
+        backend=backend, page_size=page_size_of(fields), mapped=mapped, resident=resident(fields),
         huge_resident=huge_resident(fields), pagetable_sharing=span > 0, shared_span=span,
     )

@@ -18,7 +18,7 @@ import types
 from functools import partial
 from multiprocessing import managers
 from multiprocessing.managers import dispatch
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Final, Iterable, List, Optional, Protocol, Tuple, TypeVar
 
 import mshare
 from mshare import _shared_memory_tracker
@@ -28,18 +28,19 @@ from mshare.names import validate_name
 __all__ = ["SharedMemory", "ShareableList", "SharedMemoryManager"]
 
 # The stdlib's names for how generated names look; its own tests patch _make_filename.
-_USE_POSIX = True
-_O_CREX = os.O_CREAT | os.O_EXCL
-_SHM_SAFE_NAME_LENGTH = 14
-_SHM_NAME_PREFIX = "/psm_"
+_USE_POSIX: Final = True
+_O_CREX: Final = os.O_CREAT | os.O_EXCL
+_SHM_SAFE_NAME_LENGTH: Final = 14
+_SHM_NAME_PREFIX: Final = "/psm_"
+_Made = TypeVar("_Made", "SharedMemory", "ShareableList")
 
 
-def _make_filename():
+def _make_filename() -> str:
     """A random stdlib-style name (``/psm_`` and 8 hex digits) for a new block."""
     return _SHM_NAME_PREFIX + secrets.token_hex((_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2)
 
 
-def region_name(block_name):
+def region_name(block_name: str) -> str:
     """The mshare region behind a stdlib-style block name: leading slashes dropped, as
     ``shm_open`` drops them, so ``"/psm_1a2b"`` and ``"psm_1a2b"`` are one block. The rest
     must be a valid region name (no ``/`` or NUL, not starting with ``.``)."""
@@ -56,15 +57,15 @@ class SharedMemory:
     when the program that created it ends without unlinking it; attachers never unlink.
     """
 
-    _name = None
-    _region = None
-    _size = 0
-    _addr = None
-    _readonly = False
-    _tracked = None
-    _flags = os.O_RDWR
-    _mode = 0o600
-    _prepend_leading_slash = True
+    _name: Optional[str] = None
+    _region: Optional[mshare.Region] = None
+    _size: int = 0
+    _addr: Optional[int] = None
+    _readonly: bool = False
+    _tracked: Optional[Tuple[str, str, int, float]] = None
+    _flags: int = os.O_RDWR
+    _mode: int = 0o600
+    _prepend_leading_slash: bool = True
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
                  track: bool = True, mode: Optional[int] = None, hugepages: str = "auto",
@@ -97,7 +98,7 @@ class SharedMemory:
         self._size = self._region.size
         self._addr = self._region.addr
 
-    def _create(self, name, size, mode, hugepages):
+    def _create(self, name: Optional[str], size: int, mode: int, hugepages: str) -> mshare.Region:
         if name is not None:
             self._name = self._full_name(name)
             return mshare.create(region_name(self._name), size, mode=mode, hugepages=hugepages)
@@ -111,11 +112,11 @@ class SharedMemory:
             self._name = candidate
             return region
 
-    def _full_name(self, name):
+    def _full_name(self, name: str) -> str:
         """The name as the stdlib keeps it in ``_name``: with the ``/`` ``shm_open`` wants."""
         return "/" + name if self._prepend_leading_slash else name
 
-    def _register(self):
+    def _register(self) -> None:
         region = self._region
         try:
             created = mshare.info(region.name).created
@@ -127,7 +128,7 @@ class SharedMemory:
             raise
         self._tracked = identity
 
-    def __del__(self):
+    def __del__(self) -> None:
         # Never raise here: with views still alive the region's own finalizer unmaps the
         # memory once the last of them is gone.
         try:
@@ -135,12 +136,12 @@ class SharedMemory:
         except Exception:
             pass
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[..., "SharedMemory"], Tuple[str, bool, int]]:
         if self._readonly:
             return partial(self.__class__, readonly=True), (self.name, False, self.size)
         return self.__class__, (self.name, False, self.size)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
 
     @property
@@ -195,7 +196,7 @@ class SharedMemory:
             _shared_memory_tracker.unregister(*identity)
 
 
-class ShareableList(ShareableListLayout):
+class ShareableList(ShareableListLayout[SharedMemory]):
     """A fixed-length list of ``int``, ``float``, ``bool``, ``str``, ``bytes`` and ``None``
     stored in a ``SharedMemory`` block, with the stdlib's format, errors and pickling.
 
@@ -206,16 +207,29 @@ class ShareableList(ShareableListLayout):
 
     _block_class = SharedMemory
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[], "ShareableList"], Tuple[()]]:
         return partial(self.__class__, name=self.shm.name), ()
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    def __class_getitem__(cls, item: Any) -> types.GenericAlias:
+        """``ShareableList[int]`` in annotations, as the stdlib's allows."""
+        return types.GenericAlias(cls, item)
+
+
+class _SegmentTracker(Protocol):
+    """What the manager server keeps of its blocks (the stdlib's tracker has no types)."""
+
+    shared_memory_context_name: str
+    segment_names: List[str]
+
+    def register_segment(self, segment_name: str) -> None: ...
+    def destroy_segment(self, segment_name: str) -> None: ...
+    def unlink(self) -> None: ...
 
 
 class _BlockTracker(managers._SharedMemoryTracker):
     """The manager server's list of blocks, unlinked as mshare blocks at shutdown."""
 
-    def destroy_segment(self, segment_name):
+    def destroy_segment(self, segment_name: str) -> None:
         self.segment_names.remove(segment_name)
         block = SharedMemory(segment_name)
         block.close()
@@ -225,10 +239,10 @@ class _BlockTracker(managers._SharedMemoryTracker):
 class SharedMemoryServer(managers.SharedMemoryServer):
     """The stdlib's server, unlinking mshare blocks."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # A fresh list: the stdlib tracker's default list is shared between instances.
-        self.shared_memory_context = _BlockTracker(
+        self.shared_memory_context: _SegmentTracker = _BlockTracker(
             self.shared_memory_context.shared_memory_context_name, [])
 
 
@@ -251,7 +265,7 @@ class SharedMemoryManager(managers.SharedMemoryManager):
         """A new ``ShareableList`` of ``sequence``, unlinked when the manager shuts down."""
         return self._tracked_by_server(partial(ShareableList, sequence))
 
-    def _tracked_by_server(self, make):
+    def _tracked_by_server(self, make: Callable[[], _Made]) -> _Made:
         with self._Client(self._address, authkey=self._authkey) as connection:
             made = make()
             block = made.shm if isinstance(made, ShareableList) else made

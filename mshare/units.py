@@ -2,6 +2,7 @@
 
 import argparse
 import re
+from typing import Final
 
 _MULTIPLIERS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 # ASCII digits only; a unit letter, optionally followed by "B" or "iB"; or just "B".
@@ -10,10 +11,10 @@ _SIZE = re.compile(r"\s*([0-9]+)(?:\.([0-9]+))?\s*(?:([KMGTP])(?:I?B)?|B)?\s*\Z"
 # Longer spellings are refused before any arithmetic, so no input is costly to reject.
 _MAX_SIZE_TEXT = 64
 # No address space holds more bytes.
-MAX_SIZE = (1 << 64) - 1
+MAX_SIZE: Final = (1 << 64) - 1
 
 
-def parse_size(text):
+def parse_size(text: str) -> int:
     """Bytes in ``text`` (``"4096"``, ``"64M"``, ``"2G"``, ``"1.5GiB"``); ``ValueError``
     with a one-line message otherwise, also for a fraction that is not a whole number of
     bytes (``"1.3K"``) and for sizes of 2**64 bytes or more."""
@@ -34,7 +35,7 @@ def parse_size(text):
     return size
 
 
-def size_argument(text):
+def size_argument(text: str) -> int:
     """``parse_size`` as an argparse type: a bad size is a usage error (exit code 2)."""
     try:
         return parse_size(text)
@@ -42,7 +43,7 @@ def size_argument(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def format_size(size):
+def format_size(size: int) -> str:
     """``size`` bytes in the largest binary unit that keeps it readable (``1.5G``)."""
     for unit in ("P", "T", "G", "M", "K"):
         multiplier = _MULTIPLIERS[unit]
@@ -52,7 +53,7 @@ def format_size(size):
     return str(size)
 
 
-def format_exact_size(size):
+def format_exact_size(size: int) -> str:
     """``size`` bytes in the largest binary unit that divides it (``3074M``): what a
     command suggested to the user must read back as exactly that many bytes."""
     for unit in ("P", "T", "G", "M", "K"):

@@ -1,5 +1,6 @@
 """The public API is typed: a user's program that uses all of it (tests/typing_user.py)
-passes mypy --strict and pyright strict with no error, and it runs."""
+passes mypy --strict and pyright strict with no error, and it runs; and pyright finds the
+package's exported symbols type-complete to at least ``MINIMUM_COMPLETENESS``."""
 
 import ast
 import importlib
@@ -7,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+
+from collections import defaultdict
 
 import pytest
 
@@ -19,6 +22,9 @@ def checked(command):
     # From "/", so that a source checkout never stands in for the installed package.
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd="/")
 
+
+# The share of exported symbols whose type pyright knows (`pyright --verifytypes`).
+MINIMUM_COMPLETENESS = 0.95
 
 COMPILED = ["_allocator", "_core", "_mutex", "_queue", "_shared", "_slots", "_waiting"]
 
@@ -59,3 +65,34 @@ def test_user_script_runs():
     result = checked([sys.executable, USER_SCRIPT])
     assert result.returncode == 0, result.stderr
     assert "psm_" in result.stdout
+
+
+def _incomplete_by_module(report):
+    """Exported symbols whose type is unknown or ambiguous, by module, each with why."""
+    modules = {module["name"] for module in report["modules"]}
+    found = defaultdict(list)
+    for symbol in report["symbols"]:
+        if symbol["isExported"] and not (symbol["isTypeKnown"] and not symbol["isTypeAmbiguous"]):
+            reasons = [" ".join(diagnostic["message"].split()) for diagnostic in symbol["diagnostics"]]
+            module = symbol["name"]
+            while module not in modules:
+                module = module.rpartition(".")[0]
+            found[module].append(f"{symbol['name']}: {'; '.join(reasons)[:200]}")
+    return found
+
+
+def test_installed_package_is_type_complete():
+    result = checked([sys.executable, "-m", "pyright", "--verifytypes", "mshare", "--ignoreexternal",
+                      "--outputjson", "--pythonpath", sys.executable])
+    report = json.loads(result.stdout)["typeCompleteness"]
+    # The package checked is the one these tests import, not a source tree.
+    assert report["packageRootDirectory"] == os.path.dirname(mshare.__file__)
+    counts = report["exportedSymbolCounts"]
+    assert counts["withKnownType"] > 0
+    incomplete = _incomplete_by_module(report)
+    listing = "\n".join(f"{module} ({len(names)}):\n  " + "\n  ".join(names)
+                        for module, names in sorted(incomplete.items()))
+    score = report["completenessScore"]
+    assert score >= MINIMUM_COMPLETENESS, (
+        f"pyright --verifytypes mshare: {score:.1%} type-complete, below "
+        f"{MINIMUM_COMPLETENESS:.0%} ({counts}); incomplete exported symbols:\n{listing}")

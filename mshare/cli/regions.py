@@ -32,9 +32,9 @@ def _argument_type(parse: Callable[[str], _Parsed],
     return convert
 
 
-region_name = _argument_type(str, validate_name)
-region_size = _argument_type(parse_size, validate_size)
-octal_mode = _argument_type(lambda text: int(text, 8), validate_mode)
+region_name: Callable[[str], str] = _argument_type(str, validate_name)
+region_size: Callable[[str], int] = _argument_type(parse_size, validate_size)
+octal_mode: Callable[[str], int] = _argument_type(lambda text: int(text, 8), validate_mode)
 
 
 def complete_names(prefix: str, **_: Any) -> List[str]:

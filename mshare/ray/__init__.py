@@ -18,13 +18,14 @@ killed owner ``OwnerLostError``; nothing waits forever.
 """
 
 import errno
-from typing import Dict, List, Optional
+from types import ModuleType
+from typing import Any, Dict, List, Optional, Tuple
 
 import mshare
 from mshare.backends.selection import validate_hugepages
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.ray import cluster
-from mshare.ray.cluster import DEFAULT_TIMEOUT, Deadline
+from mshare.ray.cluster import DEFAULT_TIMEOUT, Deadline, RayObject
 from mshare.ray.errors import NodeDiedError, OwnerLostError
 from mshare.ray.owner import RegionOwner, RegionStats, local_info, size_mismatch, unlink_local
 from mshare.ray.sizing import doctor_notes
@@ -118,7 +119,8 @@ def ensure(name: str, size: int, *, mode: int = 0o600, hugepages: str = "auto",
     ray = cluster.import_ray()
     started = {node_id: _start_owner(ray, node_id, name, size, options)
                for node_id in cluster.alive_nodes(ray)}
-    found, failures = {}, []
+    found: Dict[str, mshare.RegionInfo] = {}
+    failures: List[Exception] = []
     for node_id, (handle, reply) in started.items():
         # Settle every node before raising, so that each owner that failed is stopped.
         try:
@@ -133,7 +135,8 @@ def ensure(name: str, size: int, *, mode: int = 0o600, hugepages: str = "auto",
     return found
 
 
-def owner(name: str, node_id: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT):
+def owner(name: str, node_id: Optional[str] = None, *,
+          timeout: float = DEFAULT_TIMEOUT) -> RayObject:
     """The Ray actor handle of region ``name``'s owner on a node (default: this one).
 
     ``FileNotFoundError`` if there is no such region, ``OwnerLostError`` if the region
@@ -195,7 +198,8 @@ def destroy(name: str, node_id: Optional[str] = None, *, all_nodes: bool = False
         targets = [_node(ray, node_id)]
     registry = registry_root()
     started = {target: _start_removal(ray, target, name, registry) for target in targets}
-    removed, failures = [], []
+    removed: List[str] = []
+    failures: List[Exception] = []
     for target, removal in started.items():
         try:
             if _finish_removal(ray, target, name, registry, removal, deadline):
@@ -213,18 +217,19 @@ def destroy(name: str, node_id: Optional[str] = None, *, all_nodes: bool = False
 # -- owners ------------------------------------------------------------------------------
 
 
-def _owner_name(name, node_id):
+def _owner_name(name: str, node_id: str) -> str:
     return cluster.owner_actor_name(registry_root(), region_name(name, node_id))
 
 
-def _creation_options(mode, hugepages):
+def _creation_options(mode: int, hugepages: str) -> Dict[str, Any]:
     """What ``mshare.create`` needs besides name and size, checked here to fail fast."""
     validate_mode(mode)
     validate_hugepages(hugepages)
     return {"mode": mode, "hugepages": hugepages}
 
 
-def _start_owner(ray, node_id, name, size, options):
+def _start_owner(ray: ModuleType, node_id: str, name: str, size: int,
+                 options: Dict[str, Any]) -> Tuple[RayObject, RayObject]:
     """Get or create the owner (race-free: ``get_if_exists``) and ask it to check in."""
     registry = registry_root()
     handle = cluster.remote(ray, RegionOwner).options(
@@ -235,7 +240,8 @@ def _start_owner(ray, node_id, name, size, options):
     return handle, handle.check.remote(size)
 
 
-def _settle_owner(ray, node_id, name, size, options, handle, reply, deadline):
+def _settle_owner(ray: ModuleType, node_id: str, name: str, size: int, options: Dict[str, Any],
+                  handle: RayObject, reply: RayObject, deadline: Deadline) -> mshare.RegionInfo:
     """Wait for an owner's check-in; replace, once, an owner that died."""
     what = f"the owner of region {name!r}"
     replaced = False
@@ -261,12 +267,13 @@ def _settle_owner(ray, node_id, name, size, options, handle, reply, deadline):
         handle, reply = _start_owner(ray, node_id, name, size, options)
 
 
-def _open_owner(ray, node_id, name, size, options, deadline):
+def _open_owner(ray: ModuleType, node_id: str, name: str, size: int, options: Dict[str, Any],
+                deadline: Deadline) -> mshare.RegionInfo:
     handle, reply = _start_owner(ray, node_id, name, size, options)
     return _settle_owner(ray, node_id, name, size, options, handle, reply, deadline)
 
 
-def _holds_region(ray, handle, deadline, node_id):
+def _holds_region(ray: ModuleType, handle: RayObject, deadline: Deadline, node_id: str) -> bool:
     try:
         return cluster.fetch(ray, handle.holds_region.remote(), deadline,
                              what="an owner", node_id=node_id)
@@ -274,7 +281,7 @@ def _holds_region(ray, handle, deadline, node_id):
         return False
 
 
-def _owner_or_raise(ray, node_id, name, deadline):
+def _owner_or_raise(ray: ModuleType, node_id: str, name: str, deadline: Deadline) -> RayObject:
     handle = cluster.find_owner(ray, _owner_name(name, node_id))
     if handle is not None:
         return handle
@@ -295,14 +302,16 @@ def _owner_or_raise(ray, node_id, name, deadline):
 # -- removal -----------------------------------------------------------------------------
 
 
-def _start_removal(ray, node_id, name, registry):
+def _start_removal(ray: ModuleType, node_id: str, name: str,
+                   registry: str) -> Tuple[Optional[RayObject], RayObject]:
     handle = cluster.find_owner(ray, _owner_name(name, node_id))
     if handle is not None:
         return handle, handle.destroy.remote()
     return None, _unlink_without_owner(ray, node_id, name, registry)
 
 
-def _finish_removal(ray, node_id, name, registry, removal, deadline):
+def _finish_removal(ray: ModuleType, node_id: str, name: str, registry: str,
+                    removal: Tuple[Optional[RayObject], RayObject], deadline: Deadline) -> bool:
     handle, reply = removal
     what = f"destroying region {name!r}"
     if handle is None:
@@ -317,12 +326,12 @@ def _finish_removal(ray, node_id, name, registry, removal, deadline):
     return removed
 
 
-def _unlink_without_owner(ray, node_id, name, registry):
+def _unlink_without_owner(ray: ModuleType, node_id: str, name: str, registry: str) -> RayObject:
     chore = cluster.remote(ray, unlink_local).options(**cluster.on_node(node_id, registry))
     return chore.remote(region_name(name, node_id))
 
 
-def _node(ray, node_id):
+def _node(ray: ModuleType, node_id: Optional[str]) -> str:
     if node_id is None:
         return cluster.current_node_id(ray)
     if not isinstance(node_id, str):

@@ -9,16 +9,21 @@ import errno
 import functools
 import hashlib
 import time
+from types import ModuleType
+from typing import Any, Callable, Dict, Final, List, Optional
 
 from mshare.ray.errors import NodeDiedError, OwnerLostError
 
 # Owners of every job live in one namespace, so that every driver finds the same owner.
-NAMESPACE = "mshare"
-DEFAULT_TIMEOUT = 60.0
-_POLL_SECONDS = 0.05
+NAMESPACE: Final = "mshare"
+DEFAULT_TIMEOUT: Final = 60.0
+_POLL_SECONDS: Final = 0.05
+# Ray's objects (actor handles, object refs) are typed by Ray, which mshare never imports
+# at module level; they are passed through as they come.
+RayObject = Any
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """Ray, connected; imported only here so that mshare itself never needs it."""
     try:
         import ray
@@ -29,15 +34,17 @@ def import_ray():
     return ray
 
 
-def current_node_id(ray):
+def current_node_id(ray: ModuleType) -> str:
+    """The id of the Ray node this process runs on."""
     return ray.get_runtime_context().get_node_id()
 
 
-def alive_nodes(ray):
+def alive_nodes(ray: ModuleType) -> List[str]:
+    """The ids of the cluster's live nodes, sorted."""
     return sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
 
 
-def node_alive(ray, node_id):
+def node_alive(ray: ModuleType, node_id: str) -> bool:
     """True or False; ``ValueError`` for a node this cluster never had."""
     for node in ray.nodes():
         if node["NodeID"] == node_id:
@@ -45,22 +52,25 @@ def node_alive(ray, node_id):
     raise ValueError(f"no Ray node {node_id!r} in this cluster")
 
 
-def require_alive(ray, node_id):
+def require_alive(ray: ModuleType, node_id: str) -> None:
+    """``NodeDiedError`` unless ``node_id`` is alive."""
     if not node_alive(ray, node_id):
         raise node_died(node_id)
 
 
-def node_died(node_id):
+def node_died(node_id: str) -> NodeDiedError:
+    """The error for a region on the dead node ``node_id``."""
     return NodeDiedError(f"Ray node {node_id} is dead: its mshare regions died with it", node_id)
 
 
-def owner_actor_name(registry, scoped_name):
+def owner_actor_name(registry: str, scoped_name: str) -> str:
+    """The actor name of the owner of ``scoped_name`` in ``registry``."""
     # The registry is part of the name: two registries may hold regions of one name.
     digest = hashlib.sha256(registry.encode()).hexdigest()[:16]
     return f"mshare-owner:{digest}:{scoped_name}"
 
 
-def on_node(node_id, registry):
+def on_node(node_id: str, registry: str) -> Dict[str, Any]:
     """Options that run a task or actor on ``node_id`` only, with no CPU, in ``registry``.
 
     ``soft=False``: if the node is gone, Ray fails the call at once instead of running it
@@ -76,14 +86,15 @@ def on_node(node_id, registry):
     }
 
 
-def find_owner(ray, actor_name):
+def find_owner(ray: ModuleType, actor_name: str) -> Optional[RayObject]:
+    """The handle of the owner actor ``actor_name``, or None when there is none."""
     try:
         return ray.get_actor(actor_name, namespace=NAMESPACE)
     except ValueError:
         return None
 
 
-def owner_names(ray, prefix):
+def owner_names(ray: ModuleType, prefix: str) -> List[str]:
     """Names of the live owner actors whose name starts with ``prefix``."""
     return [
         actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
@@ -94,22 +105,24 @@ def owner_names(ray, prefix):
 class Deadline:
     """One time budget shared by every wait of an API call."""
 
-    def __init__(self, timeout):
+    def __init__(self, timeout: float) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout}")
-        self.timeout = timeout
-        self._end = time.monotonic() + timeout
+        self.timeout: float = timeout
+        self._end: float = time.monotonic() + timeout
 
-    def remaining(self):
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
         return max(0.0, self._end - time.monotonic())
 
-    def expired(self):
+    def expired(self) -> bool:
+        """Whether the budget is spent."""
         return time.monotonic() >= self._end
 
 
-def fetch(ray, ref, deadline, *, what, node_id):
+def fetch(ray: ModuleType, ref: RayObject, deadline: Deadline, *, what: str, node_id: str) -> Any:
     """``ray.get(ref)`` within the deadline, with Ray's failures said in mshare's terms.
 
     The node-side code's own exceptions (``FileNotFoundError``, ``ValueError``, ...) are
@@ -140,7 +153,7 @@ def fetch(ray, ref, deadline, *, what, node_id):
         raise
 
 
-def kill_owner(ray, handle, actor_name, deadline):
+def kill_owner(ray: ModuleType, handle: RayObject, actor_name: str, deadline: Deadline) -> None:
     """Kill an owner and wait until its name is free, so a new owner can take it."""
     ray.kill(handle, no_restart=True)
     while find_owner(ray, actor_name) is not None:
@@ -154,6 +167,6 @@ def kill_owner(ray, handle, actor_name, deadline):
 
 
 @functools.cache
-def remote(ray, function_or_class):
+def remote(ray: ModuleType, function_or_class: Callable[..., Any]) -> RayObject:
     """The Ray remote version of ``function_or_class``, made once per process."""
     return ray.remote(function_or_class)

@@ -13,7 +13,7 @@ from mshare.errors import MshareError
 class NodeDiedError(MshareError):
     """The Ray node is dead (or was removed): its regions died with it."""
 
-    def __init__(self, message, node_id=None):
+    def __init__(self, message: str, node_id: str | None = None) -> None:
         super().__init__(errno.EHOSTDOWN, message, node_id)
 
 
@@ -24,5 +24,5 @@ class OwnerLostError(MshareError):
     region with its data; ``destroy`` removes it.
     """
 
-    def __init__(self, message, name=None):
+    def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(errno.ESRCH, message, name)

@@ -8,6 +8,7 @@ environment (see ``cluster.on_node``), so plain ``mshare`` calls reach the right
 import errno
 import os
 from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 import mshare
 from mshare.backends import get_backend
@@ -38,26 +39,28 @@ class RegionOwner:
     exception (``FileNotFoundError``, ``ValueError``, ``OSError(ENOSPC)``, ...).
     """
 
-    def __init__(self, name, size, create_options):
+    def __init__(self, name: str, size: Optional[int], create_options: Dict[str, Any]) -> None:
         self._name = name
-        self._region = None
-        self._failure = None
+        self._region: Optional[mshare.Region] = None
+        self._failure: Optional[Exception] = None
         try:
             self._region = _create_or_adopt(name, size, create_options)
         except Exception as error:
             self._failure = error
 
-    def check(self, size):
+    def check(self, size: Optional[int]) -> RegionInfo:
         """The region's ``RegionInfo``; ``ValueError`` if it is not ``size`` bytes."""
         region = self._started()
         if size is not None and size != region.size:
             raise size_mismatch(self._name, region.size, size)
         return mshare.info(self._name)
 
-    def holds_region(self):
+    def holds_region(self) -> bool:
+        """Whether this owner created or adopted its region and still maps it."""
         return self._region is not None
 
-    def stats(self):
+    def stats(self) -> RegionStats:
+        """The region as this owner sees it on its node."""
         import ray
 
         region = self._started()
@@ -67,7 +70,7 @@ class RegionOwner:
             info=mshare.info(self._name), memory_bytes=memory_bytes(self._name),
         )
 
-    def destroy(self):
+    def destroy(self) -> bool:
         """Unlink the region and unmap it here; True if this call removed the name.
 
         The caller kills the actor afterwards. Processes still mapping the region keep
@@ -80,13 +83,14 @@ class RegionOwner:
         self._failure = FileNotFoundError(errno.ENOENT, "region was destroyed", self._name)
         return unlink_local(self._name)
 
-    def _started(self):
+    def _started(self) -> mshare.Region:
         if self._region is None:
+            assert self._failure is not None  # set whenever the region is not
             raise self._failure
         return self._region
 
 
-def _create_or_adopt(name, size, create_options):
+def _create_or_adopt(name: str, size: Optional[int], create_options: Dict[str, Any]) -> mshare.Region:
     if size is None:
         return mshare.attach(name)
     try:
@@ -100,13 +104,13 @@ def _create_or_adopt(name, size, create_options):
     return region
 
 
-def size_mismatch(name, actual, wanted):
+def size_mismatch(name: str, actual: int, wanted: int) -> ValueError:
     """The error for a region asked for with a size other than the one it has."""
     return ValueError(f"region {name!r} exists with {actual} bytes, not {wanted}; "
                       "destroy it first to change its size")
 
 
-def local_info(name):
+def local_info(name: str) -> Optional[RegionInfo]:
     """The region's ``RegionInfo`` on this node, or None."""
     try:
         return mshare.info(name)
@@ -114,7 +118,7 @@ def local_info(name):
         return None
 
 
-def unlink_local(name):
+def unlink_local(name: str) -> bool:
     """Unlink the region on this node; True if it was there."""
     try:
         mshare.unlink(name)
@@ -123,7 +127,7 @@ def unlink_local(name):
     return True
 
 
-def memory_bytes(name):
+def memory_bytes(name: str) -> int:
     """Bytes of memory the region's data object holds: its allocated blocks.
 
     One number for the node, whoever touched the pages, and the proof that attaching

@@ -9,18 +9,19 @@ created. So regions that take the room Ray counted on make Ray's later writes fa
 
 import importlib.metadata
 import os
+from typing import Final, List, Tuple
 
-SHM_DIRECTORY = "/dev/shm"
+SHM_DIRECTORY: Final = "/dev/shm"
 # Ray's defaults (ray._private.ray_constants): the share of available memory, the cap by
 # free /dev/shm (which never goes below 10 GB), and the smallest store it accepts.
-RAY_DEFAULT_PROPORTION = 0.3
-RAY_SHM_CAP_FLOOR = 10**10
-RAY_MINIMUM_STORE = 75 << 20
+RAY_DEFAULT_PROPORTION: Final = 0.3
+RAY_SHM_CAP_FLOOR: Final = 10**10
+RAY_MINIMUM_STORE: Final = 75 << 20
 # Keep this share of /dev/shm free for everything else that uses it.
-MARGIN = 0.1
+MARGIN: Final = 0.1
 
 
-def doctor_notes() -> list:
+def doctor_notes() -> List[str]:
     """The Ray sizing advice as lines of text; empty when Ray is not installed.
 
     Never imports Ray (that takes seconds), only asks for its version.
@@ -64,7 +65,7 @@ def doctor_notes() -> list:
     return lines
 
 
-def _shm_regions():
+def _shm_regions() -> Tuple[int, str]:
     """Bytes of this registry's regions that live in /dev/shm, and words saying so."""
     import mshare
     from mshare.registry import registry_root
@@ -78,7 +79,7 @@ def _shm_regions():
     return total, f"in {registry_root()}: {format_size(total)}"
 
 
-def _memory_available():
+def _memory_available() -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
@@ -86,7 +87,7 @@ def _memory_available():
     raise OSError("MemAvailable missing from /proc/meminfo")
 
 
-def _ray_default_store(memory_available, shm_free):
+def _ray_default_store(memory_available: int, shm_free: int) -> int:
     """What Ray's ``resolve_object_store_memory`` picks with no ``object_store_memory``."""
     cap = max(RAY_SHM_CAP_FLOOR, int(shm_free * 0.95))
     return min(int(memory_available * RAY_DEFAULT_PROPORTION), cap, 200 * 10**9)
