@@ -24,8 +24,7 @@ STEPS = (
     "create:entry-written",   # entry written to its temporary file, not yet linked
     "create:published",       # entry visible under its name
     "create:marked",          # attach mark taken; create is about to return
-    "attach:locked",          # registry lock held (shared)
-    "attach:entry-read",      # entry read and validated
+    "attach:entry-read",      # entry read and validated (attach takes no registry lock)
     "attach:data-opened",     # data object opened and checked against the entry
     "attach:marked",          # attach mark taken
     "attach:mapped",          # data mapped; attach is about to return

@@ -157,28 +157,39 @@ copyreg.pickle(Region, _pickle_region)
 def _attach(name, readonly, populate, root):
     attachments.release_pending()
     with Registry(root) as registry:
-        with registry.locked(exclusive=False):
-            faults.point("attach:locked")
-            entry, entry_stat = registry.read_entry(name, writable=not readonly)
-            faults.point("attach:entry-read")
-            with binding.open_data(name, entry, entry_stat, not readonly) as data:
-                faults.point("attach:data-opened")
-                key = data_identity(entry.backend, data)
-                with attachments.table_lock:
-                    attachment = attachments.find(key)
-                    if attachment is None:
-                        attachment = _map_entry(registry, name, entry, data, key, not readonly)
-                        attachments.add(attachment)
-                    else:
-                        attachment.check_same_region(registry, name, entry)
-                        if not readonly and not attachment.mapping.writable:
-                            # MAP_FIXED over this process's own mapping of the very same
-                            # file (the key is its device and inode), so nothing else moves.
-                            attachment.mapping.remap_writable(data.fd)
-                    region = Region(attachment, name, readonly, entry_stat)
+        try:
+            region = _attach_unlocked(registry, name, readonly)
+        except AddressConflictError:
+            # Another thread of this process may be creating this very region: it maps
+            # before the name is published and enters the mapping in the table before
+            # its exclusive lock goes, so with the lock held (shared) the table has it.
+            with registry.locked(exclusive=False):
+                region = _attach_unlocked(registry, name, readonly)
     if populate:
         region.populate()
     return region
+
+
+def _attach_unlocked(registry, name, readonly):
+    """Attach without the registry lock: entries appear whole (linked into place), and
+    ``_map_entry`` proves the data still there once its attach mark is taken."""
+    entry, entry_stat = registry.read_entry(name, writable=not readonly)
+    faults.point("attach:entry-read")
+    with binding.open_data(name, entry, entry_stat, not readonly) as data:
+        faults.point("attach:data-opened")
+        key = data_identity(entry.backend, data)
+        with attachments.table_lock:
+            attachment = attachments.find(key)
+            if attachment is None:
+                attachment = _map_entry(registry, name, entry, data, key, not readonly)
+                attachments.add(attachment)
+            else:
+                attachment.check_same_region(registry, name, entry)
+                if not readonly and not attachment.mapping.writable:
+                    # MAP_FIXED over this process's own mapping of the very same
+                    # file (the key is its device and inode), so nothing else moves.
+                    attachment.mapping.remap_writable(data.fd)
+            return Region(attachment, name, readonly, entry_stat)
 
 
 def _map_entry(registry, name, entry, data, key, writable):
@@ -188,10 +199,16 @@ def _map_entry(registry, name, entry, data, key, writable):
         mark = registry.hold_range(range_file)
         faults.point("attach:marked")
     except FileNotFoundError:
+        _refuse_unlinked(name, backend, entry, key)
         raise CorruptEntryError(
             f"region {name!r}: its address range is not recorded in the registry", name
         ) from None
+    except MshareError as error:
+        if error.errno == errno.EAGAIN:
+            _refuse_unlinked(name, backend, entry, key)  # an unlink is giving the range up
+        raise
     try:
+        _refuse_unlinked(name, backend, entry, key)
         mapping = Mapping.map_fixed(data.fd, entry.addr, entry.map_length, writable,
                                     f"region {name!r}")
         faults.point("attach:mapped")
@@ -200,6 +217,18 @@ def _map_entry(registry, name, entry, data, key, writable):
         mark.close()
         raise
     return Attachment(key, registry, name, entry, mapping, mark, range_file)
+
+
+def _refuse_unlinked(name, backend, entry, key):
+    """With the attach mark held, the range stays reserved only if the data object is
+    still in place: an unlink removes the data first and then gives the range up unless
+    a mark is on it, so data still there now means the unlink (if any) sees this mark."""
+    try:
+        info = os.stat(backend.path(entry.location), follow_symlinks=False)
+    except FileNotFoundError:
+        info = None
+    if info is None or (entry.backend, info.st_dev, info.st_ino) != key:
+        raise FileNotFoundError(errno.ENOENT, f"region {name!r} was unlinked while attaching", name)
 
 
 def _allocate(registry, length, requested):

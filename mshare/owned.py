@@ -2,13 +2,16 @@
 
 CPython runs Python signal handlers between bytecodes of the main thread, so a
 ``KeyboardInterrupt`` can strike after ``os.open`` returned and before its result is
-stored anywhere: the descriptor (or the file an ``O_EXCL`` open just made) is lost. Two
+stored anywhere: the descriptor (or the file an ``O_EXCL`` open just made) is lost. Three
 things close that window:
 
+- ``open_descriptor``: the compiled core opens the file and wraps the descriptor in its
+  owner in one C call that holds the GIL, where no Python handler can run (the C-level
+  handler only sets a flag). Plain opens need nothing else.
 - ``signals_deferred()``: while it is active, the main thread's ``SIGINT`` handler only
   records the signal; on leaving, the original handler runs (and raises) once. Each use
-  spans an open (or another step that makes something) and the statement that hands the
-  result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
+  spans a step that makes something (a file created, a mapping) and the statement that
+  hands the result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
   Swapping the Python-level handler works whichever thread the kernel delivered the
   signal to (blocking it with ``pthread_sigmask`` in the main thread would not: another
   thread's delivery still makes the main thread run the handler).
@@ -72,6 +75,15 @@ class Descriptor:
         self._owner = OwnedDescriptor(fd)
         self.fd = fd
 
+    @classmethod
+    def owning(cls, owner):
+        """The ``Descriptor`` of what the ``OwnedDescriptor`` ``owner`` holds; should an
+        interrupt strike before it is made, ``owner`` is dropped, which closes it."""
+        descriptor = cls.__new__(cls)
+        descriptor._owner = owner
+        descriptor.fd = owner.fileno()
+        return descriptor
+
     def close(self):
         self.fd = -1
         self._owner.close()
@@ -102,9 +114,9 @@ class Undo(ExitStack):
 
 
 def open_descriptor(path, flags, mode=0o777, *, dir_fd=None):
-    """``os.open`` whose result is owned by a ``Descriptor`` before any signal is handled."""
-    with signals_deferred():
-        return Descriptor(os.open(path, flags, mode, dir_fd=dir_fd))
+    """``os.open`` whose result is owned by a ``Descriptor`` before any signal is handled:
+    the core opens and owns it in one step, so no handler needs holding back."""
+    return Descriptor.owning(OwnedDescriptor.open(path, flags, mode, dir_fd))
 
 
 def create_file(undo, path, flags, mode, remove, *, dir_fd=None):
@@ -112,6 +124,6 @@ def create_file(undo, path, flags, mode, remove, *, dir_fd=None):
     already gone) is pushed on the ``Undo`` stack ``undo`` in the same uninterruptible
     step, so the file is never left behind by an exception that ``undo`` unwinds."""
     with signals_deferred():
-        descriptor = Descriptor(os.open(path, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd))
+        descriptor = open_descriptor(path, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
         undo.callback(remove)
     return descriptor

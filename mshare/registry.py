@@ -52,9 +52,10 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Where every registry this process opened lives, as the kernel names it: a forked
 # child closes the lock and range-file descriptors it inherited from these.
 opened_paths = set()
-# (path, (device, inode)) of the registry directories already in ``opened_paths``: a
-# directory made anew under the same path may reuse the inode, but not both.
-_known_directories = set()
+# (path, (device, inode)) -> registry id, of the registry directories already in
+# ``opened_paths`` and whose ``mshare_info`` this process has checked: a directory made
+# anew under the same path may reuse the inode, but not both.
+_known_directories = {}
 
 
 def registry_root():
@@ -82,18 +83,21 @@ class Registry:
 
     def __init__(self, root=None):
         self.path = os.path.abspath(root or registry_root())
-        self._directory = _open_directory(self.path)
+        self._directory, info = _open_directory(self.path)
         try:
-            info = os.fstat(self.dir_fd)
             self.identity = (info.st_dev, info.st_ino)
-            # Data objects carry this id, so two registries never share one.
-            self.registry_id = hashlib.blake2b(
-                f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
-            ).hexdigest()
-            if (self.path, self.identity) not in _known_directories:
+            known = (self.path, self.identity)
+            self.registry_id = _known_directories.get(known)
+            if self.registry_id is None:
                 opened_paths.add(os.readlink(f"/proc/self/fd/{self.dir_fd}"))
-                _known_directories.add((self.path, self.identity))
-            self._ensure_info_file()
+                # Once per directory and process: nothing reads the file, it is there
+                # for people, as msharefs's is, and every new process checks it again.
+                self._ensure_info_file()
+                # Data objects carry this id, so two registries never share one.
+                self.registry_id = hashlib.blake2b(
+                    f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
+                ).hexdigest()
+                _known_directories[known] = self.registry_id
             self.index = AddressIndex(self)
         except BaseException:
             self.close()
@@ -361,9 +365,9 @@ class Registry:
             if not stat.S_ISREG(os.fstat(mark.fd).st_mode):
                 raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
             try:
-                # Never wait: mshare takes this lock exclusively only for an instant and
-                # under the registry lock, which the caller holds, so an exclusive holder
-                # now is someone blocking the region on purpose.
+                # Never wait: mshare takes this lock exclusively only for an instant,
+                # under the registry lock and once the region's data is gone, so an
+                # exclusive holder of a live region's range blocks it on purpose.
                 fcntl.flock(mark.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise MshareError(
@@ -499,7 +503,7 @@ class Registry:
 
 def _open_directory(path):
     """Open the registry directory, creating it mode 1777, and refuse an unsafe one;
-    returns its ``Descriptor``."""
+    returns its ``Descriptor`` and ``fstat``."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         directory = open_descriptor(path, flags)
@@ -522,11 +526,12 @@ def _open_directory(path):
             raise UnsafeRegistryError(f"registry {path} is not a directory", path) from None
         raise
     try:
-        _check_directory(path, os.fstat(directory.fd))
+        info = os.fstat(directory.fd)
+        _check_directory(path, info)
     except BaseException:
         directory.close()
         raise
-    return directory
+    return directory, info
 
 
 def _check_directory(path, info):
