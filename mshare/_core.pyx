@@ -19,6 +19,10 @@ cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     int AT_FDCWD
 
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    int PySys_Audit(const char *event, const char *format, ...) except -1
+
 import os
 
 from mshare.errors import AddressConflictError
@@ -201,7 +205,9 @@ cdef class OwnedDescriptor:
     def open(path, int flags, int mode=0o777, dir_fd=None):
         """``os.open`` whose descriptor is owned before any Python code runs: between the
         system call and the owner there is no bytecode boundary, so a signal handler
-        (Ctrl-C) cannot lose it. ``EINTR`` is retried after the handlers ran."""
+        (Ctrl-C) cannot lose it. ``EINTR`` is retried after the handlers ran. Raises the
+        ``open`` audit event as ``os.open`` does, so audit hooks see every file opened."""
+        PySys_Audit("open", "OOi", <PyObject *>path, <PyObject *>None, flags)
         cdef bytes encoded = os.fsencode(path)
         cdef const char *c_path = encoded
         cdef int directory = AT_FDCWD if dir_fd is None else dir_fd

@@ -39,6 +39,19 @@ class Mount(NamedTuple):
         return self.options.get("huge", "never")
 
 
+class _ParsedMounts(NamedTuple):
+    """The mount table, and the visible (last) mount of each mount point and device."""
+
+    mounts: List[Mount]
+    at_point: Dict[str, Mount]
+    of_device: Dict[int, Mount]
+
+
+def _index_mounts(mounts: List[Mount]) -> _ParsedMounts:
+    return _ParsedMounts(mounts, {mount.mount_point: mount for mount in mounts},
+                         {mount.device: mount for mount in mounts})
+
+
 class _MountTable:
     """The parsed mount table of one process and mount namespace, kept with the open
     ``mountinfo`` it came from: that descriptor reports any later change as ``POLLPRI``."""
@@ -48,7 +61,7 @@ class _MountTable:
         self.owner = None  # (pid, mount namespace inode) the table belongs to
         self.file = None
         self.poll = None
-        self.mounts = []
+        self.parsed = _index_mounts([])
 
     def current(self):
         # One thread at a time: the poll that reports a change also consumes it, so
@@ -57,7 +70,7 @@ class _MountTable:
             owner = (os.getpid(), os.stat("/proc/self/ns/mnt").st_ino)
             if owner != self.owner or self.poll.poll(0):
                 self._reread(owner)
-            return self.mounts
+            return self.parsed
 
     def forget_lock(self):
         """In a forked child: the lock may have been held by a parent thread."""
@@ -71,7 +84,7 @@ class _MountTable:
         self.poll = select.poll()
         self.poll.register(self.file, select.POLLPRI)
         # A change from here on makes the next poll report it.
-        self.mounts = _parse_mounts(self.file)
+        self.parsed = _index_mounts(_parse_mounts(self.file))
         self.owner = owner
 
 
@@ -81,7 +94,7 @@ os.register_at_fork(after_in_child=_table.forget_lock)
 
 def mounts() -> List[Mount]:
     """The mounts of this process's mount namespace, in mount order."""
-    return list(_table.current())
+    return list(_table.current().mounts)
 
 
 def _parse_mounts(table):
@@ -108,19 +121,12 @@ def _unescape(path):
 def mount_at(path) -> Optional[Mount]:
     """The mount whose mount point is exactly ``path``, or ``None``; of mounts stacked on
     one point the last (the visible one) wins."""
-    visible = None
-    for mount in mounts():
-        if mount.mount_point == path:
-            visible = mount
-    return visible
+    return _table.current().at_point.get(path)
 
 
 def mount_of_device(device) -> Optional[Mount]:
     """The mount of the file system a file with ``st_dev == device`` lives on."""
-    for mount in reversed(mounts()):
-        if mount.device == device:
-            return mount
-    return None
+    return _table.current().of_device.get(device)
 
 
 def visible_mounts(fstype) -> List[Mount]:

@@ -159,10 +159,12 @@ def _attach(name, readonly, populate, root):
     with Registry(root) as registry:
         try:
             region = _attach_unlocked(registry, name, readonly)
-        except AddressConflictError:
-            # Another thread of this process may be creating this very region: it maps
-            # before the name is published and enters the mapping in the table before
-            # its exclusive lock goes, so with the lock held (shared) the table has it.
+        except (AddressConflictError, FileNotFoundError):
+            # A change may have raced this attach: an unlink removing the name and data
+            # under it, or another thread of this process creating this very region (it
+            # maps before the name is published and enters the mapping in the table
+            # before its lock goes). With the registry lock held shared no change is
+            # half done, so the answer is the registry's once that change is complete.
             with registry.locked(exclusive=False):
                 region = _attach_unlocked(registry, name, readonly)
     if populate:
