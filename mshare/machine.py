@@ -13,7 +13,7 @@ import os
 import re
 import select
 import threading
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 HUGETLBFS = "hugetlbfs"
 TMPFS = "tmpfs"
@@ -34,49 +34,36 @@ class Mount(NamedTuple):
     options: Dict[str, str]
 
     @property
-    def huge_policy(self):
+    def huge_policy(self) -> str:
         """A tmpfs mount's ``huge=`` option (``"never"`` when absent)."""
         return self.options.get("huge", "never")
-
-
-class _ParsedMounts(NamedTuple):
-    """The mount table, and the visible (last) mount of each mount point and device."""
-
-    mounts: List[Mount]
-    at_point: Dict[str, Mount]
-    of_device: Dict[int, Mount]
-
-
-def _index_mounts(mounts: List[Mount]) -> _ParsedMounts:
-    return _ParsedMounts(mounts, {mount.mount_point: mount for mount in mounts},
-                         {mount.device: mount for mount in mounts})
 
 
 class _MountTable:
     """The parsed mount table of one process and mount namespace, kept with the open
     ``mountinfo`` it came from: that descriptor reports any later change as ``POLLPRI``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.owner = None  # (pid, mount namespace inode) the table belongs to
         self.file = None
         self.poll = None
-        self.parsed = _index_mounts([])
+        self.mounts: List[Mount] = []
 
-    def current(self):
+    def current(self) -> List[Mount]:
         # One thread at a time: the poll that reports a change also consumes it, so
         # another thread must not return the old table meanwhile.
         with self.lock:
             owner = (os.getpid(), os.stat("/proc/self/ns/mnt").st_ino)
             if owner != self.owner or self.poll.poll(0):
                 self._reread(owner)
-            return self.parsed
+            return self.mounts
 
-    def forget_lock(self):
+    def forget_lock(self) -> None:
         """In a forked child: the lock may have been held by a parent thread."""
         self.lock = threading.Lock()
 
-    def _reread(self, owner):
+    def _reread(self, owner: Tuple[int, int]) -> None:
         if self.file is not None:
             self.file.close()
         self.owner = None
@@ -84,7 +71,7 @@ class _MountTable:
         self.poll = select.poll()
         self.poll.register(self.file, select.POLLPRI)
         # A change from here on makes the next poll report it.
-        self.parsed = _index_mounts(_parse_mounts(self.file))
+        self.mounts = _parse_mounts(self.file)
         self.owner = owner
 
 
@@ -94,7 +81,7 @@ os.register_at_fork(after_in_child=_table.forget_lock)
 
 def mounts() -> List[Mount]:
     """The mounts of this process's mount namespace, in mount order."""
-    return list(_table.current().mounts)
+    return list(_table.current())
 
 
 def _parse_mounts(table):
@@ -118,15 +105,22 @@ def _unescape(path):
     return _ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), path)
 
 
-def mount_at(path) -> Optional[Mount]:
+def mount_at(path: str) -> Optional[Mount]:
     """The mount whose mount point is exactly ``path``, or ``None``; of mounts stacked on
     one point the last (the visible one) wins."""
-    return _table.current().at_point.get(path)
+    visible = None
+    for mount in mounts():
+        if mount.mount_point == path:
+            visible = mount
+    return visible
 
 
-def mount_of_device(device) -> Optional[Mount]:
+def mount_of_device(device: int) -> Optional[Mount]:
     """The mount of the file system a file with ``st_dev == device`` lives on."""
-    return _table.current().of_device.get(device)
+    for mount in reversed(mounts()):
+        if mount.device == device:
+            return mount
+    return None
 
 
 def visible_mounts(fstype) -> List[Mount]:
@@ -166,13 +160,13 @@ class HugePagePool(NamedTuple):
     overcommit: int
 
     @property
-    def available(self):
+    def available(self) -> int:
         """Pages a new mapping can still get: free ones nobody reserved, plus the
         surplus pages overcommit still allows (those may fail if memory is fragmented)."""
         return max(0, self.free - self.reserved) + max(0, self.overcommit - self.surplus)
 
 
-def pool_directory(page_size):
+def pool_directory(page_size: int) -> str:
     return os.path.join(HUGEPAGES_SYSFS, f"hugepages-{page_size // 1024}kB")
 
 
@@ -191,7 +185,7 @@ def pools() -> Dict[int, HugePagePool]:
     return dict(sorted(found.items()))
 
 
-def pool(page_size) -> HugePagePool:
+def pool(page_size: int) -> HugePagePool:
     """The pool of ``page_size`` pages (all zero when the kernel lacks that size)."""
     directory = pool_directory(page_size)
 
@@ -264,7 +258,7 @@ def meminfo() -> Dict[str, int]:
     return values
 
 
-def settle_counters():
+def settle_counters() -> bool:
     """Fold the kernel's per-CPU memory counters into ``/proc/meminfo`` (root only; the
     kernel folds them by itself about once a second, so others may read a stale sum)."""
     try:

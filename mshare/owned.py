@@ -27,18 +27,20 @@ import os
 import signal
 import threading
 from contextlib import ExitStack, contextmanager
+from types import FrameType, TracebackType
+from typing import Callable, Iterator, List, Optional, Type, Union
 
 from mshare._core import OwnedDescriptor
 
-_recorded = []
+_recorded: List[int] = []
 
 
-def _record(signum, frame):
+def _record(signum: int, frame: Optional[FrameType]) -> None:
     _recorded.append(signum)
 
 
 @contextmanager
-def signals_deferred():
+def signals_deferred() -> Iterator[None]:
     """Hold back the main thread's ``SIGINT`` handler until the block is left."""
     if threading.current_thread() is not threading.main_thread():
         yield  # Python signal handlers only ever run in the main thread
@@ -70,13 +72,15 @@ class Descriptor:
     and leak the descriptor it was to close."""
 
     __slots__ = ("fd", "_owner")
+    fd: int
+    _owner: OwnedDescriptor
 
-    def __init__(self, fd):
+    def __init__(self, fd: int) -> None:
         self._owner = OwnedDescriptor(fd)
         self.fd = fd
 
     @classmethod
-    def owning(cls, owner):
+    def owning(cls, owner: OwnedDescriptor) -> "Descriptor":
         """The ``Descriptor`` of what the ``OwnedDescriptor`` ``owner`` holds; should an
         interrupt strike before it is made, ``owner`` is dropped, which closes it."""
         descriptor = cls.__new__(cls)
@@ -84,23 +88,23 @@ class Descriptor:
         descriptor.fd = owner.fileno()
         return descriptor
 
-    def close(self):
+    def close(self) -> None:
         self.fd = -1
         self._owner.close()
 
-    def replace(self, fd):
+    def replace(self, fd: int) -> None:
         """Own ``fd`` instead, closing the descriptor owned so far."""
         previous, self._owner = self._owner, OwnedDescriptor(fd)
         self.fd = fd
         previous.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Descriptor":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Descriptor {self.fd}>"
 
 
@@ -108,18 +112,21 @@ class Undo(ExitStack):
     """An ``ExitStack`` that no signal handler interrupts while it unwinds: an interrupt
     between two of its callbacks would skip the second."""
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> bool:
         with signals_deferred():
-            return super().__exit__(*exc)
+            return super().__exit__(exc_type, exc, traceback)
 
 
-def open_descriptor(path, flags, mode=0o777, *, dir_fd=None):
+def open_descriptor(path: Union[str, bytes], flags: int, mode: int = 0o777, *,
+                    dir_fd: Optional[int] = None) -> Descriptor:
     """``os.open`` whose result is owned by a ``Descriptor`` before any signal is handled:
     the core opens and owns it in one step, so no handler needs holding back."""
     return Descriptor.owning(OwnedDescriptor.open(path, flags, mode, dir_fd))
 
 
-def create_file(undo, path, flags, mode, remove, *, dir_fd=None):
+def create_file(undo: ExitStack, path: str, flags: int, mode: int, remove: Callable[[], object], *,
+                dir_fd: Optional[int] = None) -> Descriptor:
     """Create a file with ``O_CREAT | O_EXCL``; ``remove`` (which must tolerate a file
     already gone) is pushed on the ``Undo`` stack ``undo`` in the same uninterruptible
     step, so the file is never left behind by an exception that ``undo`` unwinds."""
