@@ -93,12 +93,17 @@ class UserIndex:
     """One user's file: the GiBs their range files take and their pending ranges."""
 
     __slots__ = ("owner", "bits", "pending", "stamp", "file_uid")
+    owner: int
+    bits: int
+    pending: List[Tuple[int, int]]
+    stamp: Optional[Stamp]
+    file_uid: Optional[int]
 
     def __init__(self, owner: int, bits: int = 0, pending: Iterable[Tuple[int, int]] = (),
                  stamp: Optional[Stamp] = None, file_uid: Optional[int] = None) -> None:
         self.owner = owner
         self.bits = bits
-        self.pending: List[Tuple[int, int]] = list(pending)
+        self.pending = list(pending)
         self.stamp = stamp
         self.file_uid = file_uid  # who owns the file now (None: there is none)
 

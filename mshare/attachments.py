@@ -37,7 +37,7 @@ from mshare.registry import RangeClaim, Registry, close_inherited_locks
 if TYPE_CHECKING:
     from mshare.region import Region
 
-table_lock = threading.RLock()
+table_lock: threading.RLock = threading.RLock()
 
 # What a mapping is known by: its backend, and the device and inode of its data object.
 DataIdentity = Tuple[str, int, int]
@@ -80,6 +80,16 @@ class Attachment:
     __slots__ = ("_bookkeeping", "_watch", "detached", "entry", "handles", "key", "mapping",
                  "mark", "name", "range_file", "registry_identity", "registry_path",
                  "__weakref__")
+    key: DataIdentity
+    registry_identity: Tuple[int, int]
+    registry_path: str
+    name: str
+    entry: Entry
+    mapping: Mapping
+    mark: Descriptor
+    range_file: str
+    handles: List["weakref.ref[Region]"]
+    detached: bool
 
     def __init__(self, key: DataIdentity, registry: Registry, name: str, entry: Entry,
                  mapping: Mapping, mark: Descriptor, range_file: str) -> None:
@@ -92,7 +102,7 @@ class Attachment:
         self.mark = mark
         self.range_file = range_file
         # Weak references without callbacks: dropping a Region runs no Python code.
-        self.handles: List["weakref.ref[Region]"] = []
+        self.handles = []
         self._bookkeeping: Optional["weakref.ref[Bookkeeping]"] = None
         self._watch: Optional[_Watch] = None
         self.detached = False

@@ -15,6 +15,8 @@ import select
 import threading
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from mshare.owned import open_descriptor
+
 HUGETLBFS = "hugetlbfs"
 TMPFS = "tmpfs"
 HUGEPAGES_SYSFS = "/sys/kernel/mm/hugepages"
@@ -123,21 +125,21 @@ def mount_of_device(device: int) -> Optional[Mount]:
     return None
 
 
-def visible_mounts(fstype) -> List[Mount]:
+def visible_mounts(fstype: str) -> List[Mount]:
     """Mounts of ``fstype``, each mount point once (the visible one)."""
-    by_point = {}
+    by_point: Dict[str, Mount] = {}
     for mount in mounts():
         by_point.pop(mount.mount_point, None)
         by_point[mount.mount_point] = mount
     return [mount for mount in by_point.values() if mount.fstype == fstype]
 
 
-def writable(path) -> bool:
+def writable(path: str) -> bool:
     """True when this process may create files in the directory ``path``."""
     return os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
-def world_writable(path) -> bool:
+def world_writable(path: str) -> bool:
     """True when every user may create files in ``path`` (mode like 1777)."""
     try:
         mode = os.stat(path).st_mode
@@ -189,10 +191,12 @@ def pool(page_size: int) -> HugePagePool:
     """The pool of ``page_size`` pages (all zero when the kernel lacks that size)."""
     directory = pool_directory(page_size)
 
-    def read(name):
+    def read(name: str) -> int:
+        # One read of the descriptor, not a buffered file object: every huge-page create
+        # reads five of these, and sysfs hands out an attribute whole.
         try:
-            with open(os.path.join(directory, name)) as counter:
-                return int(counter.read())
+            with open_descriptor(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC) as counter:
+                return int(os.read(counter.fd, 64))
         except (FileNotFoundError, ValueError):
             return 0
 
@@ -207,12 +211,12 @@ def default_huge_page_size() -> Optional[int]:
     return value * 1024 if value else None
 
 
-def hugetlbfs_page_size(mount_point) -> int:
+def hugetlbfs_page_size(mount_point: str) -> int:
     """The page size of a hugetlbfs mount: its ``statfs`` block size."""
     return os.statvfs(mount_point).f_bsize
 
 
-def hugetlbfs_room(mount_point) -> Optional[int]:
+def hugetlbfs_room(mount_point: str) -> Optional[int]:
     """Pages a hugetlbfs mounted with ``size=`` still admits; ``None`` when unlimited
     (the kernel reports no blocks at all then)."""
     info = os.statvfs(mount_point)
@@ -222,7 +226,7 @@ def hugetlbfs_room(mount_point) -> Optional[int]:
 # -- transparent huge pages ---------------------------------------------------------------
 
 
-def thp_setting(name) -> Optional[str]:
+def thp_setting(name: str) -> Optional[str]:
     """The chosen value of a ``/sys/kernel/mm/transparent_hugepage`` setting (the word in
     brackets), or ``None`` when the kernel has no transparent huge pages."""
     try:

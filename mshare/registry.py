@@ -81,6 +81,11 @@ class RangeClaim(NamedTuple):
 class Registry:
     """An open registry directory. Use as a context manager to close its descriptor."""
 
+    path: str
+    identity: Tuple[int, int]
+    registry_id: str
+    index: AddressIndex
+
     def __init__(self, root: Optional[str] = None) -> None:
         self.path = os.path.abspath(root or registry_root())
         self._directory, info = _open_directory(self.path)
