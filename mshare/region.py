@@ -214,7 +214,8 @@ class Region(ManagedMemory):
             if last:
                 attachment.detach()
         if last:
-            # Outside table_lock: it takes the registry lock, which attach takes first.
+            # Outside table_lock: it takes the registry lock, which an attach that raced a
+            # change takes before table_lock.
             attachments.release_pending()
 
     def _views_alive(self):

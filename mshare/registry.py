@@ -8,8 +8,9 @@ Layout of ``MSHARE_ROOT`` (default ``/dev/shm/mshare``, mode 1777 like ``/tmp``)
 ``mshare_info``
     the address alignment in bytes, as msharefs's own ``mshare_info`` states it.
 ``.lock``
-    ``flock``-ed exclusively by every change, shared by every attach; the kernel drops
-    it when its holder dies, so a crash never leaves the registry locked.
+    ``flock``-ed exclusively by every change; an attach takes it shared only to try again
+    after racing a change (``operations._attach``); the kernel drops it when its holder
+    dies, so a crash never leaves the registry locked.
 ``.range-START-END``
     one per live address range, readable by everyone, holding ``BACKEND LOCATION``:
     every user's ``create`` sees every region's range, even of regions it may not read.
@@ -126,7 +127,7 @@ class Registry:
 
     @contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
-        """Hold the registry lock: exclusive for changes, shared for attaching.
+        """Hold the registry lock: exclusive for changes, shared for an attach that raced one.
 
         The exclusive lock comes with the address index loaded and pending ranges swept;
         the index is written back before the lock goes. The wait can be interrupted
