@@ -12,7 +12,7 @@ command that fixes it. ``"off"`` is ``shm``.
 """
 
 import warnings
-from typing import Callable, Iterator, Tuple, Union
+from typing import Callable, Dict, Iterator, Protocol, Tuple, Union
 
 from mshare.backends import get_backend, hugetlb, thp
 from mshare.backends.base import Backend
@@ -20,7 +20,16 @@ from mshare.backends.files import Unavailable
 from mshare.errors import HugePagesFallbackWarning, HugePagesUnavailableError
 
 CHOICES = ("auto", "hugetlb", "thp", "off")
-PLANNERS = {"hugetlb": hugetlb.plan, "thp": thp.plan}
+
+
+class Planner(Protocol):
+    """A huge-page backend's ``plan``: the backend that can hold the region, or why not."""
+
+    def __call__(self, size: int, tail_length: Callable[[int], int],
+                 auto: bool) -> Union[Backend, Unavailable]: ...
+
+
+PLANNERS: Dict[str, Planner] = {"hugetlb": hugetlb.plan, "thp": thp.plan}
 
 
 def validate_hugepages(hugepages: object) -> str:
