@@ -15,6 +15,14 @@ from posix.unistd cimport close as close_descriptor, usleep
 
 from mshare._system cimport *
 
+cdef extern from "<fcntl.h>" nogil:
+    int openat(int dirfd, const char *path, int flags, ...)
+    int AT_FDCWD
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    int PySys_Audit(const char *event, const char *format, ...) except -1
+
 import os
 
 from mshare.errors import AddressConflictError
@@ -192,6 +200,28 @@ cdef class OwnedDescriptor:
 
     def __cinit__(self, int fd):
         self.fd = fd
+
+    @staticmethod
+    def open(path, int flags, int mode=0o777, dir_fd=None):
+        """``os.open`` whose descriptor is owned before any Python code runs: between the
+        system call and the owner there is no bytecode boundary, so a signal handler
+        (Ctrl-C) cannot lose it. ``EINTR`` is retried after the handlers ran. Raises the
+        ``open`` audit event as ``os.open`` does, so audit hooks see every file opened."""
+        PySys_Audit("open", "OOi", <PyObject *>path, <PyObject *>None, flags)
+        cdef bytes encoded = os.fsencode(path)
+        cdef const char *c_path = encoded
+        cdef int directory = AT_FDCWD if dir_fd is None else dir_fd
+        cdef int fd
+        while True:
+            fd = openat(directory, c_path, flags, mode)
+            if fd >= 0:
+                return OwnedDescriptor(fd)
+            if errno != EINTR:
+                raise_errno(errno, path)
+            PyErr_CheckSignals()
+
+    def fileno(self):
+        return self.fd
 
     def close(self):
         cdef int fd = self.fd

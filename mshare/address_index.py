@@ -51,11 +51,18 @@ import os
 import stat
 import struct
 import zlib
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
 from mshare import addresses
 from mshare.errors import UnsafeRegistryError
 from mshare.fileio import read_at_most, unlink_quietly
-from mshare.owned import open_descriptor, signals_deferred
+from mshare.owned import Descriptor, open_descriptor, signals_deferred
+
+if TYPE_CHECKING:
+    from mshare.registry import Registry
+
+# The registry directory as a file of the index last saw it: mtime_ns, size, link count.
+Stamp = Tuple[int, int, int]
 
 INDEX_DIRECTORY = ".index"
 MAGIC = b"MSIX"
@@ -70,12 +77,12 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def slot_count():
+def slot_count() -> int:
     start, end = addresses.arena()
     return (end - start) // addresses.ALIGNMENT
 
 
-def range_bits(start, end):
+def range_bits(start: int, end: int) -> int:
     """The bitmap bits of the GiBs ``[start, end)`` covers (both aligned, in the arena)."""
     first = (start - addresses.arena()[0]) // addresses.ALIGNMENT
     count = -(-(end - start) // addresses.ALIGNMENT)
@@ -86,15 +93,21 @@ class UserIndex:
     """One user's file: the GiBs their range files take and their pending ranges."""
 
     __slots__ = ("owner", "bits", "pending", "stamp", "file_uid")
+    owner: int
+    bits: int
+    pending: List[Tuple[int, int]]
+    stamp: Optional[Stamp]
+    file_uid: Optional[int]
 
-    def __init__(self, owner, bits=0, pending=(), stamp=None, file_uid=None):
+    def __init__(self, owner: int, bits: int = 0, pending: Iterable[Tuple[int, int]] = (),
+                 stamp: Optional[Stamp] = None, file_uid: Optional[int] = None) -> None:
         self.owner = owner
         self.bits = bits
         self.pending = list(pending)
         self.stamp = stamp
         self.file_uid = file_uid  # who owns the file now (None: there is none)
 
-    def empty(self):
+    def empty(self) -> bool:
         return not self.bits and not self.pending
 
 
@@ -105,14 +118,14 @@ class AddressIndex:
     with ``save()``, each user's file replaced whole.
     """
 
-    def __init__(self, registry):
+    def __init__(self, registry: "Registry") -> None:
         self.registry = registry
-        self.users = None  # uid -> UserIndex, while loaded
-        self.dirty = set()
+        self.users: Optional[Dict[int, UserIndex]] = None  # uid -> UserIndex, while loaded
+        self.dirty: Set[int] = set()
 
     # -- reading -----------------------------------------------------------------------
 
-    def load(self):
+    def load(self) -> None:
         """Read every user's file; rebuild from the range files when none records the
         registry directory as it is now. Call with the exclusive registry lock held."""
         self.dirty = set()
@@ -130,16 +143,16 @@ class AddressIndex:
         self.users = users
         self.rebuild()
 
-    def fresh(self):
+    def fresh(self) -> bool:
         """True when a file of the index records the registry directory as it is now."""
         stamp = self._directory_stamp()
         return any(index.stamp == stamp for index in self.users.values())
 
-    def _directory_stamp(self):
+    def _directory_stamp(self) -> Stamp:
         info = os.fstat(self.registry.dir_fd)
         return info.st_mtime_ns, info.st_size, info.st_nlink
 
-    def _read_files(self):
+    def _read_files(self) -> Tuple[Optional[Dict[int, UserIndex]], bool]:
         try:
             directory = open_descriptor(INDEX_DIRECTORY, _DIRECTORY_FLAGS, dir_fd=self.registry.dir_fd)
         except FileNotFoundError:
@@ -148,7 +161,8 @@ class AddressIndex:
             if error.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise self._unsafe(f"{INDEX_DIRECTORY} is not a directory") from None
             raise
-        users, damaged = {}, False
+        users: Dict[int, UserIndex] = {}
+        damaged = False
         with directory:
             for file_name in os.listdir(directory.fd):
                 if file_name.startswith(TEMP_PREFIX):
@@ -170,7 +184,7 @@ class AddressIndex:
                         known.stamp, known.file_uid = found.stamp, found.file_uid
         return users, damaged
 
-    def _read_file(self, file_name, directory_fd):
+    def _read_file(self, file_name: str, directory_fd: int) -> Optional[UserIndex]:
         slots = slot_count()
         limit = _HEADER.size + slots // 8 + MAX_PENDING * _PENDING.size
         try:
@@ -185,13 +199,13 @@ class AddressIndex:
 
     # -- asking ------------------------------------------------------------------------
 
-    def taken_bits(self):
+    def taken_bits(self) -> int:
         bits = 0
         for index in self.users.values():
             bits |= index.bits
         return bits
 
-    def first_free(self, length, also_taken=()):
+    def first_free(self, length: int, also_taken: Iterable[Tuple[int, int]] = ()) -> Optional[int]:
         """Lowest aligned start of ``length`` free bytes, or ``None`` when the arena is
         full; ``also_taken`` are more ``(start, end)`` pairs to avoid."""
         taken = self.taken_bits()
@@ -214,10 +228,10 @@ class AddressIndex:
             return None
         return arena_start + ((run & -run).bit_length() - 1) * addresses.ALIGNMENT
 
-    def overlaps(self, start, end):
+    def overlaps(self, start: int, end: int) -> bool:
         return bool(self.taken_bits() & range_bits(start, end))
 
-    def pending(self):
+    def pending(self) -> List[Tuple[int, int, int]]:
         """``(owner, start, end)`` of every pending range this process may release."""
         user = os.geteuid()
         return [(owner, start, end) for owner, index in self.users.items()
@@ -225,30 +239,30 @@ class AddressIndex:
 
     # -- changing (in memory until save) -------------------------------------------------
 
-    def _user(self, owner):
+    def _user(self, owner: int) -> UserIndex:
         self.dirty.add(owner)
         return self.users.setdefault(owner, UserIndex(owner))
 
-    def add(self, start, end, owner):
+    def add(self, start: int, end: int, owner: int) -> None:
         self._user(owner).bits |= range_bits(start, end)
 
-    def remove(self, start, end, owner):
+    def remove(self, start: int, end: int, owner: int) -> None:
         """The range file of ``[start, end)`` owned by ``owner`` is gone."""
         index = self._user(owner)
         index.bits &= ~range_bits(start, end)
         index.pending = [pair for pair in index.pending if pair != (start, end)]
 
-    def add_pending(self, start, end, owner):
+    def add_pending(self, start: int, end: int, owner: int) -> None:
         index = self._user(owner)
         if (start, end) not in index.pending and len(index.pending) < MAX_PENDING:
             index.pending.append((start, end))
 
-    def rebuild(self):
+    def rebuild(self) -> None:
         """Make the index anew from the range files (call with the exclusive lock held);
         users' files this process may not write get their ranges in its own file."""
         user = os.geteuid()
         previous = self.users or {}
-        rebuilt = {}
+        rebuilt: Dict[int, UserIndex] = {}
         for claim, owner, data_exists in self.registry.recorded_ranges():
             keeper = owner if user in (0, owner) else user
             if keeper != owner and previous.get(owner, UserIndex(owner)).bits & range_bits(
@@ -269,7 +283,7 @@ class AddressIndex:
 
     # -- writing -----------------------------------------------------------------------
 
-    def save(self):
+    def save(self) -> None:
         """Write every changed user's file (and this user's, which records the directory
         as it is now); remove the index once it holds nothing."""
         user = os.geteuid()
@@ -287,7 +301,7 @@ class AddressIndex:
                 self._write_file(directory.fd, index, stamp)
         self.dirty = set()
 
-    def _remove_all(self, writable):
+    def _remove_all(self, writable: Set[int]) -> None:
         try:
             directory = open_descriptor(INDEX_DIRECTORY, _DIRECTORY_FLAGS, dir_fd=self.registry.dir_fd)
         except FileNotFoundError:
@@ -303,7 +317,7 @@ class AddressIndex:
             pass  # files this user may not remove stay, and so does the directory
         self.dirty = set()
 
-    def _write_file(self, directory_fd, index, stamp):
+    def _write_file(self, directory_fd: int, index: UserIndex, stamp: Stamp) -> None:
         """Rewrite one user's file in place. A write cut short (the writer killed, or
         interrupted) fails the checksum, and any unreadable file makes the next
         ``load()`` rebuild the index: a torn file is never taken for the truth."""
@@ -332,7 +346,7 @@ class AddressIndex:
                 os.ftruncate(descriptor.fd, len(data))
         index.stamp, index.file_uid = stamp, index.owner
 
-    def _open_or_make_directory(self):
+    def _open_or_make_directory(self) -> Descriptor:
         dir_fd = self.registry.dir_fd
         while True:
             try:
@@ -362,19 +376,19 @@ class AddressIndex:
             raise self._unsafe(f"{INDEX_DIRECTORY} is writable by others without the sticky bit")
         return directory
 
-    def _remove_quietly(self, file_name, directory_fd):
+    def _remove_quietly(self, file_name: str, directory_fd: int) -> None:
         try:
             unlink_quietly(file_name, directory_fd)
         except PermissionError:
             pass  # another user's, in a sticky directory
 
-    def _unsafe(self, problem):
+    def _unsafe(self, problem: str) -> UnsafeRegistryError:
         path = os.path.join(self.registry.path, INDEX_DIRECTORY)
         return UnsafeRegistryError(f"address index of {self.registry.path}: {problem} "
                                    f"(in {path}; mshare gc rebuilds the index)", self.registry.path)
 
 
-def pack(index, slots, stamp):
+def pack(index: UserIndex, slots: int, stamp: Stamp) -> bytes:
     mtime, size, links = stamp
     bitmap = index.bits.to_bytes(slots // 8, "little")
     pending = b"".join(_PENDING.pack(start, end) for start, end in index.pending)
@@ -383,7 +397,7 @@ def pack(index, slots, stamp):
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def parse(data, slots, file_uid):
+def parse(data: bytes, slots: int, file_uid: Optional[int]) -> Optional[UserIndex]:
     """The ``UserIndex`` in ``data``, or ``None`` when it is not a well-formed index file
     for an arena of ``slots`` GiB; pending ranges outside the arena are dropped."""
     if len(data) < _HEADER.size:

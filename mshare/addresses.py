@@ -8,31 +8,32 @@ top of the stack: 47 bits on x86-64 gives 16 TiB .. 80 TiB, 39 bits on aarch64
 """
 
 from functools import lru_cache
+from typing import List, Tuple
 
 from mshare.procmaps import mapped_ranges, stack_top
 
 ALIGNMENT = 1 << 30
 
 
-def round_up(value, unit):
+def round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
 @lru_cache(maxsize=None)
-def address_bits():
+def address_bits() -> int:
     """Bits of user virtual address space in this process (47 on x86-64)."""
     return (stack_top() - 1).bit_length()
 
 
 @lru_cache(maxsize=None)
-def arena():
+def arena() -> Tuple[int, int]:
     """``(start, end)`` of the range regions are allocated in."""
     bits = address_bits()
     start = 1 << (bits - 3)
     return start, start + (1 << (bits - 1))
 
 
-def check_requested(addr, length):
+def check_requested(addr: object, length: int) -> None:
     """``ValueError`` unless ``addr`` is an aligned start whose range fits in the arena."""
     if isinstance(addr, bool) or not isinstance(addr, int):
         raise TypeError(f"addr must be int, not {type(addr).__name__}")
@@ -45,6 +46,6 @@ def check_requested(addr, length):
         )
 
 
-def own_mappings():
+def own_mappings() -> List[Tuple[int, int]]:
     """This process's mappings as ``(start, end)`` pairs (they block allocation too)."""
     return [(r.start, r.end) for r in mapped_ranges()]

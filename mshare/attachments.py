@@ -23,14 +23,24 @@ import fcntl
 import os
 import threading
 import weakref
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from mshare import faults
+from mshare._core import Mapping
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.backends import get_backend
 from mshare.errors import CorruptEntryError
+from mshare.entry import Entry
+from mshare.owned import Descriptor
 from mshare.registry import RangeClaim, Registry, close_inherited_locks
 
-table_lock = threading.RLock()
+if TYPE_CHECKING:
+    from mshare.region import Region
+
+table_lock: threading.RLock = threading.RLock()
+
+# What a mapping is known by: its backend, and the device and inode of its data object.
+DataIdentity = Tuple[str, int, int]
 
 
 class _Watch(weakref.ref):
@@ -39,23 +49,23 @@ class _Watch(weakref.ref):
 
     __slots__ = ("key", "registry_path", "claim")
 
-    def __new__(cls, attachment, callback):
+    def __new__(cls, attachment: "Attachment", callback: Callable[["_Watch"], object]) -> "_Watch":
         return super().__new__(cls, attachment, callback)
 
-    def __init__(self, attachment, callback):
+    def __init__(self, attachment: "Attachment", callback: Callable[["_Watch"], object]) -> None:
         super().__init__(attachment, callback)
         self.key = attachment.key
         self.registry_path = attachment.registry_path
         self.claim = attachment.claim()
 
 
-_table = {}  # data identity -> _Watch
+_table: Dict[DataIdentity, _Watch] = {}  # data identity -> _Watch
 # Watches of attachments that went without close(), appended by the weakref machinery
 # itself; consumed at safe points.
-_dropped = []
+_dropped: List[_Watch] = []
 
 
-def data_identity(backend_name, data):
+def data_identity(backend_name: str, data: Descriptor) -> DataIdentity:
     """The table key of the data object open as the ``Descriptor`` ``data``."""
     info = os.fstat(data.fd)
     return backend_name, info.st_dev, info.st_ino
@@ -70,8 +80,19 @@ class Attachment:
     __slots__ = ("_bookkeeping", "_watch", "detached", "entry", "handles", "key", "mapping",
                  "mark", "name", "range_file", "registry_identity", "registry_path",
                  "__weakref__")
+    key: DataIdentity
+    registry_identity: Tuple[int, int]
+    registry_path: str
+    name: str
+    entry: Entry
+    mapping: Mapping
+    mark: Descriptor
+    range_file: str
+    handles: List["weakref.ref[Region]"]
+    detached: bool
 
-    def __init__(self, key, registry, name, entry, mapping, mark, range_file):
+    def __init__(self, key: DataIdentity, registry: Registry, name: str, entry: Entry,
+                 mapping: Mapping, mark: Descriptor, range_file: str) -> None:
         self.key = key
         self.registry_identity = registry.identity
         self.registry_path = registry.path
@@ -82,23 +103,23 @@ class Attachment:
         self.range_file = range_file
         # Weak references without callbacks: dropping a Region runs no Python code.
         self.handles = []
-        self._bookkeeping = None
-        self._watch = None
+        self._bookkeeping: Optional["weakref.ref[Bookkeeping]"] = None
+        self._watch: Optional[_Watch] = None
         self.detached = False
 
-    def add_handle(self, region):
+    def add_handle(self, region: "Region") -> None:
         """Call with ``table_lock`` held, as the next two."""
         self.handles = [weakref.ref(other) for other in self.open_handles()]
         self.handles.append(weakref.ref(region))
 
-    def open_handles(self):
+    def open_handles(self) -> List["Region"]:
         """The ``Region``s over this mapping that are open and alive."""
         return [region for region in (handle() for handle in self.handles) if region is not None]
 
-    def remove_handle(self, region):
+    def remove_handle(self, region: "Region") -> None:
         self.handles = [weakref.ref(other) for other in self.open_handles() if other is not region]
 
-    def bookkeeping(self):
+    def bookkeeping(self) -> Optional[Bookkeeping]:
         """The region's one ``Bookkeeping`` in this process (``None`` without a bookkeeping
         area). Call with ``table_lock`` held, so that two are never made."""
         entry = self.entry
@@ -113,17 +134,17 @@ class Attachment:
             self._bookkeeping = weakref.ref(found)
         return found
 
-    def _live_bookkeeping(self):
+    def _live_bookkeeping(self) -> Optional[Bookkeeping]:
         return None if self._bookkeeping is None else self._bookkeeping()
 
-    def check_lock_released(self):
+    def check_lock_released(self) -> None:
         """Unmapping the lock while this process holds it would leave it held for ever."""
         bookkeeping = self._live_bookkeeping()
         if bookkeeping is not None and bookkeeping.locks_held:
             raise RuntimeError(f"{self.mapping.label} cannot be closed while this process holds "
                                "its lock; leave the `with region.lock():` block first")
 
-    def check_same_region(self, registry, name, entry):
+    def check_same_region(self, registry: Registry, name: str, entry: Entry) -> None:
         """Refuse an entry that names this mapping's data object but is not the entry it
         was mapped from: two entries naming one data object."""
         if (registry.identity, name, entry) != (self.registry_identity, self.name, self.entry):
@@ -131,7 +152,7 @@ class Attachment:
                 f"registry entry {name!r} names the data object this process already maps as "
                 f"region {self.name!r} at {self.entry.addr:#x}; refusing to attach it", name)
 
-    def detach(self):
+    def detach(self) -> None:
         """Unmap now and drop the attach mark; call with ``table_lock`` held, once no view
         of the memory is alive."""
         self.check_lock_released()
@@ -152,12 +173,12 @@ class Attachment:
         _dropped.append(self._watch)
         self._watch = None  # then it dies before the attachment and never calls back
 
-    def claim(self):
+    def claim(self) -> RangeClaim:
         entry = self.entry
         return RangeClaim(entry.addr, entry.end, self.range_file, entry.backend, entry.location)
 
 
-def _release_range_if_unlinked(registry_path, claim):
+def _release_range_if_unlinked(registry_path: str, claim: RangeClaim) -> bool:
     """After unlink the range stays reserved until the last process lets go of it; the
     last one out frees it so the address space is not leaked. Never waits: False (and
     nothing done) while the registry lock is taken."""
@@ -173,7 +194,7 @@ def _release_range_if_unlinked(registry_path, claim):
     return True
 
 
-def release_pending():
+def release_pending() -> None:
     """Release ranges of mappings that went without ``close()``, if the registry lock is
     free now; what cannot be done now stays for the next safe point."""
     while _dropped:
@@ -188,33 +209,33 @@ def release_pending():
             pass  # another thread took it
 
 
-def find(key):
+def find(key: DataIdentity) -> Optional["Attachment"]:
     """The live attachment of the data object ``key``, or ``None``."""
     watch = _table.get(key)
     attachment = None if watch is None else watch()
     return None if attachment is None or attachment.detached else attachment
 
 
-def add(attachment):
+def add(attachment: "Attachment") -> None:
     """Track ``attachment``; call with ``table_lock`` held."""
     attachment._watch = _Watch(attachment, _dropped.append)
     _table[attachment.key] = attachment._watch
 
 
-def live():
+def live() -> List["Attachment"]:
     """Every attachment alive in this process."""
     return [attachment for attachment in map(find, list(_table)) if attachment is not None]
 
 
-def _before_fork():
+def _before_fork() -> None:
     table_lock.acquire()
 
 
-def _after_fork_in_parent():
+def _after_fork_in_parent() -> None:
     table_lock.release()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global table_lock
     table_lock = threading.RLock()
     marks = set()
@@ -239,7 +260,7 @@ def _after_fork_in_child():
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
-def _release_at_exit():
+def _release_at_exit() -> None:
     """The process is ending: besides what is pending, give back the ranges of unlinked
     regions that views still keep mapped (they cannot outlive the process), so that an
     array alive at interpreter exit leaves no range file behind."""

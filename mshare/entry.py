@@ -34,6 +34,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Tuple
 
 from mshare.errors import CorruptEntryError
 
@@ -63,11 +64,11 @@ class Entry:
     created: float
 
     @property
-    def end(self):
+    def end(self) -> int:
         """End of the address range reserved for the region."""
         return self.addr + self.reserved_length
 
-    def pack(self):
+    def pack(self) -> bytes:
         location = self.location.encode("utf-8")
         fixed = _FIXED.pack(
             MAGIC, VERSION, _FIXED.size, self.creator_pid, 0, self.addr, self.size,
@@ -79,7 +80,7 @@ class Entry:
         return body + _CRC.pack(zlib.crc32(body))
 
 
-def parse(data, *, alignment, arena):
+def parse(data: bytes, *, alignment: int, arena: Tuple[int, int]) -> Entry:
     """Decode and validate entry bytes; ``CorruptEntryError`` says what is wrong."""
     if len(data) < _FIXED.size + _CRC.size:
         raise CorruptEntryError(f"entry is truncated ({len(data)} bytes)")
@@ -117,7 +118,7 @@ def parse(data, *, alignment, arena):
     return entry
 
 
-def _check_geometry(entry, alignment, arena):
+def _check_geometry(entry: Entry, alignment: int, arena: Tuple[int, int]) -> None:
     page = entry.page_size
     if page < 4096 or page & (page - 1):
         raise CorruptEntryError(f"entry page size {page} is not a power of two >= 4096")

@@ -13,7 +13,9 @@ import os
 import re
 import select
 import threading
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from mshare.owned import open_descriptor
 
 HUGETLBFS = "hugetlbfs"
 TMPFS = "tmpfs"
@@ -34,7 +36,7 @@ class Mount(NamedTuple):
     options: Dict[str, str]
 
     @property
-    def huge_policy(self):
+    def huge_policy(self) -> str:
         """A tmpfs mount's ``huge=`` option (``"never"`` when absent)."""
         return self.options.get("huge", "never")
 
@@ -43,14 +45,14 @@ class _MountTable:
     """The parsed mount table of one process and mount namespace, kept with the open
     ``mountinfo`` it came from: that descriptor reports any later change as ``POLLPRI``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.owner = None  # (pid, mount namespace inode) the table belongs to
         self.file = None
         self.poll = None
-        self.mounts = []
+        self.mounts: List[Mount] = []
 
-    def current(self):
+    def current(self) -> List[Mount]:
         # One thread at a time: the poll that reports a change also consumes it, so
         # another thread must not return the old table meanwhile.
         with self.lock:
@@ -59,11 +61,11 @@ class _MountTable:
                 self._reread(owner)
             return self.mounts
 
-    def forget_lock(self):
+    def forget_lock(self) -> None:
         """In a forked child: the lock may have been held by a parent thread."""
         self.lock = threading.Lock()
 
-    def _reread(self, owner):
+    def _reread(self, owner: Tuple[int, int]) -> None:
         if self.file is not None:
             self.file.close()
         self.owner = None
@@ -105,7 +107,7 @@ def _unescape(path):
     return _ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), path)
 
 
-def mount_at(path) -> Optional[Mount]:
+def mount_at(path: str) -> Optional[Mount]:
     """The mount whose mount point is exactly ``path``, or ``None``; of mounts stacked on
     one point the last (the visible one) wins."""
     visible = None
@@ -115,7 +117,7 @@ def mount_at(path) -> Optional[Mount]:
     return visible
 
 
-def mount_of_device(device) -> Optional[Mount]:
+def mount_of_device(device: int) -> Optional[Mount]:
     """The mount of the file system a file with ``st_dev == device`` lives on."""
     for mount in reversed(mounts()):
         if mount.device == device:
@@ -123,21 +125,21 @@ def mount_of_device(device) -> Optional[Mount]:
     return None
 
 
-def visible_mounts(fstype) -> List[Mount]:
+def visible_mounts(fstype: str) -> List[Mount]:
     """Mounts of ``fstype``, each mount point once (the visible one)."""
-    by_point = {}
+    by_point: Dict[str, Mount] = {}
     for mount in mounts():
         by_point.pop(mount.mount_point, None)
         by_point[mount.mount_point] = mount
     return [mount for mount in by_point.values() if mount.fstype == fstype]
 
 
-def writable(path) -> bool:
+def writable(path: str) -> bool:
     """True when this process may create files in the directory ``path``."""
     return os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
-def world_writable(path) -> bool:
+def world_writable(path: str) -> bool:
     """True when every user may create files in ``path`` (mode like 1777)."""
     try:
         mode = os.stat(path).st_mode
@@ -160,13 +162,13 @@ class HugePagePool(NamedTuple):
     overcommit: int
 
     @property
-    def available(self):
+    def available(self) -> int:
         """Pages a new mapping can still get: free ones nobody reserved, plus the
         surplus pages overcommit still allows (those may fail if memory is fragmented)."""
         return max(0, self.free - self.reserved) + max(0, self.overcommit - self.surplus)
 
 
-def pool_directory(page_size):
+def pool_directory(page_size: int) -> str:
     return os.path.join(HUGEPAGES_SYSFS, f"hugepages-{page_size // 1024}kB")
 
 
@@ -185,14 +187,16 @@ def pools() -> Dict[int, HugePagePool]:
     return dict(sorted(found.items()))
 
 
-def pool(page_size) -> HugePagePool:
+def pool(page_size: int) -> HugePagePool:
     """The pool of ``page_size`` pages (all zero when the kernel lacks that size)."""
     directory = pool_directory(page_size)
 
-    def read(name):
+    def read(name: str) -> int:
+        # One read of the descriptor, not a buffered file object: every huge-page create
+        # reads five of these, and sysfs hands out an attribute whole.
         try:
-            with open(os.path.join(directory, name)) as counter:
-                return int(counter.read())
+            with open_descriptor(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC) as counter:
+                return int(os.read(counter.fd, 64))
         except (FileNotFoundError, ValueError):
             return 0
 
@@ -207,12 +211,12 @@ def default_huge_page_size() -> Optional[int]:
     return value * 1024 if value else None
 
 
-def hugetlbfs_page_size(mount_point) -> int:
+def hugetlbfs_page_size(mount_point: str) -> int:
     """The page size of a hugetlbfs mount: its ``statfs`` block size."""
     return os.statvfs(mount_point).f_bsize
 
 
-def hugetlbfs_room(mount_point) -> Optional[int]:
+def hugetlbfs_room(mount_point: str) -> Optional[int]:
     """Pages a hugetlbfs mounted with ``size=`` still admits; ``None`` when unlimited
     (the kernel reports no blocks at all then)."""
     info = os.statvfs(mount_point)
@@ -222,7 +226,7 @@ def hugetlbfs_room(mount_point) -> Optional[int]:
 # -- transparent huge pages ---------------------------------------------------------------
 
 
-def thp_setting(name) -> Optional[str]:
+def thp_setting(name: str) -> Optional[str]:
     """The chosen value of a ``/sys/kernel/mm/transparent_hugepage`` setting (the word in
     brackets), or ``None`` when the kernel has no transparent huge pages."""
     try:
@@ -258,7 +262,7 @@ def meminfo() -> Dict[str, int]:
     return values
 
 
-def settle_counters():
+def settle_counters() -> bool:
     """Fold the kernel's per-CPU memory counters into ``/proc/meminfo`` (root only; the
     kernel folds them by itself about once a second, so others may read a stale sum)."""
     try:

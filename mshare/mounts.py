@@ -26,6 +26,7 @@ import json
 import math
 import os
 import subprocess
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from mshare import machine
 from mshare.backends import hugetlb, thp
@@ -37,7 +38,7 @@ DEFAULT_HUGETLBFS = "/dev/hugepages"
 STATE_FILE = "mounted.json"
 
 
-def run_dir():
+def run_dir() -> str:
     return os.path.abspath(os.environ.get(RUN_DIR_ENVIRONMENT) or DEFAULT_RUN_DIR)
 
 
@@ -46,7 +47,7 @@ def _boot_id():
         return boot.read().strip()
 
 
-def load_state():
+def load_state() -> Dict[str, Any]:
     """What earlier ``mshare mount`` runs of this boot did (empty when nothing)."""
     empty = {"boot_id": _boot_id(), "mounts": [], "pool_pages": {}}
     try:
@@ -62,7 +63,7 @@ def load_state():
     return state
 
 
-def save_state(state):
+def save_state(state: Dict[str, Any]) -> None:
     path = os.path.join(run_dir(), STATE_FILE)
     if not state["mounts"] and not any(state["pool_pages"].values()):
         try:
@@ -80,7 +81,7 @@ def save_state(state):
 # -- deciding where ---------------------------------------------------------------------
 
 
-def hugetlbfs_target(page_size):
+def hugetlbfs_target(page_size: int) -> Tuple[str, bool]:
     """``(path, mounted)``: where hugetlbfs of ``page_size`` should be, and whether a
     suitable one is already mounted there."""
     override = os.environ.get(hugetlb.ENVIRONMENT)
@@ -101,7 +102,7 @@ def _is_hugetlbfs_of(mount, page_size):
             and machine.hugetlbfs_page_size(mount.mount_point) == page_size)
 
 
-def thp_target():
+def thp_target() -> Tuple[str, bool]:
     """``(path, mounted)`` for the huge-page tmpfs, as ``hugetlbfs_target`` does."""
     shmem_enabled = machine.thp_setting("shmem_enabled")
     override = os.environ.get(thp.ENVIRONMENT)
@@ -119,7 +120,8 @@ def thp_target():
 # -- doing it ---------------------------------------------------------------------------
 
 
-def mount(hugepages=None, page_size=None, report=print):
+def mount(hugepages: Optional[int] = None, page_size: Optional[int] = None,
+          report: Callable[[str], object] = print) -> int:
     """Set up hugetlbfs, a huge-page tmpfs and (with ``hugepages`` bytes) the pool.
 
     Returns the exit status: 1 when the kernel could not grow the pool far enough."""
@@ -184,7 +186,7 @@ def _grow_pool(state, page_size, wanted_bytes, report):
     return 0
 
 
-def umount(report=print):
+def umount(report: Callable[[str], object] = print) -> int:
     """Undo exactly what ``mount`` recorded; refuse while regions live in its mounts."""
     _require_root()
     state = load_state()

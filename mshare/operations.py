@@ -10,30 +10,30 @@ import errno
 import os
 import stat
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from mshare import addresses, attachments, binding, faults
 from mshare._core import Mapping, address_range_free
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
-from mshare.attachments import Attachment, data_identity
-from mshare.backends import get_backend
+from mshare.attachments import Attachment, DataIdentity, data_identity
+from mshare.backends import Backend, get_backend
 from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
 from mshare.info import ListedRegion, RegionInfo, UnreadableRegion
 from mshare.names import validate_mode, validate_name, validate_size
-from mshare.owned import Undo, signals_deferred
+from mshare.owned import Descriptor, Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
 from mshare.registry import Registry, range_file_name, range_marks
 
 
-def bookkeeping_length(page_size):
+def bookkeeping_length(page_size: int) -> int:
     """Bytes after the user's data reserved for the region's own bookkeeping."""
     return addresses.round_up(BOOKKEEPING_SIZE, page_size)
 
 
-def initialize_bookkeeping(mapping, entry):
+def initialize_bookkeeping(mapping: Mapping, entry: Entry) -> None:
     """Prepare the bookkeeping area of a new region before anyone else can see it."""
     Bookkeeping.over_mapping(mapping, entry.data_length, entry.size,
                              name=mapping.label).initialize()
@@ -142,56 +142,76 @@ def attach(name: str, *, readonly: bool = False, populate: bool = False) -> Regi
     return _attach(name, readonly, populate, root=None)
 
 
-def attach_by_pickle(name, readonly, registry_path):
+def attach_by_pickle(name: str, readonly: bool, registry_path: str) -> Region:
     """Unpickling a ``Region`` attaches it again, in the registry it came from."""
     return _attach(name, readonly, False, root=registry_path)
 
 
-def _pickle_region(region):
+def _pickle_region(region: Region) -> Tuple[Callable[[str, bool, str], Region], Tuple[str, bool, str]]:
     return attach_by_pickle, (region.name, region.readonly, region.registry_path)
 
 
 copyreg.pickle(Region, _pickle_region)
 
 
-def _attach(name, readonly, populate, root):
+def _attach(name: str, readonly: bool, populate: bool, root: Optional[str]) -> Region:
     attachments.release_pending()
     with Registry(root) as registry:
-        with registry.locked(exclusive=False):
-            faults.point("attach:locked")
-            entry, entry_stat = registry.read_entry(name, writable=not readonly)
-            faults.point("attach:entry-read")
-            with binding.open_data(name, entry, entry_stat, not readonly) as data:
-                faults.point("attach:data-opened")
-                key = data_identity(entry.backend, data)
-                with attachments.table_lock:
-                    attachment = attachments.find(key)
-                    if attachment is None:
-                        attachment = _map_entry(registry, name, entry, data, key, not readonly)
-                        attachments.add(attachment)
-                    else:
-                        attachment.check_same_region(registry, name, entry)
-                        if not readonly and not attachment.mapping.writable:
-                            # MAP_FIXED over this process's own mapping of the very same
-                            # file (the key is its device and inode), so nothing else moves.
-                            attachment.mapping.remap_writable(data.fd)
-                    region = Region(attachment, name, readonly, entry_stat)
+        try:
+            region = _attach_unlocked(registry, name, readonly)
+        except (AddressConflictError, FileNotFoundError):
+            # A change may have raced this attach: an unlink removing the name and data
+            # under it, or another thread of this process creating this very region (it
+            # maps before the name is published and enters the mapping in the table
+            # before its lock goes). With the registry lock held shared no change is
+            # half done, so the answer is the registry's once that change is complete.
+            with registry.locked(exclusive=False):
+                region = _attach_unlocked(registry, name, readonly)
     if populate:
         region.populate()
     return region
 
 
-def _map_entry(registry, name, entry, data, key, writable):
+def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
+    """Attach without the registry lock: entries appear whole (linked into place), and
+    ``_map_entry`` proves the data still there once its attach mark is taken."""
+    entry, entry_stat = registry.read_entry(name, writable=not readonly)
+    faults.point("attach:entry-read")
+    with binding.open_data(name, entry, entry_stat, not readonly) as data:
+        faults.point("attach:data-opened")
+        key = data_identity(entry.backend, data)
+        with attachments.table_lock:
+            attachment = attachments.find(key)
+            if attachment is None:
+                attachment = _map_entry(registry, name, entry, data, key, not readonly)
+                attachments.add(attachment)
+            else:
+                attachment.check_same_region(registry, name, entry)
+                if not readonly and not attachment.mapping.writable:
+                    # MAP_FIXED over this process's own mapping of the very same
+                    # file (the key is its device and inode), so nothing else moves.
+                    attachment.mapping.remap_writable(data.fd)
+            return Region(attachment, name, readonly, entry_stat)
+
+
+def _map_entry(registry: Registry, name: str, entry: Entry, data: Descriptor,
+               key: DataIdentity, writable: bool) -> Attachment:
     backend = get_backend(entry.backend)
     range_file = range_file_name(entry.addr, entry.end)
     try:
         mark = registry.hold_range(range_file)
         faults.point("attach:marked")
     except FileNotFoundError:
+        _refuse_unlinked(name, backend, entry, key)
         raise CorruptEntryError(
             f"region {name!r}: its address range is not recorded in the registry", name
         ) from None
+    except MshareError as error:
+        if error.errno == errno.EAGAIN:
+            _refuse_unlinked(name, backend, entry, key)  # an unlink is giving the range up
+        raise
     try:
+        _refuse_unlinked(name, backend, entry, key)
         mapping = Mapping.map_fixed(data.fd, entry.addr, entry.map_length, writable,
                                     f"region {name!r}")
         faults.point("attach:mapped")
@@ -202,7 +222,19 @@ def _map_entry(registry, name, entry, data, key, writable):
     return Attachment(key, registry, name, entry, mapping, mark, range_file)
 
 
-def _allocate(registry, length, requested):
+def _refuse_unlinked(name: str, backend: Backend, entry: Entry, key: DataIdentity) -> None:
+    """With the attach mark held, the range stays reserved only if the data object is
+    still in place: an unlink removes the data first and then gives the range up unless
+    a mark is on it, so data still there now means the unlink (if any) sees this mark."""
+    try:
+        info = os.stat(backend.path(entry.location), follow_symlinks=False)
+    except FileNotFoundError:
+        info = None
+    if info is None or (entry.backend, info.st_dev, info.st_ino) != key:
+        raise FileNotFoundError(errno.ENOENT, f"region {name!r} was unlinked while attaching", name)
+
+
+def _allocate(registry: Registry, length: int, requested: Optional[int]) -> int:
     """Pick (or check) a start address; called with the registry locked.
 
     The address index says which ranges the registry holds; this process's own mappings
@@ -261,7 +293,7 @@ def unlink(name: str) -> None:
                 binding.remove_data(registry, entry, entry_stat)
 
 
-def _readable_entry(registry, name, entry_stat):
+def _readable_entry(registry: Registry, name: str, entry_stat: os.stat_result) -> Optional[Entry]:
     """The entry to unlink, or ``None`` when it is damaged beyond identifying its data."""
     if not stat.S_ISREG(entry_stat.st_mode):
         return None
@@ -288,7 +320,7 @@ def list_regions() -> List[ListedRegion]:
     the caller may not read, or that is damaged, is an ``UnreadableRegion``."""
     attachments.release_pending()
     with Registry() as registry:
-        found = []
+        found: List[ListedRegion] = []
         marks = range_marks()
         for name in registry.names():
             try:
@@ -313,6 +345,6 @@ def list_regions() -> List[ListedRegion]:
         return found
 
 
-def _require_bool(value, what):
+def _require_bool(value: object, what: str) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{what} must be bool, not {type(value).__name__}")

@@ -2,13 +2,16 @@
 
 CPython runs Python signal handlers between bytecodes of the main thread, so a
 ``KeyboardInterrupt`` can strike after ``os.open`` returned and before its result is
-stored anywhere: the descriptor (or the file an ``O_EXCL`` open just made) is lost. Two
+stored anywhere: the descriptor (or the file an ``O_EXCL`` open just made) is lost. Three
 things close that window:
 
+- ``open_descriptor``: the compiled core opens the file and wraps the descriptor in its
+  owner in one C call that holds the GIL, where no Python handler can run (the C-level
+  handler only sets a flag). Plain opens need nothing else.
 - ``signals_deferred()``: while it is active, the main thread's ``SIGINT`` handler only
   records the signal; on leaving, the original handler runs (and raises) once. Each use
-  spans an open (or another step that makes something) and the statement that hands the
-  result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
+  spans a step that makes something (a file created, a mapping) and the statement that
+  hands the result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
   Swapping the Python-level handler works whichever thread the kernel delivered the
   signal to (blocking it with ``pthread_sigmask`` in the main thread would not: another
   thread's delivery still makes the main thread run the handler).
@@ -24,18 +27,20 @@ import os
 import signal
 import threading
 from contextlib import ExitStack, contextmanager
+from types import FrameType, TracebackType
+from typing import Callable, Iterator, List, Optional, Type, Union
 
 from mshare._core import OwnedDescriptor
 
-_recorded = []
+_recorded: List[int] = []
 
 
-def _record(signum, frame):
+def _record(signum: int, frame: Optional[FrameType]) -> None:
     _recorded.append(signum)
 
 
 @contextmanager
-def signals_deferred():
+def signals_deferred() -> Iterator[None]:
     """Hold back the main thread's ``SIGINT`` handler until the block is left."""
     if threading.current_thread() is not threading.main_thread():
         yield  # Python signal handlers only ever run in the main thread
@@ -67,28 +72,39 @@ class Descriptor:
     and leak the descriptor it was to close."""
 
     __slots__ = ("fd", "_owner")
+    fd: int
+    _owner: OwnedDescriptor
 
-    def __init__(self, fd):
+    def __init__(self, fd: int) -> None:
         self._owner = OwnedDescriptor(fd)
         self.fd = fd
 
-    def close(self):
+    @classmethod
+    def owning(cls, owner: OwnedDescriptor) -> "Descriptor":
+        """The ``Descriptor`` of what the ``OwnedDescriptor`` ``owner`` holds; should an
+        interrupt strike before it is made, ``owner`` is dropped, which closes it."""
+        descriptor = cls.__new__(cls)
+        descriptor._owner = owner
+        descriptor.fd = owner.fileno()
+        return descriptor
+
+    def close(self) -> None:
         self.fd = -1
         self._owner.close()
 
-    def replace(self, fd):
+    def replace(self, fd: int) -> None:
         """Own ``fd`` instead, closing the descriptor owned so far."""
         previous, self._owner = self._owner, OwnedDescriptor(fd)
         self.fd = fd
         previous.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Descriptor":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Descriptor {self.fd}>"
 
 
@@ -96,22 +112,25 @@ class Undo(ExitStack):
     """An ``ExitStack`` that no signal handler interrupts while it unwinds: an interrupt
     between two of its callbacks would skip the second."""
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> bool:
         with signals_deferred():
-            return super().__exit__(*exc)
+            return super().__exit__(exc_type, exc, traceback)
 
 
-def open_descriptor(path, flags, mode=0o777, *, dir_fd=None):
-    """``os.open`` whose result is owned by a ``Descriptor`` before any signal is handled."""
-    with signals_deferred():
-        return Descriptor(os.open(path, flags, mode, dir_fd=dir_fd))
+def open_descriptor(path: Union[str, bytes], flags: int, mode: int = 0o777, *,
+                    dir_fd: Optional[int] = None) -> Descriptor:
+    """``os.open`` whose result is owned by a ``Descriptor`` before any signal is handled:
+    the core opens and owns it in one step, so no handler needs holding back."""
+    return Descriptor.owning(OwnedDescriptor.open(path, flags, mode, dir_fd))
 
 
-def create_file(undo, path, flags, mode, remove, *, dir_fd=None):
+def create_file(undo: ExitStack, path: str, flags: int, mode: int, remove: Callable[[], object], *,
+                dir_fd: Optional[int] = None) -> Descriptor:
     """Create a file with ``O_CREAT | O_EXCL``; ``remove`` (which must tolerate a file
     already gone) is pushed on the ``Undo`` stack ``undo`` in the same uninterruptible
     step, so the file is never left behind by an exception that ``undo`` unwinds."""
     with signals_deferred():
-        descriptor = Descriptor(os.open(path, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd))
+        descriptor = open_descriptor(path, flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
         undo.callback(remove)
     return descriptor

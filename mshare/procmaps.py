@@ -1,17 +1,19 @@
 """Reading this process's memory map (``/proc/self/maps``)."""
 
-from typing import NamedTuple
+from typing import List, NamedTuple
 
 
 class MappedRange(NamedTuple):
+    """One mapping of this process: its address range and the line that describes it."""
+
     start: int
     end: int
     description: str
 
 
-def mapped_ranges():
+def mapped_ranges() -> List[MappedRange]:
     """Every mapping of this process, in address order."""
-    ranges = []
+    ranges: List[MappedRange] = []
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
@@ -21,12 +23,12 @@ def mapped_ranges():
     return ranges
 
 
-def overlapping(start, end):
+def overlapping(start: int, end: int) -> List[MappedRange]:
     """The mappings of this process that overlap ``[start, end)``."""
     return [r for r in mapped_ranges() if r.start < end and start < r.end]
 
 
-def describe_occupant(start, end):
+def describe_occupant(start: int, end: int) -> str:
     """A human description of what occupies ``[start, end)``, for error messages."""
     occupants = overlapping(start, end)
     if not occupants:
@@ -36,7 +38,7 @@ def describe_occupant(start, end):
     return f"the mapping {shown}{more}"
 
 
-def stack_top():
+def stack_top() -> int:
     """The end of the main thread's stack: the top of the user address space, rounded down."""
     for r in mapped_ranges():
         if r.description.endswith("[stack]"):

@@ -1,6 +1,7 @@
 """``Region``: one process's handle on a named region."""
 
 import math
+import os
 import stat
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from mshare.managed import ManagedMemory
 if TYPE_CHECKING:
     import numpy
     import numpy.typing
+
+    from mshare.attachments import Attachment
 
 
 class _AttachedBuffer(MappedBuffer):
@@ -39,7 +42,8 @@ class Region(ManagedMemory):
     ...     region.buf[:5] = b"hello"
     """
 
-    def __init__(self, attachment, name, readonly, entry_stat):
+    def __init__(self, attachment: "Attachment", name: str, readonly: bool,
+                 entry_stat: os.stat_result) -> None:
         """Made by ``create``/``attach`` with ``attachments.table_lock`` held."""
         self._attachment = attachment
         self._entry = attachment.entry
@@ -210,7 +214,8 @@ class Region(ManagedMemory):
             if last:
                 attachment.detach()
         if last:
-            # Outside table_lock: it takes the registry lock, which attach takes first.
+            # Outside table_lock: it takes the registry lock, which an attach that raced a
+            # change takes before table_lock.
             attachments.release_pending()
 
     def _views_alive(self):
@@ -221,10 +226,10 @@ class Region(ManagedMemory):
     def __enter__(self) -> "Region":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self._readonly else "read-write")
         return (
             f"<mshare.Region {self._name!r} addr={self.addr:#x} size={self.size} "

@@ -8,8 +8,9 @@ Layout of ``MSHARE_ROOT`` (default ``/dev/shm/mshare``, mode 1777 like ``/tmp``)
 ``mshare_info``
     the address alignment in bytes, as msharefs's own ``mshare_info`` states it.
 ``.lock``
-    ``flock``-ed exclusively by every change, shared by every attach; the kernel drops
-    it when its holder dies, so a crash never leaves the registry locked.
+    ``flock``-ed exclusively by every change; an attach takes it shared only to try again
+    after racing a change (``operations._attach``); the kernel drops it when its holder
+    dies, so a crash never leaves the registry locked.
 ``.range-START-END``
     one per live address range, readable by everyone, holding ``BACKEND LOCATION``:
     every user's ``create`` sees every region's range, even of regions it may not read.
@@ -30,15 +31,15 @@ import fcntl
 import hashlib
 import os
 import stat
-from contextlib import contextmanager
-from typing import NamedTuple
+from contextlib import ExitStack, contextmanager
+from typing import Collection, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from mshare import addresses, entry as entry_format, faults
 from mshare.address_index import AddressIndex
 from mshare.backends import BACKENDS, get_backend
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
 from mshare.fileio import read_at_most, unlink_quietly, write_all
-from mshare.owned import Undo, create_file, open_descriptor, signals_deferred
+from mshare.owned import Descriptor, Undo, create_file, open_descriptor, signals_deferred
 from mshare.registry_root import default_root
 
 INFO_FILE = "mshare_info"
@@ -51,19 +52,20 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Where every registry this process opened lives, as the kernel names it: a forked
 # child closes the lock and range-file descriptors it inherited from these.
-opened_paths = set()
-# (path, (device, inode)) of the registry directories already in ``opened_paths``: a
-# directory made anew under the same path may reuse the inode, but not both.
-_known_directories = set()
+opened_paths: Set[str] = set()
+# (path, (device, inode)) -> registry id, of the registry directories already in
+# ``opened_paths`` and whose ``mshare_info`` this process has checked: a directory made
+# anew under the same path may reuse the inode, but not both.
+_known_directories: Dict[Tuple[str, Tuple[int, int]], str] = {}
 
 
-def registry_root():
+def registry_root() -> str:
     """The registry directory in use: ``$MSHARE_ROOT``, else the shared registry or, for a
     user while root has not made that one, a private one (``mshare.registry_root``)."""
     return os.environ.get("MSHARE_ROOT") or default_root()
 
 
-def range_file_name(start, end):
+def range_file_name(start: int, end: int) -> str:
     return f"{RANGE_PREFIX}{start:016x}-{end:016x}"
 
 
@@ -80,43 +82,52 @@ class RangeClaim(NamedTuple):
 class Registry:
     """An open registry directory. Use as a context manager to close its descriptor."""
 
-    def __init__(self, root=None):
+    path: str
+    identity: Tuple[int, int]
+    registry_id: str
+    index: AddressIndex
+
+    def __init__(self, root: Optional[str] = None) -> None:
         self.path = os.path.abspath(root or registry_root())
-        self._directory = _open_directory(self.path)
+        self._directory, info = _open_directory(self.path)
         try:
-            info = os.fstat(self.dir_fd)
             self.identity = (info.st_dev, info.st_ino)
-            # Data objects carry this id, so two registries never share one.
-            self.registry_id = hashlib.blake2b(
-                f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
-            ).hexdigest()
-            if (self.path, self.identity) not in _known_directories:
+            known = (self.path, self.identity)
+            registry_id = _known_directories.get(known)
+            if registry_id is None:
                 opened_paths.add(os.readlink(f"/proc/self/fd/{self.dir_fd}"))
-                _known_directories.add((self.path, self.identity))
-            self._ensure_info_file()
+                # Once per directory and process: nothing reads the file, it is there
+                # for people, as msharefs's is, and every new process checks it again.
+                self._ensure_info_file()
+                # Data objects carry this id, so two registries never share one.
+                registry_id = hashlib.blake2b(
+                    f"{info.st_dev}:{info.st_ino}".encode(), digest_size=4
+                ).hexdigest()
+                _known_directories[known] = registry_id
+            self.registry_id = registry_id
             self.index = AddressIndex(self)
         except BaseException:
             self.close()
             raise
 
     @property
-    def dir_fd(self):
+    def dir_fd(self) -> int:
         return self._directory.fd
 
-    def close(self):
+    def close(self) -> None:
         self._directory.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Registry":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- locking -------------------------------------------------------------------
 
     @contextmanager
-    def locked(self, exclusive=True):
-        """Hold the registry lock: exclusive for changes, shared for attaching.
+    def locked(self, exclusive: bool = True) -> Iterator[None]:
+        """Hold the registry lock: exclusive for changes, shared for an attach that raced one.
 
         The exclusive lock comes with the address index loaded and pending ranges swept;
         the index is written back before the lock goes. The wait can be interrupted
@@ -130,7 +141,7 @@ class Registry:
                 yield
 
     @contextmanager
-    def try_locked(self):
+    def try_locked(self) -> Iterator[bool]:
         """The exclusive lock, as ``locked()`` gives it, if it is free now: yields True,
         or False (holding nothing) when another process has it. Never waits."""
         with self._open_public_file(LOCK_FILE, b"") as lock:
@@ -143,7 +154,7 @@ class Registry:
                 yield True
 
     @contextmanager
-    def _index_session(self):
+    def _index_session(self) -> Iterator[None]:
         """The address index loaded (and pending ranges released) for the duration, then
         saved; nested sessions share the outer one. Call with the exclusive lock held."""
         if self.index.users is not None:
@@ -166,21 +177,21 @@ class Registry:
 
     # -- entries -------------------------------------------------------------------
 
-    def names(self):
+    def names(self) -> List[str]:
         """Region names present, sorted."""
         return sorted(
             name for name in os.listdir(self.dir_fd)
             if not name.startswith(".") and name != INFO_FILE
         )
 
-    def stat_entry(self, name):
+    def stat_entry(self, name: str) -> os.stat_result:
         """``lstat`` of an entry; ``FileNotFoundError`` with a clear message if absent."""
         try:
             return os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise self._missing(name) from None
 
-    def refuse_existing(self, name):
+    def refuse_existing(self, name: str) -> None:
         """``FileExistsError`` if an entry (of any kind) is called ``name``."""
         try:
             os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
@@ -188,7 +199,7 @@ class Registry:
             return
         raise self._exists(name)
 
-    def read_entry(self, name, *, writable=False):
+    def read_entry(self, name: str, *, writable: bool = False) -> Tuple[entry_format.Entry, os.stat_result]:
         """Open, read and validate an entry; the kernel checks read (and write) permission
         on it exactly as ``open(2)`` does. Returns ``(Entry, stat_result)``."""
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -219,7 +230,7 @@ class Registry:
             data = read_at_most(descriptor.fd, entry_format.MAX_ENTRY_BYTES + 1)
         return self.parse_entry(name, data), info
 
-    def parse_entry(self, name, data):
+    def parse_entry(self, name: str, data: bytes) -> entry_format.Entry:
         try:
             found = entry_format.parse(
                 data, alignment=addresses.ALIGNMENT, arena=addresses.arena()
@@ -236,7 +247,7 @@ class Registry:
             )
         return found
 
-    def publish(self, name, data, mode, region_id, undo):
+    def publish(self, name: str, data: bytes, mode: int, region_id: str, undo: ExitStack) -> None:
         """Make an entry visible atomically with exactly ``mode``; ``FileExistsError``
         if the name is taken. Readers never see a partial entry. Its removal is pushed on
         the ``Undo`` stack ``undo`` in the same step that links it."""
@@ -256,10 +267,10 @@ class Registry:
             except FileExistsError:
                 raise self._exists(name) from None
 
-    def remove_entry(self, name):
+    def remove_entry(self, name: str) -> None:
         os.unlink(name, dir_fd=self.dir_fd)
 
-    def read_own_unreadable_entry(self, name):
+    def read_own_unreadable_entry(self, name: str) -> Tuple[entry_format.Entry, os.stat_result]:
         """Read an entry whose mode denies its own owner reading (mode 0o200, 0o000):
         the owner may always chmod it, and is about to remove it anyway."""
         with open_descriptor(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -269,19 +280,19 @@ class Registry:
 
     # -- address ranges ------------------------------------------------------------
 
-    def range_file_names(self):
+    def range_file_names(self) -> List[str]:
         """Names of the range files present (one listing of the directory)."""
         return [name for name in os.listdir(self.dir_fd) if name.startswith(RANGE_PREFIX)]
 
-    def ranges(self):
+    def ranges(self) -> List[RangeClaim]:
         """Every address range recorded, including ones whose content is unreadable."""
         return [claim for claim, _owner in self._recorded()]
 
-    def recorded_ranges(self):
+    def recorded_ranges(self) -> List[Tuple[RangeClaim, int, bool]]:
         """``(RangeClaim, owner uid, whether its data object exists)`` of every range file
         inside the arena: what the address index is rebuilt from."""
         arena_start, arena_end = addresses.arena()
-        found = []
+        found: List[Tuple[RangeClaim, int, bool]] = []
         for claim, owner in self._recorded():
             if not (arena_start <= claim.start < claim.end <= arena_end
                     and not (claim.start - arena_start) % addresses.ALIGNMENT):
@@ -296,8 +307,8 @@ class Registry:
             found.append((claim, owner, exists))
         return found
 
-    def _recorded(self):
-        found = []
+    def _recorded(self) -> List[Tuple[RangeClaim, Optional[int]]]:
+        found: List[Tuple[RangeClaim, Optional[int]]] = []
         for file_name in self.range_file_names():
             try:
                 start_text, end_text = file_name[len(RANGE_PREFIX):].split("-")
@@ -307,7 +318,7 @@ class Registry:
             found.append(self._read_range(file_name, start, end))
         return found
 
-    def recorded_range(self, start, end):
+    def recorded_range(self, start: int, end: int) -> Tuple[Optional[RangeClaim], Optional[int]]:
         """``(RangeClaim, owner uid)`` of the range file for ``[start, end)``;
         ``(None, None)`` when there is none. Whoever made the file owns it, so the owner
         tells a region's own range from one planted under its address by someone else."""
@@ -317,7 +328,7 @@ class Registry:
             return None, None
         return claim, owner
 
-    def _read_range(self, file_name, start, end):
+    def _read_range(self, file_name: str, start: int, end: int) -> Tuple[RangeClaim, Optional[int]]:
         backend, location, owner = "", "", None
         try:
             with open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd) as descriptor:
@@ -329,7 +340,7 @@ class Registry:
             pass
         return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
-    def claim_range(self, start, end, backend, location, undo):
+    def claim_range(self, start: int, end: int, backend: str, location: str, undo: ExitStack) -> str:
         """Record ``[start, end)`` as taken by a region's data object, in the address
         index first and then as its range file; undoing either is pushed on the ``Undo``
         stack ``undo`` the instant it exists."""
@@ -347,7 +358,7 @@ class Registry:
             os.fchmod(claim.fd, PUBLIC_READ)
         return file_name
 
-    def hold_range(self, file_name):
+    def hold_range(self, file_name: str) -> Descriptor:
         """Open a range file and take a shared ``flock`` on it: this process maps it.
         Returns its ``Descriptor``; closing it (or dying) drops the mark."""
         try:
@@ -361,9 +372,9 @@ class Registry:
             if not stat.S_ISREG(os.fstat(mark.fd).st_mode):
                 raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
             try:
-                # Never wait: mshare takes this lock exclusively only for an instant and
-                # under the registry lock, which the caller holds, so an exclusive holder
-                # now is someone blocking the region on purpose.
+                # Never wait: mshare takes this lock exclusively only for an instant,
+                # under the registry lock and once the region's data is gone, so an
+                # exclusive holder of a live region's range blocks it on purpose.
                 fcntl.flock(mark.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise MshareError(
@@ -376,7 +387,7 @@ class Registry:
             raise
         return mark
 
-    def range_in_use(self, claim):
+    def range_in_use(self, claim: RangeClaim) -> bool:
         """True while the range's data object exists or any process maps it.
 
         A range file that now records another data object (the range was freed and
@@ -398,7 +409,7 @@ class Registry:
                 return True
         return False
 
-    def release_range_if_unused(self, claim):
+    def release_range_if_unused(self, claim: RangeClaim) -> bool:
         """Remove a range nobody maps any more, and its bits from the address index (call
         with the registry locked); ranges of other users that the sticky directory will
         not let us remove stay until their owner (or ``gc``) does."""
@@ -416,11 +427,11 @@ class Registry:
             self.index.remove(claim.start, claim.end, owner)
             return True
 
-    def keep_pending(self, claim, owner):
+    def keep_pending(self, claim: RangeClaim, owner: int) -> None:
         """The range of an unlinked region is still mapped: release it at a later change."""
         self.index.add_pending(claim.start, claim.end, owner)
 
-    def release_pending_ranges(self):
+    def release_pending_ranges(self) -> None:
         """Release the pending ranges nobody maps any more (exclusive lock held)."""
         for owner, start, end in self.index.pending():
             claim, _file_owner = self.recorded_range(start, end)
@@ -429,7 +440,7 @@ class Registry:
             elif not self.range_in_use(claim):
                 self.release_range_if_unused(claim)
 
-    def attach_count(self, start, end, marks=None):
+    def attach_count(self, start: int, end: int, marks: Optional[Dict[str, List[str]]] = None) -> int:
         """How many processes hold a mark on the range (``/proc/locks``): locks placed by
         one process count once (a thread may take a new mark while another lets go of an
         old one); locks whose owner this pid namespace cannot see count one each.
@@ -445,10 +456,10 @@ class Registry:
 
     # -- helpers -------------------------------------------------------------------
 
-    def _ensure_info_file(self):
+    def _ensure_info_file(self) -> None:
         self._open_public_file(INFO_FILE, f"{addresses.ALIGNMENT}\n".encode()).close()
 
-    def _open_public_file(self, file_name, content):
+    def _open_public_file(self, file_name: str, content: bytes) -> Descriptor:
         """Open (creating once, atomically, mode 0444) a registry file everyone reads;
         returns its ``Descriptor``.
 
@@ -475,7 +486,7 @@ class Registry:
             )
         return descriptor
 
-    def _make_public_file(self, file_name, content):
+    def _make_public_file(self, file_name: str, content: bytes) -> None:
         """Link a complete mode-0444 ``file_name`` into place unless one appeared first."""
         temp_name = f"{TEMP_PREFIX}{file_name.lstrip('.')}-{os.getpid()}-{os.urandom(4).hex()}"
         with Undo() as temporary:
@@ -490,16 +501,16 @@ class Registry:
             except FileExistsError:
                 pass
 
-    def _missing(self, name):
+    def _missing(self, name: str) -> FileNotFoundError:
         return FileNotFoundError(errno.ENOENT, f"no region named {name!r} in {self.path}", name)
 
-    def _exists(self, name):
+    def _exists(self, name: str) -> FileExistsError:
         return FileExistsError(errno.EEXIST, f"a region named {name!r} already exists in {self.path}", name)
 
 
-def _open_directory(path):
+def _open_directory(path: str) -> Tuple[Descriptor, os.stat_result]:
     """Open the registry directory, creating it mode 1777, and refuse an unsafe one;
-    returns its ``Descriptor``."""
+    returns its ``Descriptor`` and ``fstat``."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         directory = open_descriptor(path, flags)
@@ -522,14 +533,15 @@ def _open_directory(path):
             raise UnsafeRegistryError(f"registry {path} is not a directory", path) from None
         raise
     try:
-        _check_directory(path, os.fstat(directory.fd))
+        info = os.fstat(directory.fd)
+        _check_directory(path, info)
     except BaseException:
         directory.close()
         raise
-    return directory
+    return directory, info
 
 
-def _check_directory(path, info):
+def _check_directory(path: str, info: os.stat_result) -> None:
     user = os.geteuid()
     if info.st_uid not in (0, user):
         raise UnsafeRegistryError(
@@ -546,10 +558,10 @@ def _check_directory(path, info):
         )
 
 
-def range_marks():
+def range_marks() -> Dict[str, List[str]]:
     """``{"MAJOR:MINOR:INODE": [owner pid, ...]}`` of every ``flock`` in ``/proc/locks``
     (pid ``"0"`` for owners this pid namespace cannot see), read once."""
-    marks = {}
+    marks: Dict[str, List[str]] = {}
     with open("/proc/locks") as locks:
         for line in locks:
             fields = line.split()
@@ -559,7 +571,7 @@ def range_marks():
     return marks
 
 
-def close_inherited_locks(keep):
+def close_inherited_locks(keep: Collection[int]) -> None:
     """In a forked child: close every descriptor of a registry lock or range file (but
     those in ``keep``). Whatever a parent thread was doing when the fork landed, a lock it
     held stays with the parent: ``flock`` belongs to the open file, and only closing the

@@ -25,16 +25,28 @@ def imports_of(own_name, path, modules):
     """The package's modules that the file imports, anywhere in it but under
     ``if TYPE_CHECKING:``; the package root is left out (every module sits below it)."""
     imported = set()
-    for node in ast.walk(ast.parse(open(path).read())):
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            node.body = []
-        elif isinstance(node, ast.Import):
+    for node in _outside_type_checking(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # "from a.b import c" imports the module a.b.c if there is one, else names of a.b.
             submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(modules)
             imported.update(submodules or {node.module})
     return {name for name in imported if name in modules and name != "mshare"} - {own_name}
+
+
+def _outside_type_checking(tree):
+    """Every node below ``tree`` but those in the body of an ``if TYPE_CHECKING:``
+    (``ast.walk`` queues a node's children before yielding it, so clearing the body as
+    it is yielded would not skip them)."""
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+            for other in child.orelse:
+                yield other
+                yield from _outside_type_checking(other)
+            continue
+        yield child
+        yield from _outside_type_checking(child)
 
 
 def import_graph():

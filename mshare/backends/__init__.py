@@ -13,7 +13,7 @@ from mshare.backends.thp import ThpBackend
 BACKENDS = {backend.name: backend for backend in (ShmBackend(), HugetlbBackend(), ThpBackend())}
 
 
-def get_backend(name):
+def get_backend(name: str) -> Backend:
     """The backend called ``name``; ``ValueError`` for an unknown one."""
     try:
         return BACKENDS[name]

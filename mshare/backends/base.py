@@ -2,8 +2,12 @@
 
 import errno
 import os
+from contextlib import ExitStack
+from typing import List, Optional
 
-from mshare.owned import create_file, open_descriptor
+from mshare._core import Mapping
+
+from mshare.owned import Descriptor, create_file, open_descriptor
 
 # Anyone may plant files where data objects live: never follow a symbolic link and never
 # block (``O_NONBLOCK``, so a FIFO cannot hang the caller).
@@ -18,15 +22,15 @@ class Backend:
 
     name = ""
 
-    def page_size(self):
+    def page_size(self) -> int:
         """The page size mappings of this backend are expected to use."""
         raise NotImplementedError
 
-    def location_for(self, registry_id, region_id):
+    def location_for(self, registry_id: str, region_id: str) -> str:
         """Where the data object of a region lives."""
         raise NotImplementedError
 
-    def owns_location(self, location, registry_id):
+    def owns_location(self, location: str, registry_id: str) -> bool:
         """True when ``location`` is one this backend would make for ``registry_id``.
 
         Entries are checked with this before anything is opened, so a tampered entry
@@ -34,14 +38,14 @@ class Backend:
         """
         raise NotImplementedError
 
-    def location_problem(self, location, registry_id):
+    def location_problem(self, location: str, registry_id: str) -> Optional[str]:
         """Why ``location`` is not one this backend would make for ``registry_id`` (a phrase
         read after "points at LOCATION, "), or ``None`` when it is one."""
         if self.owns_location(location, registry_id):
             return None
         return "which is not a data object of this registry"
 
-    def locations(self, registry_id):
+    def locations(self, registry_id: str) -> List[str]:
         """Every data object of the registry ``registry_id`` that exists now, as
         locations (``mshare gc`` looks for orphans among them).
 
@@ -57,11 +61,11 @@ class Backend:
         found = (os.path.join(os.path.dirname(sample), file_name) for file_name in file_names)
         return sorted(location for location in found if self.owns_location(location, registry_id))
 
-    def path(self, location):
+    def path(self, location: str) -> str:
         """The file-system path of a location (for ``stat`` and messages)."""
         raise NotImplementedError
 
-    def create(self, location, length, mode, undo):
+    def create(self, location: str, length: int, mode: int, undo: ExitStack) -> Descriptor:
         """Create the data object exclusively, reserve ``length`` bytes, apply ``mode``
         exactly; return a read-write ``Descriptor``. Its removal is pushed on the
         ``Undo`` stack ``undo`` the instant it exists, so nothing is left on failure."""
@@ -78,12 +82,12 @@ class Backend:
             raise
         return data
 
-    def reserve(self, fd, length, path):
+    def reserve(self, fd: int, length: int, path: str) -> None:
         """Allocate every byte now, so a short pool or a full file system fails here and
         never as a ``SIGBUS`` on first touch."""
         raise NotImplementedError
 
-    def open(self, location, writable):
+    def open(self, location: str, writable: bool) -> Descriptor:
         """Open an existing data object as a ``Descriptor``; the kernel checks its owner
         and mode."""
         flags = (os.O_RDWR if writable else os.O_RDONLY) | OPEN_FLAGS
@@ -95,18 +99,18 @@ class Backend:
             raise
         return data
 
-    def check_file_system(self, fd, location):
+    def check_file_system(self, fd: int, location: str) -> None:
         """Refuse a data object that is not on this backend's kind of file system (every
         file a shm location can name is in ``/dev/shm``)."""
 
-    def unlink(self, location):
+    def unlink(self, location: str) -> None:
         """Remove the data object's name; mappings stay valid."""
         raise NotImplementedError
 
-    def after_map(self, mapping):
+    def after_map(self, mapping: Mapping) -> None:
         """Advise the kernel about a fresh mapping (e.g. transparent huge pages)."""
 
-    def exists(self, location):
+    def exists(self, location: str) -> bool:
         try:
             os.stat(self.path(location), follow_symlinks=False)
         except FileNotFoundError:
@@ -114,7 +118,7 @@ class Backend:
         return True
 
 
-def no_space(location, length, free, fix):
+def no_space(location: str, length: int, free: int, fix: str) -> OSError:
     """The ``ENOSPC`` error of a file system too full for a region."""
     return OSError(
         errno.ENOSPC,

@@ -12,7 +12,7 @@ arbitrary file.
 
 import os
 import re
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 from mshare import machine
 from mshare.backends.base import Backend
@@ -36,7 +36,7 @@ class Unavailable(NamedTuple):
     configured: bool
 
     @property
-    def message(self):
+    def message(self) -> str:
         return f"{self.reason}; as root: {self.fix}" if self.fix else self.reason
 
 
@@ -50,19 +50,19 @@ class FileBackend(Backend):
 
     fstype = ""
 
-    def __init__(self, directory=None, page_size=None):
+    def __init__(self, directory: Optional[str] = None, page_size: Optional[int] = None) -> None:
         self.directory = directory
         self._page_size = page_size
 
-    def location_for(self, registry_id, region_id):
+    def location_for(self, registry_id: str, region_id: str) -> str:
         if self.directory is None:
             raise ValueError(f"the {self.name} backend needs a mount to place a region")
         return os.path.join(self.directory, f"{PREFIX}{registry_id}-{region_id}")
 
-    def owns_location(self, location, registry_id):
+    def owns_location(self, location: str, registry_id: str) -> bool:
         return self.location_problem(location, registry_id) is None
 
-    def location_problem(self, location, registry_id) -> Optional[str]:
+    def location_problem(self, location: str, registry_id: str) -> Optional[str]:
         """Why ``location`` is not a data object this backend makes for ``registry_id``."""
         match = re.fullmatch(rf"(/.+)/{PREFIX}{re.escape(registry_id)}-[0-9a-f]{{16}}", location)
         if match is None:
@@ -76,14 +76,14 @@ class FileBackend(Backend):
                     "went with it)")
         return None
 
-    def suits(self, mount):
+    def suits(self, mount: machine.Mount) -> bool:
         """True when ``mount`` is the kind of file system this backend's data lives on."""
         return mount.fstype == self.fstype
 
-    def locations(self, registry_id):
+    def locations(self, registry_id: str) -> List[str]:
         # Data objects may be on any mount of the kind (MSHARE_* overrides differ between
         # processes), so every one is searched.
-        found = []
+        found: List[str] = []
         for mount in machine.visible_mounts(self.fstype):
             if not self.suits(mount):
                 continue
@@ -94,10 +94,10 @@ class FileBackend(Backend):
             found += [os.path.join(mount.mount_point, name) for name in names]
         return sorted(location for location in found if self.owns_location(location, registry_id))
 
-    def path(self, location):
+    def path(self, location: str) -> str:
         return location
 
-    def unlink(self, location):
+    def unlink(self, location: str) -> None:
         # Only ever a file directly on a mount of our kind: a damaged entry must not make
         # anyone remove files elsewhere.
         mount = machine.mount_at(os.path.dirname(location))
@@ -108,7 +108,7 @@ class FileBackend(Backend):
         except FileNotFoundError:
             pass
 
-    def check_file_system(self, fd, location):
+    def check_file_system(self, fd: int, location: str) -> None:
         mount = machine.mount_of_device(os.fstat(fd).st_dev)
         if mount is None or not self.suits(mount):
             raise CorruptEntryError(

@@ -9,6 +9,7 @@ them (``huge_pmd_share``): page tables cost nothing per extra process there.
 
 import errno
 import os
+from typing import Callable, Union
 
 from mshare import machine
 from mshare.addresses import round_up
@@ -23,12 +24,12 @@ class HugetlbBackend(FileBackend):
     name = "hugetlb"
     fstype = machine.HUGETLBFS
 
-    def page_size(self):
+    def page_size(self) -> int:
         if self._page_size is None:
             return machine.default_huge_page_size() or 2 << 20
         return self._page_size
 
-    def reserve(self, fd, length, location):
+    def reserve(self, fd: int, length: int, location: str) -> None:
         # fallocate takes the pages out of the pool now; a mapping of a file whose pages
         # all exist never faults for want of a page, so no SIGBUS can follow.
         try:
@@ -48,7 +49,7 @@ class HugetlbBackend(FileBackend):
             ) from None
 
 
-def plan(size, tail_length, auto):
+def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["HugetlbBackend", Unavailable]:
     """A hugetlb backend bound to the mount that can hold ``size`` bytes followed by
     ``tail_length(page_size)`` bytes of bookkeeping, or ``Unavailable`` saying why not.
 
@@ -113,14 +114,14 @@ def plan(size, tail_length, auto):
     return max(problems, key=lambda problem: problem.configured)
 
 
-def _remount_advice(mount_point, pages):
+def _remount_advice(mount_point: str, pages: int) -> str:
     """The command that raises a hugetlbfs ``size=`` limit enough for ``pages`` more."""
     info = os.statvfs(mount_point)
     used = info.f_blocks - info.f_bavail
     return f"mount -o remount,size={format_exact_size((used + pages) * info.f_bsize)} {mount_point}"
 
 
-def grow_pool_advice(pool, pages):
+def grow_pool_advice(pool: machine.HugePagePool, pages: int) -> str:
     """The command that makes ``pages`` pages of the pool's size free."""
     deficit = max(pages - pool.available, 1)
     size_option = "" if pool.page_size == machine.default_huge_page_size() else (
@@ -129,12 +130,12 @@ def grow_pool_advice(pool, pages):
             f"(or: echo {pool.total + deficit} > {machine.pool_directory(pool.page_size)}/nr_hugepages)")
 
 
-def pages_for(size, tail_length, page_size):
+def pages_for(size: int, tail_length: Callable[[int], int], page_size: int) -> int:
     """Huge pages a region of ``size`` bytes and its bookkeeping tail take."""
     return (round_up(size, page_size) + tail_length(page_size)) // page_size
 
 
-def mount_advice(size, tail_length):
+def mount_advice(size: int, tail_length: Callable[[int], int]) -> str:
     """The command that sets up hugetlbfs and a pool for a region of ``size`` bytes."""
     page_size = machine.default_huge_page_size() or 2 << 20
     pages = pages_for(size, tail_length, page_size)

@@ -12,16 +12,27 @@ command that fixes it. ``"off"`` is ``shm``.
 """
 
 import warnings
+from typing import Callable, Dict, Iterator, Protocol, Tuple, Union
 
 from mshare.backends import get_backend, hugetlb, thp
+from mshare.backends.base import Backend
 from mshare.backends.files import Unavailable
 from mshare.errors import HugePagesFallbackWarning, HugePagesUnavailableError
 
 CHOICES = ("auto", "hugetlb", "thp", "off")
-PLANNERS = {"hugetlb": hugetlb.plan, "thp": thp.plan}
 
 
-def validate_hugepages(hugepages):
+class Planner(Protocol):
+    """A huge-page backend's ``plan``: the backend that can hold the region, or why not."""
+
+    def __call__(self, size: int, tail_length: Callable[[int], int],
+                 auto: bool) -> Union[Backend, Unavailable]: ...
+
+
+PLANNERS: Dict[str, Planner] = {"hugetlb": hugetlb.plan, "thp": thp.plan}
+
+
+def validate_hugepages(hugepages: object) -> str:
     """Return ``hugepages`` if it is one of ``CHOICES``, else raise ``TypeError``/``ValueError``."""
     if not isinstance(hugepages, str):
         raise TypeError(f"hugepages must be str, not {type(hugepages).__name__}")
@@ -30,7 +41,7 @@ def validate_hugepages(hugepages):
     return hugepages
 
 
-def choose_backend(hugepages, size, tail_length):
+def choose_backend(hugepages: str, size: int, tail_length: Callable[[int], int]) -> Backend:
     """The backend, bound to a mount where it needs one, for a region of ``size`` bytes
     followed by ``tail_length(page_size)`` bytes of bookkeeping; ``hugepages`` is one of
     ``CHOICES`` (``validate_hugepages``)."""
@@ -55,7 +66,7 @@ def choose_backend(hugepages, size, tail_length):
     return get_backend("shm")
 
 
-def candidates(size, tail_length):
+def candidates(size: int, tail_length: Callable[[int], int]) -> Iterator[Tuple[str, Union[Backend, Unavailable]]]:
     """``(kind, backend or Unavailable)`` for each huge-page backend in ``auto``'s order of
     preference, each planned only when asked for (``mshare doctor`` asks for them all)."""
     for kind, planner in PLANNERS.items():

@@ -4,6 +4,8 @@ import errno
 import os
 import re
 import shutil
+from types import TracebackType
+from typing import Dict, Optional, Type
 
 import posix_ipc
 
@@ -13,7 +15,7 @@ from mshare.backends.base import Backend, no_space
 SHM_DIRECTORY = "/dev/shm"
 
 
-def reserve(fd, length, path):
+def reserve(fd: int, length: int, path: str) -> None:
     """Allocate ``length`` bytes now, so a full file system fails here and never as a
     ``SIGBUS`` on first touch.
 
@@ -41,19 +43,19 @@ def reserve(fd, length, path):
         raise _no_space(path, length, shutil.disk_usage(directory).free) from None
 
 
-def _no_space(path, length, free):
+def _no_space(path: str, length: int, free: int) -> OSError:
     directory = os.path.dirname(path)
     return no_space(path, length, free,
                     f"free some space or enlarge it (mount -o remount,size=... {directory})")
 
 
-def _free_memory():
+def _free_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * PAGE_SIZE
 
 
-def memory_available():
+def memory_available() -> Optional[int]:
     """MemAvailable + SwapFree from /proc/meminfo in bytes, or None if unreadable."""
-    fields = {}
+    fields: Dict[str, int] = {}
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -69,26 +71,26 @@ def memory_available():
 class ShmBackend(Backend):
     name = "shm"
 
-    def page_size(self):
+    def page_size(self) -> int:
         return PAGE_SIZE
 
-    def location_for(self, registry_id, region_id):
+    def location_for(self, registry_id: str, region_id: str) -> str:
         return f"/mshare-{registry_id}-{region_id}"
 
-    def owns_location(self, location, registry_id):
+    def owns_location(self, location: str, registry_id: str) -> bool:
         return re.fullmatch(rf"/mshare-{re.escape(registry_id)}-[0-9a-f]{{16}}", location) is not None
 
-    def path(self, location):
+    def path(self, location: str) -> str:
         return SHM_DIRECTORY + location
 
     # Data objects are made and opened with open(2) on /dev/shm, which is what shm_open
     # does, but with O_NONBLOCK (a FIFO planted under the name would block shm_open) and
     # owned from the instant they exist (see mshare.owned).
 
-    def reserve(self, fd, length, path):
+    def reserve(self, fd: int, length: int, path: str) -> None:
         reserve(fd, length, path)
 
-    def unlink(self, location):
+    def unlink(self, location: str) -> None:
         try:
             with _translated(self.path(location)):
                 posix_ipc.unlink_shared_memory(location)
@@ -99,13 +101,14 @@ class ShmBackend(Backend):
 class _translated:
     """Turn posix_ipc's own exception classes into the built-in OSError family."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def __enter__(self):
+    def __enter__(self) -> "_translated":
         return self
 
-    def __exit__(self, kind, error, traceback):
+    def __exit__(self, kind: Optional[Type[BaseException]], error: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> bool:
         if kind is None or not issubclass(kind, posix_ipc.Error):
             return False
         if isinstance(error, posix_ipc.PermissionsError):

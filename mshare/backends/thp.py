@@ -9,8 +9,10 @@ tmpfs of its own (``mshare mount`` makes one; ``MSHARE_THP_ROOT`` names the one 
 
 import errno
 import os
+from typing import Callable, Optional, Union
 
 from mshare import machine
+from mshare._core import Mapping
 from mshare.addresses import round_up
 from mshare.backends.base import no_space
 from mshare.backends.files import FileBackend, Unavailable
@@ -27,12 +29,12 @@ class ThpBackend(FileBackend):
     name = "thp"
     fstype = machine.TMPFS
 
-    def page_size(self):
+    def page_size(self) -> int:
         if self._page_size is None:
             return machine.pmd_page_size()
         return self._page_size
 
-    def reserve(self, fd, length, location):
+    def reserve(self, fd: int, length: int, location: str) -> None:
         directory = os.path.dirname(location)
         # tmpfs allocates a request that does not fit page by page until ENOSPC, and where
         # it may grow as large as memory the OOM killer strikes first: refuse it unseen.
@@ -47,28 +49,28 @@ class ThpBackend(FileBackend):
             raise no_space(location, length, _free_bytes(directory),
                            f"as root: {_enlarge_advice(directory, length)}") from None
 
-    def suits(self, mount):
+    def suits(self, mount: machine.Mount) -> bool:
         return thp_place(mount)
 
-    def after_map(self, mapping):
+    def after_map(self, mapping: Mapping) -> None:
         # Needed where the mount says huge=advise; harmless under within_size and always.
         mapping.advise_hugepages()
 
 
-def thp_place(mount):
+def thp_place(mount: machine.Mount) -> bool:
     """True when thp data objects may live on ``mount``: a tmpfs, but never /dev/shm,
     which is the shm backend's (a file there is never taken for a thp region's)."""
     return mount.fstype == machine.TMPFS and mount.mount_point != SHM_DIRECTORY
 
 
-def huge_mount(mount, shmem_enabled):
+def huge_mount(mount: machine.Mount, shmem_enabled: Optional[str]) -> bool:
     """True when files on ``mount`` get transparent huge pages and it may hold thp regions."""
     if not thp_place(mount):
         return False
     return mount.huge_policy in machine.HUGE_TMPFS_POLICIES or shmem_enabled == "force"
 
 
-def plan(size, tail_length, auto):
+def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["ThpBackend", Unavailable]:
     """A thp backend bound to a huge-page tmpfs with room for ``size`` bytes followed by
     ``tail_length(page_size)`` bytes of bookkeeping, or ``Unavailable`` saying why not."""
     shmem_enabled = machine.thp_setting("shmem_enabled")
@@ -124,12 +126,12 @@ def plan(size, tail_length, auto):
     )
 
 
-def _free_bytes(directory):
+def _free_bytes(directory: str) -> int:
     info = os.statvfs(directory)
     return info.f_bavail * info.f_frsize
 
 
-def _enlarge_advice(directory, length):
+def _enlarge_advice(directory: str, length: int) -> str:
     info = os.statvfs(directory)
     used = (info.f_blocks - info.f_bavail) * info.f_frsize
     return f"mount -o remount,size={format_exact_size(round_up(used + length, 1 << 20))} {directory}"
