@@ -65,10 +65,9 @@ _table: Dict[DataIdentity, _Watch] = {}  # data identity -> _Watch
 _dropped: List[_Watch] = []
 
 
-def data_identity(backend_name: str, data: Descriptor) -> DataIdentity:
-    """The table key of the data object open as the ``Descriptor`` ``data``."""
-    info = os.fstat(data.fd)
-    return backend_name, info.st_dev, info.st_ino
+def data_identity(backend_name: str, data_stat: os.stat_result) -> DataIdentity:
+    """The table key of the data object whose ``fstat`` is ``data_stat``."""
+    return backend_name, data_stat.st_dev, data_stat.st_ino
 
 
 class Attachment:

@@ -12,6 +12,7 @@ planted entry (as root, say) never removes a victim's data or address range.
 import errno
 import os
 import stat
+from typing import Tuple
 
 from mshare import faults
 from mshare.backends import get_backend
@@ -37,24 +38,29 @@ def foreign(entry_stat: os.stat_result, data_stat: os.stat_result) -> str | None
     return None
 
 
-def open_data(name: str, entry: Entry, entry_stat: os.stat_result, writable: bool) -> Descriptor:
+def open_data(name: str, entry: Entry, entry_stat: os.stat_result,
+              writable: bool) -> Tuple[Descriptor, os.stat_result]:
     """Open the data object of ``entry`` once it is shown to belong to the entry and to
-    hold every byte the entry maps; returns its ``Descriptor``. The kernel checks
-    permission on the open itself."""
+    hold every byte the entry maps; returns its ``Descriptor`` and ``fstat``. The kernel
+    checks permission on the open itself."""
     backend = get_backend(entry.backend)
     path = backend.path(entry.location)
-    # Looked at before opening, so that a redirected entry is named as such rather
-    # than reported as the permission error the kernel would give; checked again on
-    # the open descriptor, which is what counts.
     try:
-        _refuse_foreign(name, entry_stat, os.stat(path, follow_symlinks=False))
-        data = backend.open(entry.location, writable)
+        data, data_stat = backend.open(entry.location, writable)
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT,
             f"the data of region {name!r} ({path}) is gone; the entry is stale (run: mshare gc)",
             name,
         ) from None
+    except PermissionError:
+        # A redirected entry is named as such rather than reported as the permission
+        # error the kernel gives; looked at only now, so a permitted open costs no stat.
+        try:
+            _refuse_foreign(name, entry_stat, os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            pass
+        raise
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise CorruptEntryError(
@@ -62,7 +68,6 @@ def open_data(name: str, entry: Entry, entry_stat: os.stat_result, writable: boo
             ) from None
         raise
     try:
-        data_stat = os.fstat(data.fd)
         _refuse_foreign(name, entry_stat, data_stat)
         if data_stat.st_size < entry.map_length:
             raise CorruptEntryError(
@@ -71,7 +76,7 @@ def open_data(name: str, entry: Entry, entry_stat: os.stat_result, writable: boo
     except BaseException:
         data.close()
         raise
-    return data
+    return data, data_stat
 
 
 def _refuse_foreign(name: str, entry_stat: os.stat_result, data_stat: os.stat_result) -> None:

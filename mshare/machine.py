@@ -6,14 +6,18 @@ exception that is exactly as fresh: an administrator may mount, unmount or resiz
 at any moment, and a decision made on stale facts would point a region at a file system
 that is no longer there. The mount table is parsed again only when the kernel says it
 changed (``/proc/self/mountinfo`` polls ``POLLPRI`` after every mount and unmount in the
-namespace, see proc(5)), which spares every huge-page attach two reads of it.
+namespace, see proc(5)), which spares every huge-page attach two reads of it. Within one
+call of the library (``one_mount_view``) every lookup sees the table its first lookup
+checked: one namespace check and poll per call, not one per lookup.
 """
 
+import functools
 import os
 import re
 import select
 import threading
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from contextvars import ContextVar
+from typing import Callable, Dict, List, NamedTuple, Optional, ParamSpec, Tuple, TypeVar
 
 from mshare.owned import open_descriptor
 
@@ -79,11 +83,39 @@ class _MountTable:
 
 _table = _MountTable()
 os.register_at_fork(after_in_child=_table.forget_lock)
+# Inside a call (per thread, as contexts are): a list holding the table once its first
+# lookup checked it; None outside one.
+_view: ContextVar[Optional[List[List[Mount]]]] = ContextVar("mount table of this call",
+                                                             default=None)
+_Parameters = ParamSpec("_Parameters")
+_Result = TypeVar("_Result")
+
+
+def one_mount_view(function: Callable[_Parameters, _Result]) -> Callable[_Parameters, _Result]:
+    """Make every mount lookup of a call of ``function`` see one table, checked at the
+    first lookup (a call nested in another keeps the outer one's)."""
+
+    @functools.wraps(function)
+    def with_one_view(*args: _Parameters.args, **kwargs: _Parameters.kwargs) -> _Result:
+        if _view.get() is not None:
+            return function(*args, **kwargs)
+        token = _view.set([])
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _view.reset(token)
+
+    return with_one_view
 
 
 def mounts() -> List[Mount]:
     """The mounts of this process's mount namespace, in mount order."""
-    return list(_table.current())
+    view = _view.get()
+    if view is None:
+        return list(_table.current())
+    if not view:
+        view.append(_table.current())
+    return list(view[0])
 
 
 def _parse_mounts(table):

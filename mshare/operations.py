@@ -21,6 +21,7 @@ from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
 from mshare.info import ListedRegion, RegionInfo, UnreadableRegion
+from mshare.machine import one_mount_view
 from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Descriptor, Undo, signals_deferred
 from mshare.procmaps import describe_occupant
@@ -39,6 +40,7 @@ def initialize_bookkeeping(mapping: Mapping, entry: Entry) -> None:
                              name=mapping.label).initialize()
 
 
+@one_mount_view
 def create(
     name: str, size: int, *, mode: int = 0o600, addr: Optional[int] = None, populate: bool = False,
     hugepages: str = "auto",
@@ -79,20 +81,22 @@ def create(
         location = backend.location_for(registry.registry_id, region_id)
         # Everything made below is pushed on `undo` in the step that makes it, and
         # `undo` is emptied in the step that hands the region over: an exception at any
-        # point leaves either nothing or the complete region.
-        with registry.locked(), Undo() as undo:
+        # point leaves either nothing or the complete region. Ctrl-C is held back once,
+        # from the lock taken to the region handed over, rather than around each step
+        # (two `rt_sigaction` each): the steps in between make files, never wait.
+        with registry.locked(), signals_deferred(), Undo() as undo:
             registry.refuse_existing(name)
             faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)
             range_file = registry.claim_range(start, start + reserved_length, backend.name,
                                               location, undo)
             faults.point("create:range-claimed")
-            with backend.create(location, map_length, mode, undo) as data:
+            data, data_stat = backend.create(location, map_length, mode, undo)
+            with data:
                 faults.point("create:data-created")
-                key = data_identity(backend.name, data)
-                with signals_deferred():
-                    mapping = Mapping.map_fixed(data.fd, start, map_length, True, f"region {name!r}")
-                    undo.callback(mapping.unmap)
+                key = data_identity(backend.name, data_stat)
+                mapping = Mapping.map_fixed(data.fd, start, map_length, True, f"region {name!r}")
+                undo.callback(mapping.unmap)
             faults.point("create:mapped")
             backend.after_map(mapping)
             entry = Entry(
@@ -112,10 +116,9 @@ def create(
             with attachments.table_lock:
                 attachment = Attachment(key, registry, name, entry, mapping,
                                         registry.hold_range(range_file), range_file)
-                with signals_deferred():
-                    attachments.add(attachment)
-                    region = Region(attachment, name, False, entry_stat)
-                    undo.pop_all()
+                attachments.add(attachment)
+                region = Region(attachment, name, False, entry_stat)
+                undo.pop_all()
             faults.point("create:marked")
     if populate:
         try:
@@ -154,6 +157,7 @@ def _pickle_region(region: Region) -> Tuple[Callable[[str, bool, str], Region], 
 copyreg.pickle(Region, _pickle_region)
 
 
+@one_mount_view
 def _attach(name: str, readonly: bool, populate: bool, root: Optional[str]) -> Region:
     attachments.release_pending()
     with Registry(root) as registry:
@@ -177,9 +181,10 @@ def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
     ``_map_entry`` proves the data still there once its attach mark is taken."""
     entry, entry_stat = registry.read_entry(name, writable=not readonly)
     faults.point("attach:entry-read")
-    with binding.open_data(name, entry, entry_stat, not readonly) as data:
+    data, data_stat = binding.open_data(name, entry, entry_stat, not readonly)
+    with data:
         faults.point("attach:data-opened")
-        key = data_identity(entry.backend, data)
+        key = data_identity(entry.backend, data_stat)
         with attachments.table_lock:
             attachment = attachments.find(key)
             if attachment is None:
@@ -267,6 +272,7 @@ def _allocate(registry: Registry, length: int, requested: Optional[int]) -> int:
     return start
 
 
+@one_mount_view
 def unlink(name: str) -> None:
     """Remove the name and its data object; existing mappings stay valid until closed.
 
@@ -305,6 +311,7 @@ def _readable_entry(registry: Registry, name: str, entry_stat: os.stat_result) -
         return None
 
 
+@one_mount_view
 def info(name: str) -> RegionInfo:
     """The ``RegionInfo`` of ``name``; needs read permission on it."""
     validate_name(name)
@@ -315,6 +322,7 @@ def info(name: str) -> RegionInfo:
                                      registry.attach_count(entry.addr, entry.end))
 
 
+@one_mount_view
 def list_regions() -> List[ListedRegion]:
     """Every region of the registry, sorted by name; never fails because of one entry: one
     the caller may not read, or that is damaged, is an ``UnreadableRegion``."""

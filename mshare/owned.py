@@ -12,6 +12,8 @@ things close that window:
   records the signal; on leaving, the original handler runs (and raises) once. Each use
   spans a step that makes something (a file created, a mapping) and the statement that
   hands the result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
+  A block inside another costs nothing (no handler swap), so a call whose steps follow one
+  another without waiting holds Ctrl-C back once around all of them (``create``).
   Swapping the Python-level handler works whichever thread the kernel delivered the
   signal to (blocking it with ``pthread_sigmask`` in the main thread would not: another
   thread's delivery still makes the main thread run the handler).

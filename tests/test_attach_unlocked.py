@@ -16,23 +16,22 @@ def opened_but_not_marked(name):
     """An attach of ``name`` stopped after it read the entry and opened the data object."""
     registry = Registry()
     entry, entry_stat = registry.read_entry(name, writable=True)
-    data = binding.open_data(name, entry, entry_stat, True)
-    return registry, entry, data
+    data, data_stat = binding.open_data(name, entry, entry_stat, True)
+    return registry, entry, data, data_identity(entry.backend, data_stat)
 
 
-def finish(registry, name, entry, data):
+def finish(registry, name, entry, data, key):
     """The rest of that attach: mark the range and map."""
-    key = data_identity(entry.backend, data)
     return operations._map_entry(registry, name, entry, data, key, True)
 
 
 def test_an_unlink_completed_mid_attach_is_refused(registry_path, name):
     mshare.create(name, 1 << 20, hugepages="off").close()
-    registry, entry, data = opened_but_not_marked(name)
+    registry, entry, data, key = opened_but_not_marked(name)
     with registry, data:
         mshare.unlink(name)  # nobody maps it: the range goes with the name
         with pytest.raises(FileNotFoundError, match="unlinked while attaching"):
-            finish(registry, name, entry, data)
+            finish(registry, name, entry, data, key)
     assert overlapping(entry.addr, entry.end) == []
 
 
@@ -41,14 +40,14 @@ def test_a_range_handed_out_again_mid_attach_is_not_taken(registry_path, name):
     mark would land on the new region's range file, so mapping the old data there would
     put this process's mapping where the registry now places another region."""
     mshare.create(name, 1 << 20, hugepages="off").close()
-    registry, entry, data = opened_but_not_marked(name)
+    registry, entry, data, key = opened_but_not_marked(name)
     with registry, data:
         mshare.unlink(name)
         with mshare.create(name + "-next", 1 << 20, hugepages="off") as successor:
             address = successor.addr
         assert address == entry.addr  # the same range, recorded by a range file anew
         with pytest.raises(FileNotFoundError, match="unlinked while attaching"):
-            finish(registry, name, entry, data)
+            finish(registry, name, entry, data, key)
         # The successor's mapping was closed; nothing of the old data is mapped there.
         assert overlapping(entry.addr, entry.end) == []
     assert mshare.info(name + "-next").attached == 0

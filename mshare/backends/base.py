@@ -3,7 +3,7 @@
 import errno
 import os
 from contextlib import ExitStack
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from mshare._core import Mapping
 
@@ -65,14 +65,17 @@ class Backend:
         """The file-system path of a location (for ``stat`` and messages)."""
         raise NotImplementedError
 
-    def create(self, location: str, length: int, mode: int, undo: ExitStack) -> Descriptor:
+    def create(self, location: str, length: int, mode: int,
+               undo: ExitStack) -> Tuple[Descriptor, os.stat_result]:
         """Create the data object exclusively, reserve ``length`` bytes, apply ``mode``
-        exactly; return a read-write ``Descriptor``. Its removal is pushed on the
-        ``Undo`` stack ``undo`` the instant it exists, so nothing is left on failure."""
+        exactly; return a read-write ``Descriptor`` and its ``fstat`` as created (device
+        and inode, not size). Its removal is pushed on the ``Undo`` stack ``undo`` the
+        instant it exists, so nothing is left on failure."""
         data = create_file(undo, self.path(location), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
                            0o600, lambda: self.unlink(location))
         try:
-            self.check_file_system(data.fd, location)
+            info = os.fstat(data.fd)
+            self.check_file_system(info.st_dev, location)
             # The mode is the region's, exactly: open(2) would have applied the umask.
             os.fchmod(data.fd, mode)
             os.ftruncate(data.fd, length)
@@ -80,28 +83,29 @@ class Backend:
         except BaseException:
             data.close()
             raise
-        return data
+        return data, info
 
     def reserve(self, fd: int, length: int, path: str) -> None:
         """Allocate every byte now, so a short pool or a full file system fails here and
         never as a ``SIGBUS`` on first touch."""
         raise NotImplementedError
 
-    def open(self, location: str, writable: bool) -> Descriptor:
-        """Open an existing data object as a ``Descriptor``; the kernel checks its owner
-        and mode."""
+    def open(self, location: str, writable: bool) -> Tuple[Descriptor, os.stat_result]:
+        """Open an existing data object as a ``Descriptor``, with its ``fstat``; the
+        kernel checks its owner and mode."""
         flags = (os.O_RDWR if writable else os.O_RDONLY) | OPEN_FLAGS
         data = open_descriptor(self.path(location), flags)
         try:
-            self.check_file_system(data.fd, location)
+            info = os.fstat(data.fd)
+            self.check_file_system(info.st_dev, location)
         except BaseException:
             data.close()
             raise
-        return data
+        return data, info
 
-    def check_file_system(self, fd: int, location: str) -> None:
-        """Refuse a data object that is not on this backend's kind of file system (every
-        file a shm location can name is in ``/dev/shm``)."""
+    def check_file_system(self, device: int, location: str) -> None:
+        """Refuse a data object on the device ``device`` when that is not this backend's
+        kind of file system (every file a shm location can name is in ``/dev/shm``)."""
 
     def unlink(self, location: str) -> None:
         """Remove the data object's name; mappings stay valid."""

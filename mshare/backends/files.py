@@ -108,8 +108,8 @@ class FileBackend(Backend):
         except FileNotFoundError:
             pass
 
-    def check_file_system(self, fd: int, location: str) -> None:
-        mount = machine.mount_of_device(os.fstat(fd).st_dev)
+    def check_file_system(self, device: int, location: str) -> None:
+        mount = machine.mount_of_device(device)
         if mount is None or not self.suits(mount):
             raise CorruptEntryError(
                 f"{location} is not on a {self.fstype} file system; refusing to use it"
