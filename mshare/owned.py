@@ -13,7 +13,9 @@ things close that window:
   spans a step that makes something (a file created, a mapping) and the statement that
   hands the result to its owner, never a wait, so Ctrl-C is still handled at once everywhere else.
   A block inside another costs nothing (no handler swap), so a call whose steps follow one
-  another without waiting holds Ctrl-C back once around all of them (``create``).
+  another without waiting holds Ctrl-C back once around all of them (``create``), and
+  lets it through again (``signals_allowed``) for the one step that may wait: reserving a
+  large region.
   Swapping the Python-level handler works whichever thread the kernel delivered the
   signal to (blocking it with ``pthread_sigmask`` in the main thread would not: another
   thread's delivery still makes the main thread run the handler).
@@ -35,6 +37,8 @@ from typing import Callable, Iterator, List, Optional, Type, Union
 from mshare._core import OwnedDescriptor
 
 _recorded: List[int] = []
+# The handlers that active ``signals_deferred`` blocks hold back, innermost last.
+_held_back: List[Callable[[int, Optional[FrameType]], object]] = []
 
 
 def _record(signum: int, frame: Optional[FrameType]) -> None:
@@ -55,13 +59,35 @@ def signals_deferred() -> Iterator[None]:
         yield  # no Python handler to hold back, or already held back by an outer block
         return
     _signal.signal(signal.SIGINT, _record)
+    _held_back.append(original)
     try:
         yield
     finally:
+        _held_back.pop()
         _signal.signal(signal.SIGINT, original)
         if _recorded:
             _recorded.clear()
             original(signal.SIGINT, None)
+
+
+@contextmanager
+def signals_allowed() -> Iterator[None]:
+    """Inside ``signals_deferred``: let Ctrl-C through for one step that may wait long
+    (reserving many GiB), raising one that came meanwhile first. Everything made before
+    it must already have its undo step."""
+    if (threading.current_thread() is not threading.main_thread() or not _held_back
+            or _signal.getsignal(signal.SIGINT) is not _record):
+        yield
+        return
+    original = _held_back[-1]
+    try:
+        _signal.signal(signal.SIGINT, original)
+        if _recorded:
+            _recorded.clear()
+            original(signal.SIGINT, None)
+        yield
+    finally:
+        _signal.signal(signal.SIGINT, _record)
 
 
 class Descriptor:

@@ -257,3 +257,49 @@ def test_a_held_back_interrupt_is_raised_once_when_the_step_ends():
         assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, original)
+
+
+def test_ctrl_c_while_a_large_region_is_reserved_cancels_the_create(registry_path, name):
+    """``create`` holds Ctrl-C back while it makes files, but not while it reserves many
+    GiB (seconds on a big region): a SIGINT sent while the data object is still being
+    filled cancels the create and leaves nothing behind."""
+    size = 4 << 30
+    mshare.create("warm-up", 4096).close()
+    mshare.unlink("warm-up")
+    with Registry(registry_path) as registry:
+        registry_id = registry.registry_id
+    for _attempt in range(5):
+        during_reservation = []
+
+        def interrupt_while_reserving():
+            # Sent once the data object exists; it counts only if not yet fully reserved.
+            while not during_reservation:
+                for object_name in shm_objects_of(registry_id):
+                    try:
+                        blocks = os.stat(os.path.join("/dev/shm", object_name)).st_blocks
+                    except FileNotFoundError:
+                        continue
+                    during_reservation.append(blocks * 512 < size)
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+
+        interrupter = threading.Thread(target=interrupt_while_reserving)
+        interrupter.start()
+        try:
+            region = mshare.create(name, size, hugepages="off")
+        except KeyboardInterrupt:
+            region = None
+        interrupter.join()
+        if during_reservation == [True]:
+            break
+        # Sent only after the reservation ended (a very loaded machine): the create may
+        # have completed before the held-back Ctrl-C was raised; remove it, try again.
+        region = None
+        gc.collect()
+        if name in [listed.name for listed in mshare.list()]:
+            mshare.unlink(name)
+    else:
+        pytest.fail("the SIGINT never landed while the region was being reserved")
+    assert region is None, "the create ran to the end despite Ctrl-C during its reservation"
+    assert [listed.name for listed in mshare.list()] == []
+    assert shm_objects_of(registry_id) == []

@@ -3,15 +3,18 @@
 import errno
 import os
 from contextlib import ExitStack
-from typing import List, Optional, Tuple
+from typing import Final, List, Optional, Tuple
 
 from mshare._core import Mapping
 
-from mshare.owned import Descriptor, create_file, open_descriptor
+from mshare.owned import Descriptor, create_file, open_descriptor, signals_allowed
 
 # Anyone may plant files where data objects live: never follow a symbolic link and never
 # block (``O_NONBLOCK``, so a FIFO cannot hang the caller).
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Reservations from this size on may take long enough (tens of milliseconds and up) that
+# Ctrl-C, held back for the rest of a create, is let through while they run.
+INTERRUPTIBLE_RESERVATION: Final = 64 << 20
 
 
 class Backend:
@@ -79,7 +82,11 @@ class Backend:
             # The mode is the region's, exactly: open(2) would have applied the umask.
             os.fchmod(data.fd, mode)
             os.ftruncate(data.fd, length)
-            self.reserve(data.fd, length, self.path(location))
+            if length >= INTERRUPTIBLE_RESERVATION:
+                with signals_allowed():  # create holds Ctrl-C back; this may take seconds
+                    self.reserve(data.fd, length, self.path(location))
+            else:
+                self.reserve(data.fd, length, self.path(location))
         except BaseException:
             data.close()
             raise
