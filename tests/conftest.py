@@ -3,6 +3,7 @@ real child interpreters (also as other users), and a check that nothing is left 
 
 import os
 import shutil
+import signal
 import sys
 import uuid
 
@@ -18,6 +19,12 @@ from helpers import (
 )
 
 BASE = "/tmp/mshare-tests"
+
+# Several tests are about Ctrl-C. A suite started where SIGINT is ignored (a background job
+# of a shell without job control, nohup) gets Python's handler back; the children it
+# starts then begin with the default disposition and install their own.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 pytest_plugins = ["hugepage_fixtures", "busy_load", "ci_skips", "backends_under_test"]
 
 
