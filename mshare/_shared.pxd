@@ -10,6 +10,10 @@ from mshare._layout cimport ms_bookkeeping_t
 cdef class RegionLock:
     cdef Bookkeeping owner
     cdef double timeout
+    cdef object bound_to  # a _BoundTo once keep_bound_methods() ran
+    cdef object kept_enter, kept_exit
+
+    cdef void keep_bound_methods(self)
 
 
 cdef class Bookkeeping:

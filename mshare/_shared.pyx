@@ -25,7 +25,7 @@ from under a thread.
 """
 
 cimport cython
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.limits cimport INT_MAX
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
@@ -75,8 +75,126 @@ INTERNAL_LOCK_TIMEOUT = 5.0
 cdef object _CONSTRUCT = object()
 
 
-# Plain C methods, not function objects: `with region.lock():` looks both methods up on
-# every use, and binding them would cost more than taking the lock.
+cdef extern from "Python.h":
+    ctypedef struct PyMethodDef:
+        const char *ml_name
+        void *ml_meth
+        int ml_flags
+        const char *ml_doc
+    object PyCFunction_NewEx(PyMethodDef *definition, object bound_to, object module)
+    int METH_NOARGS
+    int METH_FASTCALL
+
+
+# `with lock:` looks `__enter__` and `__exit__` up on every use, and a method found on the
+# type is bound anew each time: two objects made and freed per `with`, which cost more than
+# the lock itself. So RegionLock's two methods are descriptors, and the lock that
+# `region.lock()` hands out again and again keeps its bound functions, made once
+# (`keep_bound_methods`). They are bound to a `_BoundTo`, never to the lock: a lock holding
+# functions bound to itself would be a cycle, which would keep the mapping alive until the
+# collector ran.
+
+@cython.final
+cdef class _BoundTo:
+    """What a lock's kept functions are bound to: its owner (strongly: the mapping stays
+    while a `with` block runs) and the lock (weakly: the lock clears it as it goes)."""
+    cdef Bookkeeping owner
+    cdef double timeout
+    cdef PyObject *lock
+
+
+cdef int _take_lock(Bookkeeping owner, double timeout) except -1:
+    # The fast path inline: one compare-and-swap to take a free lock, no allocation.
+    # Anything else (a closed or unchecked region, a held lock, an unknown thread
+    # identity) goes through acquire_user's checks and wait.
+    cdef ms_bookkeeping_t *bk = owner.arena.bk
+    cdef uint64_t me = ms_self_word()
+    cdef uint64_t observed = 0
+    if (bk != NULL and owner.header_checked and not owner.closing and me != 0
+            and ms_lock_swap(&bk.user_lock, &observed, me)):
+        owner.hold(me)
+    else:
+        owner.acquire_user(timeout)
+    return 0
+
+
+cdef object _give_lock_back(Bookkeeping owner, object exc_type):
+    cdef uint64_t me = ms_self_word()
+    if me != 0 and owner.held_by == me:
+        ms_lock_release(&owner.arena.bk.user_lock)
+        owner.drop_hold()
+    elif exc_type is None:
+        owner.release_user()  # raises: this thread does not hold it
+    # Otherwise a condition's wait interrupted while re-taking the lock ended the block
+    # without it, and the error that says why must reach the caller, not "not held".
+    return False
+
+
+cdef object _enter_bound(_BoundTo bound, PyObject *unused):
+    cdef RegionLock lock
+    _take_lock(bound.owner, bound.timeout)
+    if bound.lock != NULL:
+        return <object>bound.lock
+    # `with mshare.attach(name).lock():` dropped the region, and with it this lock, before
+    # entering; the lock is taken all the same (`bound` keeps the mapping), and `as` gets
+    # an equal lock.
+    lock = RegionLock.__new__(RegionLock, bound.owner)
+    lock.timeout = bound.timeout
+    return lock
+
+
+cdef object _exit_bound(_BoundTo bound, PyObject **args, Py_ssize_t count):
+    if count != 3:
+        raise TypeError(f"__exit__ takes 3 arguments ({count} given)")
+    return _give_lock_back(bound.owner, <object>args[0])
+
+
+cdef object _enter_lock(RegionLock lock, PyObject *unused):
+    _take_lock(lock.owner, lock.timeout)
+    return lock
+
+
+cdef object _exit_lock(RegionLock lock, PyObject **args, Py_ssize_t count):
+    if count != 3:
+        raise TypeError(f"__exit__ takes 3 arguments ({count} given)")
+    return _give_lock_back(lock.owner, <object>args[0])
+
+
+cdef PyMethodDef _ENTER_BOUND, _EXIT_BOUND, _ENTER_LOCK, _EXIT_LOCK
+_ENTER_BOUND.ml_name = _ENTER_LOCK.ml_name = b"__enter__"
+_EXIT_BOUND.ml_name = _EXIT_LOCK.ml_name = b"__exit__"
+_ENTER_BOUND.ml_flags = _ENTER_LOCK.ml_flags = METH_NOARGS
+_EXIT_BOUND.ml_flags = _EXIT_LOCK.ml_flags = METH_FASTCALL
+_ENTER_BOUND.ml_doc = _ENTER_LOCK.ml_doc = b"Take the lock; return it."
+_EXIT_BOUND.ml_doc = _EXIT_LOCK.ml_doc = b"Release the lock taken by __enter__."
+_ENTER_BOUND.ml_meth = <void *>_enter_bound
+_EXIT_BOUND.ml_meth = <void *>_exit_bound
+_ENTER_LOCK.ml_meth = <void *>_enter_lock
+_EXIT_LOCK.ml_meth = <void *>_exit_lock
+
+
+@cython.final
+cdef class _LockMethod:
+    """``RegionLock.__enter__`` or ``__exit__``: the kept bound function where there is one,
+    else a function bound to the lock now, as a method would be."""
+    cdef bint entering
+
+    def __get__(self, instance, owner):
+        cdef RegionLock lock
+        if instance is None:
+            return self
+        lock = <RegionLock?>instance
+        if lock.kept_enter is not None:
+            return lock.kept_enter if self.entering else lock.kept_exit
+        return PyCFunction_NewEx(&_ENTER_LOCK if self.entering else &_EXIT_LOCK, lock, None)
+
+
+cdef _LockMethod _lock_method(bint entering):
+    cdef _LockMethod method = _LockMethod()
+    method.entering = entering
+    return method
+
+
 @cython.binding(False)
 cdef class RegionLock:
     """A region's process-shared lock, used as a context manager.
@@ -90,6 +208,19 @@ cdef class RegionLock:
         self.owner = owner
         self.timeout = timeout_seconds(timeout)
 
+    def __dealloc__(self):
+        if self.bound_to is not None:
+            (<_BoundTo>self.bound_to).lock = NULL
+
+    cdef void keep_bound_methods(self):
+        cdef _BoundTo bound = _BoundTo()
+        bound.owner = self.owner
+        bound.timeout = self.timeout
+        bound.lock = <PyObject *>self
+        self.bound_to = bound
+        self.kept_enter = PyCFunction_NewEx(&_ENTER_BOUND, bound, None)
+        self.kept_exit = PyCFunction_NewEx(&_EXIT_BOUND, bound, None)
+
     def acquire(self):
         """Take the lock (see the class docstring for the errors); return True."""
         self.owner.acquire_user(self.timeout)
@@ -99,32 +230,8 @@ cdef class RegionLock:
         """Release the lock; ``RuntimeError`` if this thread does not hold it."""
         self.owner.release_user()
 
-    # The fast path of `with`, inline: one compare-and-swap to take a free lock and one
-    # exchange to release it, no allocation. Anything else (a closed or unchecked region,
-    # a held lock, an unknown thread identity) goes through acquire_user's checks and wait.
-    def __enter__(self):
-        cdef Bookkeeping owner = self.owner
-        cdef ms_bookkeeping_t *bk = owner.arena.bk
-        cdef uint64_t me = ms_self_word()
-        cdef uint64_t observed = 0
-        if (bk != NULL and owner.header_checked and not owner.closing and me != 0
-                and ms_lock_swap(&bk.user_lock, &observed, me)):
-            owner.hold(me)
-        else:
-            owner.acquire_user(self.timeout)
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        cdef Bookkeeping owner = self.owner
-        cdef uint64_t me = ms_self_word()
-        if me != 0 and owner.held_by == me:
-            ms_lock_release(&owner.arena.bk.user_lock)
-            owner.drop_hold()
-        elif exc_type is None:
-            owner.release_user()  # raises: this thread does not hold it
-        # Otherwise a condition's wait interrupted while re-taking the lock ended the block
-        # without it, and the error that says why must reach the caller, not "not held".
-        return False
+    __enter__ = _lock_method(True)
+    __exit__ = _lock_method(False)
 
 
 @cython.binding(False)
@@ -159,8 +266,10 @@ cdef class RegionLocking:
         bookkeeping = self._writable("lock()")
         if timeout is not None:
             return bookkeeping.lock(timeout)
-        self._lock_forever = bookkeeping.lock()
-        return self._lock_forever
+        forever = bookkeeping.lock()
+        (<RegionLock>forever).keep_bound_methods()
+        self._lock_forever = forever
+        return forever
 
 
 cdef class Bookkeeping:

@@ -5,6 +5,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -388,6 +389,52 @@ def test_a_region_dropped_while_holding_keeps_its_lock_mapped_until_released(reg
     del lock
     gc.collect()
     assert not mapped_at(addr)
+    mshare.unlink(name)
+
+
+def objects_alive_inside(make_lock):
+    """How many more memory blocks are alive inside `with make_lock():` than outside it (0:
+    the `with` made nothing that lasts the block, such as a bound ``__exit__``)."""
+    for _ in range(3):  # the first rounds warm caches up
+        outside = sys.getallocatedblocks()
+        with make_lock():
+            inside = sys.getallocatedblocks()
+        reference = sys.getallocatedblocks()
+        reference_again = sys.getallocatedblocks()
+    return (inside - outside) - (reference_again - reference)
+
+
+def test_the_documented_with_makes_no_object(registry_path, name):
+    region = mshare.create(name, 4096)
+    assert objects_alive_inside(region.lock) == 0
+    # The form with a timeout makes its lock and binds its methods, as any object's: seen.
+    assert objects_alive_inside(lambda: region.lock(timeout=5)) > 0
+    region.close()
+    mshare.unlink(name)
+
+
+def test_with_gives_the_lock_and_keeps_a_dropped_region_mapped(registry_path, name):
+    region = mshare.create(name, 4096)
+    with region.lock() as lock:
+        assert lock is region.lock()
+        assert lock_word(region).value != 0
+    assert lock_word(region).value == 0
+    addr = region.addr
+    region.close()
+    with mshare.attach(name).lock() as lock:  # the region is dropped before the block runs
+        assert mapped_at(addr)
+        with pytest.raises(RuntimeError, match="not re-entrant"):
+            lock.acquire()
+    del lock
+    gc.collect()
+    assert not mapped_at(addr)
+    with mshare.attach(name) as region:
+        assert lock_word(region).value == 0, "the lock stayed held after its block"
+        exit_method = region.lock().__exit__
+        with pytest.raises(TypeError, match="3 arguments"):
+            exit_method(None)
+        with pytest.raises(RuntimeError, match="not held"):
+            exit_method(None, None, None)
     mshare.unlink(name)
 
 
