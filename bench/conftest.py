@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import tempfile
-import uuid
 
 import pytest
 
@@ -118,11 +117,11 @@ def backend(request) -> Backend:
 @pytest.fixture
 def registry_path(monkeypatch):
     """A registry of this test's own (the lock and allocator benchmarks)."""
-    os.makedirs("/tmp/mshare-bench", exist_ok=True)
-    path = os.path.join("/tmp/mshare-bench", uuid.uuid4().hex)
+    parent = tempfile.mkdtemp(prefix="mshare-bench-")
+    path = os.path.join(parent, "registry")  # not made yet: mshare makes it
     monkeypatch.setenv("MSHARE_ROOT", path)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -5,6 +5,7 @@ No timing is asserted: only that every figure was produced for mshare on every b
 run left nothing in /dev/shm.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ DROP_IN_GROUPS = {"7a drop-in round trip", "7b drop-in attach", "7c drop-in atta
 
 def test_smoke_run_writes_every_figure(tmp_path, hugetlbfs, thp_root):
     before = set(os.listdir("/dev/shm"))
+    scratch_before = set(glob.glob("/tmp/mshare-bench*"))
     # The package under test first, then the checkout (for `bench`); run from "/" so that
     # an unbuilt source tree never shadows the installed package.
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -65,3 +67,4 @@ def test_smoke_run_writes_every_figure(tmp_path, hugetlbfs, thp_root):
     # on the machine are not its leftovers.
     left = {entry for entry in set(os.listdir("/dev/shm")) - before if f"bench-{run.pid}-" in entry}
     assert left == set()
+    assert set(glob.glob("/tmp/mshare-bench*")) - scratch_before == set(), "registries left in /tmp"
