@@ -327,9 +327,46 @@ def ray_section(data: dict) -> list[str]:
     return lines + ["", "Through Ray and state memory list the contenders in the column order.", ""]
 
 
+LOCK_CONTENDERS = ["mshare", "multiprocessing.Lock", "posix_ipc.Semaphore"]
+
+
+def _lock_records(data: dict) -> list[dict]:
+    """bench/test_bench_lock.py's records of groups with a peer (the allocator has none)."""
+    records = [r for r in data["benchmarks"] if "lock_contender" in r["extra_info"]]
+    compared = {r["group"] for r in records if r["extra_info"]["lock_contender"] != "mshare"}
+    return [r for r in records if r["group"] in compared]
+
+
+def lock_section(data: dict) -> list[str]:
+    """The lock as users write it, against the peers' locks."""
+    records = _lock_records(data)
+    if not records:
+        return []
+    medians = {(r["group"], r["extra_info"]["lock_contender"]): r["stats"]["median"] * 1e3
+               for r in records}
+    peers = LOCK_CONTENDERS[1:]
+    lines = ["## Lock: uncontended and contended", "",
+             "Median time of one round (ms; 10k operations uncontended, 20k shared by the "
+             "processes when contended); mshare as the README writes it, `with region.lock():`, "
+             "the peers as `with lock:`. Last columns: how many times faster mshare was.", "",
+             "| benchmark | " + " | ".join(LOCK_CONTENDERS) + " | "
+             + " | ".join(f"mshare vs {peer}" for peer in peers) + " |",
+             "|---" * (len(LOCK_CONTENDERS) + len(peers) + 1) + "|"]
+    for group in sorted({group for group, _ in medians}):
+        ours = medians.get((group, "mshare"))
+        cells = [_number(medians[group, who]) if (group, who) in medians else "—"
+                 for who in LOCK_CONTENDERS]
+        ratios = [_times(medians[group, peer] / ours) if ours and (group, peer) in medians
+                  else "—" for peer in peers]
+        lines.append(f"| {group} | " + " | ".join(cells + ratios) + " |")
+    return lines + [""]
+
+
 def other_groups(data: dict) -> list[str]:
-    """Benchmarks outside the figures (the lock and the allocator): median per round."""
-    known = {figure.group for figure in FIGURES} | {SCALE_GROUP}
+    """Benchmarks outside the figures (the allocator, costs against live regions): median
+    per round."""
+    known = ({figure.group for figure in FIGURES} | {SCALE_GROUP}
+             | {record["group"] for record in _lock_records(data)})
     records = [record for record in data["benchmarks"] if record["group"] not in known
                and "ray_contender" not in record["extra_info"]]
     if not records:
@@ -358,7 +395,7 @@ def render(data: dict, plots: list[Path] = ()) -> str:
             continue
         lines += [f"## {figure.title}", "", figure.explanation, ""]
         lines += figure_tables(figure, records) + [""]
-    lines += ray_section(data) + scale_section(data) + other_groups(data)
+    lines += ray_section(data) + scale_section(data) + lock_section(data) + other_groups(data)
     if plots:
         lines += ["## 6. Scale curves", ""]
         lines += [f"![{Path(plot).stem}]({Path(plot).name})" for plot in plots] + [""]

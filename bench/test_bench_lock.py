@@ -41,6 +41,7 @@ def semaphore():
 
 def _record(benchmark, group, contender, operations):
     RESULTS[(group, contender)] = benchmark.stats.stats.min / operations
+    benchmark.extra_info.update(lock_contender=contender)  # the report's lock table
 
 
 def _with_statements(lock):
