@@ -8,8 +8,16 @@ import pytest
 import mshare
 
 
-def test_a_lent_array_keeps_the_region_from_closing_until_it_goes(registry_path, name):
-    region = mshare.create(name, 1 << 20)
+@pytest.fixture
+def region(registry_path, name):
+    """A region for one test's queue; a test lets its arrays go before it ends."""
+    made = mshare.create(name, 1 << 20)
+    yield made
+    made.close()
+    mshare.unlink(name)
+
+
+def test_a_lent_array_keeps_the_region_from_closing_until_it_goes(region):
     items = region.queue("items", 2, 4096)
     with items.reserve((4,), "int32") as written:
         written[:] = 7
@@ -22,12 +30,11 @@ def test_a_lent_array_keeps_the_region_from_closing_until_it_goes(registry_path,
         region.close()
     assert not region.closed
     del read
-    region.close()
-    mshare.unlink(name)
+    region.close()  # both gone: nothing holds the memory now
+    assert region.closed
 
 
-def test_an_array_kept_past_its_block_shows_the_next_item_in_its_slot(registry_path, name):
-    region = mshare.create(name, 1 << 20)
+def test_an_array_kept_past_its_block_shows_the_next_item_in_its_slot(region):
     items = region.queue("items", 1, 64)
     items.put(numpy.full(8, 1, "uint8"))
     with items.get() as kept:
@@ -38,17 +45,13 @@ def test_an_array_kept_past_its_block_shows_the_next_item_in_its_slot(registry_p
     with items.get() as fresh:
         assert fresh.ctypes.data == kept.ctypes.data and fresh is not kept
     del kept, fresh
-    region.close()
-    mshare.unlink(name)
 
 
 @pytest.mark.parametrize("shape, dtype", [
     ((), "float64"), ((0,), "int8"), ((2, 0, 3), "uint16"), ((1,) * 7 + (3,), "<c8"),
     ((3, 5), ">i4"), ((4,), "S3"), ((2,), "M8[ms]"),
 ])
-def test_items_of_every_rank_and_kind_come_back_as_they_went_in(
-        registry_path, name, shape, dtype):
-    region = mshare.create(name, 1 << 20)
+def test_items_of_every_rank_and_kind_come_back_as_they_went_in(region, shape, dtype):
     items = region.queue("items", 2, 4096)
     original = numpy.arange(int(numpy.prod(shape)), dtype="int64").astype(dtype).reshape(shape)
     with items.reserve(shape, dtype) as written:
@@ -61,12 +64,9 @@ def test_items_of_every_rank_and_kind_come_back_as_they_went_in(
             assert read.flags.c_contiguous and not read.flags.writeable
             assert read.tobytes() == original.tobytes()
     del written, read
-    region.close()
-    mshare.unlink(name)
 
 
-def test_items_of_alternating_kinds_are_each_read_as_their_own(registry_path, name):
-    region = mshare.create(name, 1 << 20)
+def test_items_of_alternating_kinds_are_each_read_as_their_own(region):
     items = region.queue("items", 8, 4096)
     # Of one byte count, so only their recorded dtype and shape tell them apart.
     kinds = [numpy.arange(12, dtype="int16").reshape(3, 4), numpy.ones(6, "float32"),
@@ -79,5 +79,3 @@ def test_items_of_alternating_kinds_are_each_read_as_their_own(registry_path, na
                 assert read.dtype == item.dtype and read.shape == item.shape
                 assert (read == item + round_).all()
     del read
-    region.close()
-    mshare.unlink(name)
