@@ -160,9 +160,12 @@ def slot_stride(uint64_t slot_size):
 
 
 cdef class SlotRing:
-    """The slots of one queue over this process's mapping. Made by ``over_block``."""
+    """The slots of one queue over this process's mapping, and the calls that claim them
+    (``mshare.queues.Queue`` adds the conveniences). Made by ``over_block``."""
 
     cdef Bookkeeping owner
+    cdef object region  # the handle whose memoryview the lent arrays are views of
+    cdef object buf  # that memoryview, fetched again once close() has released it
     cdef ms_queue_header_t *header
     cdef readonly uint64_t slots
     cdef readonly uint64_t slot_size
@@ -182,30 +185,37 @@ cdef class SlotRing:
         if token is not _CONSTRUCT:
             raise TypeError("SlotRing objects are made by SlotRing.over_block()")
 
-    @staticmethod
-    def over_block(Bookkeeping owner not None, str name, uint64_t addr, uint64_t nbytes,
-                   uint64_t slots, uint64_t slot_size, uint64_t mapped_at):
+    @classmethod
+    def over_block(cls, Bookkeeping owner not None, object region, str name, uint64_t addr,
+                   uint64_t nbytes, uint64_t slots, uint64_t slot_size):
         """The queue in the named block at ``addr`` (checked against the arena by the name
-        table) of the region mapped at ``mapped_at``; CorruptBookkeepingError unless
-        ``slots`` slots of ``slot_size`` fill it."""
+        table) of ``region`` (a handle, whose ``addr`` and ``buf`` it uses);
+        CorruptBookkeepingError unless ``slots`` slots of ``slot_size`` fill it."""
         cdef SlotRing self
         if (slots == 0 or slot_size == 0 or slots > nbytes or slot_size > nbytes
                 or addr % 64 or sizeof(ms_queue_header_t) + slots * slot_stride(slot_size) != nbytes):
             raise CorruptBookkeepingError(
                 f"the queue {name!r} is recorded as {slots} slots of {slot_size} bytes in a "
                 f"block of {nbytes}", owner.name)
-        self = SlotRing.__new__(SlotRing, _CONSTRUCT)
+        self = cls.__new__(cls, _CONSTRUCT)
         self.owner = owner
+        self.region = region
+        self.buf = memoryview_of(region)
         self.header = <ms_queue_header_t *><uintptr_t>addr
         self.slots = slots
         self.slot_size = slot_size
         self.stride = slot_stride(slot_size)
         self.name = name
-        self.mapped_at = mapped_at
+        self.mapped_at = region.addr
         self.to_write, self.to_read = {}, {}
         self.last_kind = (_NOTHING, None, None)
         self.last_dtype = (_NOTHING, None)
         return self
+
+    @property
+    def region_name(self):
+        """The name of the region the queue lives in."""
+        return self.region.name
 
     cdef ms_queue_slot_t *slot(self, uint64_t index) noexcept:
         return <ms_queue_slot_t *>(<char *>self.header + sizeof(ms_queue_header_t)
@@ -374,9 +384,10 @@ cdef class SlotRing:
             raise ValueError(f"queue {self.name!r} has no slot {index}")
         return self.payload(index)
 
-    def reserve(self, buf, shape, dtype, timeout):
-        """A ``Loan`` of the next free slot as an array of ``shape`` and ``dtype`` over
-        ``buf`` (the region's memoryview), claimed when its ``with`` block begins."""
+    def reserve(self, shape, dtype, timeout=None):
+        """A free slot as an array of ``shape`` and ``dtype`` to fill in place, as a context
+        manager; published when the block ends, dropped (never delivered) if it ends in an
+        exception. ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
         cdef Loan loan = Loan.__new__(Loan)
         if not is_int_tuple(shape):
             shape = _shape(shape)  # a tuple of ints is checked once, by item_kind
@@ -388,34 +399,49 @@ cdef class SlotRing:
                                np.dtype(dtype))
         loan.dtype = self.last_dtype[1]
         loan.item = self.item_kind(shape, loan.dtype)[1]
-        self.prepare(loan, buf, timeout, MS_QUEUE_WRITING, MS_QUEUE_READY)
+        self.prepare(loan, timeout, MS_QUEUE_WRITING, MS_QUEUE_READY)
         return loan
 
-    def lend(self, buf, timeout):
-        """A ``Lent`` of the oldest item over ``buf``, claimed when its block begins."""
+    def get(self, timeout=None):
+        """The oldest item as a read-only, zero-copy array valid inside the ``with`` block;
+        the slot is freed when the block ends. ``queue.Empty`` when ``timeout`` seconds
+        pass."""
         cdef Lent lent = Lent.__new__(Lent)
-        self.prepare(lent, buf, timeout, MS_QUEUE_READING, MS_QUEUE_FREE)
+        self.prepare(lent, timeout, MS_QUEUE_READING, MS_QUEUE_FREE)
         return lent
 
-    cdef int prepare(self, SlotClaim claim, object buf, object timeout, uint64_t held,
+    cdef int prepare(self, SlotClaim claim, object timeout, uint64_t held,
                      uint64_t done) except -1:
-        if not PyMemoryView_Check(buf):
-            raise TypeError(f"a queue's slots are lent over the region's memoryview, not "
-                            f"{type(buf).__name__}")
-        claim.ring, claim.buf, claim.timeout = self, buf, timeout
+        claim.ring, claim.buf, claim.timeout = self, self.region_buf(), timeout
         claim.span = timeout_span(timeout)
         claim.held, claim.done = held, done
         return 0
 
-    def put(self, buf, source, timeout):
-        """Copy the numpy array ``source`` into the next free slot and publish it."""
+    cdef object region_buf(self):
+        """The region's memoryview, looked up on the handle (a Python call) only once the
+        one held here was released: a ``close()`` that refused made the handle a new one,
+        and a closed handle raises ``ValueError``."""
+        cdef Py_buffer view
+        if get_buffer(self.buf, &view, PyBUF_SIMPLE) == 0:
+            PyBuffer_Release(&view)
+            return self.buf
+        PyErr_Clear()
+        self.buf = memoryview_of(self.region)
+        return self.buf
+
+    def put(self, data, timeout=None):
+        """Copy ``data`` (bytes-like or a numpy array) into a free slot and publish it;
+        ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
         cdef uint64_t nbytes, me = self_word()
         cdef bytes item
         cdef int64_t index
         cdef Py_buffer view
-        if not PyMemoryView_Check(buf):
-            raise TypeError(f"a queue's slots are filled over the region's memoryview, not "
-                            f"{type(buf).__name__}")
+        np = numpy_module()
+        if isinstance(data, np.ndarray):
+            source = data
+        else:
+            source = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        buf = self.region_buf()
         nbytes, item = self.item_kind(source.shape, source.dtype)
         index = self.claim(me, True, deadline_after(timeout_span(timeout)), item, NULL)
         if index == NOT_YET:
@@ -638,6 +664,15 @@ cdef class Lent(SlotClaim):
         except BaseException:
             self.settle(MS_QUEUE_FREE)
             raise
+
+
+cdef object memoryview_of(object region):
+    """``region.buf``, which lent arrays are views of: a memoryview, or TypeError."""
+    buf = region.buf
+    if not PyMemoryView_Check(buf):
+        raise TypeError(f"a queue lends views of its region's memoryview, not of "
+                        f"{type(buf).__name__}")
+    return buf
 
 
 cdef object slot_view(object buf, uint64_t offset, object dtype, const ms_queue_item_t *item,
