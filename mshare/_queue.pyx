@@ -682,7 +682,7 @@ cdef object slot_view(object buf, uint64_t offset, object dtype, const ms_queue_
     no Python call. Its base is the object exporting ``buf``'s memory, as for an array numpy
     makes from ``buf``, so the region's ``close()`` refuses while it lives."""
     cdef Py_buffer view
-    cdef npy_intp dims[8]  # MS_MAX_DIMS
+    cdef npy_intp dims[8]  # MS_MAX_DIMS, as in ms_queue_item_t.shape
     cdef PyObject *exporter
     cdef int flags = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
     cdef unsigned d
@@ -693,6 +693,8 @@ cdef object slot_view(object buf, uint64_t offset, object dtype, const ms_queue_
         if offset > <uint64_t>view.len or item.nbytes > <uint64_t>view.len - offset:
             raise ValueError(f"an item of {item.nbytes} bytes at offset {offset} lies outside "
                              f"the region's {view.len} bytes")
+        if item.ndim > MS_MAX_DIMS:
+            raise ValueError(f"an item of {item.ndim} dimensions has more than {MS_MAX_DIMS}")
         for d in range(item.ndim):
             dims[d] = <npy_intp>item.shape[d]
         if writable:
