@@ -2,6 +2,7 @@
 
 import os
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -13,6 +14,7 @@ extensions = [
         f"mshare.{module}",
         [f"mshare/{module}.pyx"],
         define_macros=macros,
+        include_dirs=[numpy.get_include()] if module == "_queue" else [],
         extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     )
     for module in ("_core", "_allocator", "_mutex", "_slots", "_shared", "_waiting", "_queue")

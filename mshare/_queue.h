@@ -5,8 +5,6 @@
 #ifndef MSHARE_QUEUE_H
 #define MSHARE_QUEUE_H
 
-#include <limits.h>
-#include <stddef.h>
 #include <stdint.h>
 
 #include "_futex.h"
@@ -22,40 +20,46 @@ typedef struct {
     uint64_t emptied; /* futex half: a sequence moved on by every slot freed */
     uint64_t head;    /* positions handed to consumers so far */
     uint64_t tail;    /* positions handed to producers so far */
-    uint64_t sleepers; /* threads asleep on filled or emptied, so a wake is worth a call */
-    uint64_t reserved[2];
+    uint64_t item_sleepers; /* threads asleep on filled, so a wake is worth a call */
+    uint64_t room_sleepers; /* threads asleep on emptied */
+    uint64_t reserved;
 } ms_queue_header_t;
+
+/* What describes a slot's item: what a producer writes in one copy and a reader checks. */
+typedef struct {
+    uint64_t nbytes;
+    uint64_t ndim;
+    char dtype[MS_DTYPE_BYTES];
+    uint64_t shape[MS_MAX_DIMS];
+} ms_queue_item_t;
 
 typedef struct {
     uint64_t state;
     uint64_t owner;    /* lock word of the thread writing or reading the slot */
     uint64_t position; /* the tail value the slot was handed out for */
-    uint64_t nbytes;
-    uint64_t ndim;
-    char dtype[MS_DTYPE_BYTES];
-    uint64_t shape[MS_MAX_DIMS];
+    ms_queue_item_t item;
     uint64_t reserved[7];
 } ms_queue_slot_t;
 
-/* Move a futex half on and wake its sleepers, if the count says there are any. Both sides
- * are sequentially consistent: either the notifier sees the sleeper counted, or the
- * sleeper's FUTEX_WAIT sees the word moved. A writer's garbage in the count costs a wasted
- * wake, or a sleeper its recheck interval: never a lost item. */
-static inline void ms_queue_notify(ms_queue_header_t *header, uint64_t *word) {
+/* Move a futex half on and wake one of its sleepers, if their count says there are any.
+ * One, not all: an item (or a freed slot) is for one waiter, and waking the rest would
+ * only have them fight for the lock and sleep again. A waiter that leaves without claiming,
+ * or claims while more is there, passes a wake on (_queue.pyx), so nobody sleeps through
+ * an item. Both sides are sequentially consistent: either the notifier sees the sleeper
+ * counted, or the sleeper's FUTEX_WAIT sees the word moved. A writer's garbage in a count
+ * costs a wasted wake, or a sleeper its recheck interval: never a lost item. */
+static inline void ms_queue_notify(uint64_t *word, uint64_t *sleepers) {
     __atomic_fetch_add(ms_futex_half(word), 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&header->sleepers, __ATOMIC_SEQ_CST))
-        ms_futex_wake(word, INT_MAX);
+    if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST))
+        ms_futex_wake(word, 1);
 }
 
-static inline void ms_queue_count_sleeper(ms_queue_header_t *header, int64_t change) {
-    __atomic_fetch_add(&header->sleepers, (uint64_t)change, __ATOMIC_SEQ_CST);
+static inline void ms_queue_count_sleeper(uint64_t *sleepers, int64_t change) {
+    __atomic_fetch_add(sleepers, (uint64_t)change, __ATOMIC_SEQ_CST);
 }
-
-/* The fields that describe a slot's item (nbytes to shape): what a reader checks. */
-#define MS_QUEUE_ITEM_HEADER_BYTES \
-    (offsetof(ms_queue_slot_t, reserved) - offsetof(ms_queue_slot_t, nbytes))
 
 _Static_assert(sizeof(ms_queue_header_t) == 64, "queue header layout changed");
+_Static_assert(sizeof(ms_queue_item_t) == 112, "queue item layout changed");
 _Static_assert(sizeof(ms_queue_slot_t) == 192, "queue slot layout changed");
 
 #endif

@@ -1,5 +1,5 @@
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import numpy.typing
 
@@ -25,6 +25,8 @@ class Loan(SlotClaim):
 class Lent(SlotClaim):
     def __enter__(self) -> numpy.typing.NDArray[Any]: ...
 
+_Ring = TypeVar("_Ring", bound="SlotRing")
+
 class SlotRing:
     @property
     def slots(self) -> int: ...
@@ -32,25 +34,25 @@ class SlotRing:
     def slot_size(self) -> int: ...
     @property
     def name(self) -> str: ...
-    @staticmethod
+    @property
+    def region_name(self) -> str: ...
+    @classmethod
     def over_block(
+        cls: type[_Ring],
         owner: Bookkeeping,
+        region: Any,
         name: str,
         addr: int,
         nbytes: int,
         slots: int,
         slot_size: int,
-        mapped_at: int,
-    ) -> SlotRing: ...
+    ) -> _Ring: ...
     def payload_addr(self, index: int) -> int: ...
     def reserve(
         self,
-        buf: memoryview,
         shape: int | tuple[int, ...],
         dtype: numpy.typing.DTypeLike,
-        timeout: float | None,
+        timeout: float | None = None,
     ) -> Loan: ...
-    def lend(self, buf: memoryview, timeout: float | None) -> Lent: ...
-    def put(
-        self, buf: memoryview, source: numpy.typing.NDArray[Any], timeout: float | None
-    ) -> None: ...
+    def get(self, timeout: float | None = None) -> Lent: ...
+    def put(self, data: numpy.typing.ArrayLike, timeout: float | None = None) -> None: ...

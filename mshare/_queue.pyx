@@ -21,10 +21,14 @@ slot size this process holds privately (from the name table's record of the queu
 dtype and shape are copied out of its slot and checked before a view is made.
 """
 
-from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBuffer_Release
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
+)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 import errno
 import queue as stdlib_queue
@@ -53,6 +57,25 @@ cdef extern from *:
     # contiguous block is copied another way, so its error is cleared, not raised.
     int get_buffer "PyObject_GetBuffer"(object source, Py_buffer *view, int flags)
     void PyErr_Clear()
+    bint PyMemoryView_Check(object obj)
+    PyObject *PyMemoryView_GET_BASE(object view)
+
+
+cdef extern from "_queue_arrays.h":
+    ctypedef Py_ssize_t npy_intp
+    ctypedef struct PyArray_Descr:
+        pass
+    ctypedef struct PyArrayObject:
+        pass
+    PyTypeObject PyArray_Type
+    int NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_ALIGNED, NPY_ARRAY_WRITEABLE
+    # Steals a reference to descr; the array's memory is data's, owned by base.
+    object PyArray_NewFromDescr(PyTypeObject *subtype, PyArray_Descr *descr, int nd,
+                                const npy_intp *dims, const npy_intp *strides, void *data,
+                                int flags, PyObject *base)
+    # Steals a reference to base, also when it fails.
+    int PyArray_SetBaseObject(PyArrayObject *array, PyObject *base) except -1
+    int _import_array() except -1
 
 
 cdef extern from "_waiting.h" nogil:
@@ -71,18 +94,20 @@ cdef extern from "_queue.h" nogil:
         uint64_t emptied
         uint64_t head
         uint64_t tail
-        uint64_t sleepers
-    ctypedef struct ms_queue_slot_t:
-        uint64_t state
-        uint64_t owner
-        uint64_t position
+        uint64_t item_sleepers
+        uint64_t room_sleepers
+    ctypedef struct ms_queue_item_t:
         uint64_t nbytes
         uint64_t ndim
         char dtype[32]
         uint64_t shape[8]
-    size_t MS_QUEUE_ITEM_HEADER_BYTES
-    void ms_queue_notify(ms_queue_header_t *header, uint64_t *word)
-    void ms_queue_count_sleeper(ms_queue_header_t *header, int64_t change)
+    ctypedef struct ms_queue_slot_t:
+        uint64_t state
+        uint64_t owner
+        uint64_t position
+        ms_queue_item_t item
+    void ms_queue_notify(uint64_t *word, uint64_t *sleepers)
+    void ms_queue_count_sleeper(uint64_t *sleepers, int64_t change)
 
 
 QUEUE_KIND = "~queue"
@@ -135,48 +160,62 @@ def slot_stride(uint64_t slot_size):
 
 
 cdef class SlotRing:
-    """The slots of one queue over this process's mapping. Made by ``over_block``."""
+    """The slots of one queue over this process's mapping, and the calls that claim them
+    (``mshare.queues.Queue`` adds the conveniences). Made by ``over_block``."""
 
     cdef Bookkeeping owner
+    cdef object region  # the handle whose memoryview the lent arrays are views of
+    cdef object buf  # that memoryview, fetched again once close() has released it
     cdef ms_queue_header_t *header
     cdef readonly uint64_t slots
     cdef readonly uint64_t slot_size
     cdef uint64_t stride
     cdef uint64_t mapped_at  # where the region's memoryview starts
-    cdef dict to_write  # (shape, numpy dtype) -> (bytes, dtype string), both checked
+    cdef dict to_write  # (shape, numpy dtype) -> (bytes, item header as bytes), checked
     cdef tuple last_kind  # (numpy dtype, shape, what to_write holds for them) of the last item
     cdef tuple last_dtype  # reserve()'s last dtype argument, and it made a numpy dtype
-    cdef dict to_read  # a slot header's item fields -> (numpy dtype, shape), checked
+    cdef dict to_read  # an item header as bytes -> its numpy dtype, checked
+    # The last item header read and its numpy dtype (None before the first): a stream of
+    # like items is checked once, and compared, not hashed, after that.
+    cdef ms_queue_item_t last_read
+    cdef object last_read_dtype
     cdef readonly str name
 
     def __cinit__(self, token):
         if token is not _CONSTRUCT:
             raise TypeError("SlotRing objects are made by SlotRing.over_block()")
 
-    @staticmethod
-    def over_block(Bookkeeping owner not None, str name, uint64_t addr, uint64_t nbytes,
-                   uint64_t slots, uint64_t slot_size, uint64_t mapped_at):
+    @classmethod
+    def over_block(cls, Bookkeeping owner not None, object region, str name, uint64_t addr,
+                   uint64_t nbytes, uint64_t slots, uint64_t slot_size):
         """The queue in the named block at ``addr`` (checked against the arena by the name
-        table) of the region mapped at ``mapped_at``; CorruptBookkeepingError unless
-        ``slots`` slots of ``slot_size`` fill it."""
+        table) of ``region`` (a handle, whose ``addr`` and ``buf`` it uses);
+        CorruptBookkeepingError unless ``slots`` slots of ``slot_size`` fill it."""
         cdef SlotRing self
         if (slots == 0 or slot_size == 0 or slots > nbytes or slot_size > nbytes
                 or addr % 64 or sizeof(ms_queue_header_t) + slots * slot_stride(slot_size) != nbytes):
             raise CorruptBookkeepingError(
                 f"the queue {name!r} is recorded as {slots} slots of {slot_size} bytes in a "
                 f"block of {nbytes}", owner.name)
-        self = SlotRing.__new__(SlotRing, _CONSTRUCT)
+        self = cls.__new__(cls, _CONSTRUCT)
         self.owner = owner
+        self.region = region
+        self.buf = memoryview_of(region)
         self.header = <ms_queue_header_t *><uintptr_t>addr
         self.slots = slots
         self.slot_size = slot_size
         self.stride = slot_stride(slot_size)
         self.name = name
-        self.mapped_at = mapped_at
+        self.mapped_at = region.addr
         self.to_write, self.to_read = {}, {}
         self.last_kind = (_NOTHING, None, None)
         self.last_dtype = (_NOTHING, None)
         return self
+
+    @property
+    def region_name(self):
+        """The name of the region the queue lives in."""
+        return self.region.name
 
     cdef ms_queue_slot_t *slot(self, uint64_t index) noexcept:
         return <ms_queue_slot_t *>(<char *>self.header + sizeof(ms_queue_header_t)
@@ -219,32 +258,38 @@ cdef class SlotRing:
                 self.owner.name)
         return tail - head
 
-    cdef int wait_on(self, uint64_t *word, uint32_t seen, double deadline) except -1:
+    cdef int wait_on(self, uint64_t *word, uint64_t *sleepers, uint32_t seen,
+                     double deadline) except -1:
         """Sleep until ``word`` moves on (1), or a recheck is due or ``deadline`` passes (0;
-        < 0: never)."""
+        < 0: never), counted in ``sleepers`` while asleep."""
         cdef double until = monotonic() + RECHECK
         cdef uint32_t current
         if moved_within(word, seen, SPIN):
             return 1
         if 0 <= deadline < until:
             until = deadline
-        ms_queue_count_sleeper(self.header, 1)
+        ms_queue_count_sleeper(sleepers, 1)
         try:
             return sleep_on(self.owner, word, seen, until, &current, self.name)
         finally:
-            ms_queue_count_sleeper(self.header, -1)
+            ms_queue_count_sleeper(sleepers, -1)
 
-    cdef int64_t claim(self, uint64_t me, bint writing, double deadline, uint64_t nbytes,
-                       bytes dtype_key, tuple shape, ms_queue_slot_t *copy) except CLAIM_FAILED:
+    cdef int64_t claim(self, uint64_t me, bint writing, double deadline, bytes item,
+                       ms_queue_slot_t *copy) except CLAIM_FAILED:
         """The loop both claims share: try under the queue's lock, and until that hands the
         thread whose lock word is ``me`` a slot, sleep on the word the other side moves
-        (NOT_YET once ``deadline`` passes)."""
+        (NOT_YET once ``deadline`` passes). A publish or a free wakes one sleeper, so a
+        claim passes a wake on to its own side when it leaves more behind (items to read,
+        room to write) or, having slept, leaves without a slot: the wake it may have taken
+        was for someone."""
         cdef uint64_t *word = &self.header.emptied if writing else &self.header.filled
+        cdef uint64_t *sleepers = (&self.header.room_sleepers if writing
+                                   else &self.header.item_sleepers)
         cdef uint32_t seen
         cdef int64_t index
         # Whether a whole recheck interval passed with nothing moving: only then is a slot
         # holder's liveness worth its /proc read.
-        cdef bint stalled = False
+        cdef bint stalled = False, slept = False, more = False
         self.owner.enter()
         try:
             while True:
@@ -252,30 +297,39 @@ cdef class SlotRing:
                 try:
                     seen = ms_word_peek(word)
                     if writing:
-                        index = self.try_writing(me, nbytes, dtype_key, shape, stalled)
+                        index = self.try_writing(me, item, stalled, &more)
                     else:
-                        index = self.try_reading(me, copy, stalled)
+                        index = self.try_reading(me, copy, stalled, &more)
                 finally:
                     ms_lock_release(&self.header.lock)
                 if index >= 0:
+                    if more:
+                        ms_queue_notify(word, sleepers)
                     return index
                 if index == SKIPPED:
                     continue
                 if 0 <= deadline <= monotonic():
+                    if slept:
+                        ms_queue_notify(word, sleepers)
                     return NOT_YET
-                stalled = not self.wait_on(word, seen, deadline)
+                slept = True
+                stalled = not self.wait_on(word, sleepers, seen, deadline)
+        except BaseException:
+            if slept:
+                ms_queue_notify(word, sleepers)
+            raise
         finally:
             self.owner.leave()
 
-    cdef int64_t try_writing(self, uint64_t me, uint64_t nbytes, bytes dtype_key,
-                             tuple shape, bint stalled) except CLAIM_FAILED:
+    cdef int64_t try_writing(self, uint64_t me, bytes item, bint stalled,
+                             bint *more) except CLAIM_FAILED:
         """Under the lock: the slot of position ``tail`` marked WRITING for this thread with
-        the item's header, or NOT_YET while every slot is taken (a slot held by a dead
-        process counts as free once the wait has ``stalled``)."""
+        the item's header (``item``, made by ``item_kind``), or NOT_YET while every slot is
+        taken (a slot held by a dead process counts as free once the wait has
+        ``stalled``). ``more``: whether room is left for another producer."""
         cdef uint64_t head = ms_peek(&self.header.head), tail = ms_peek(&self.header.tail)
         cdef uint64_t index, state
         cdef ms_queue_slot_t *slot
-        cdef unsigned d
         if self.outstanding(head, tail) == self.slots:
             return NOT_YET
         index = tail % self.slots
@@ -288,22 +342,18 @@ cdef class SlotRing:
             return NOT_YET
         slot.owner = me
         slot.position = tail
-        slot.nbytes = nbytes
-        slot.ndim = len(shape)
-        memset(slot.dtype, 0, MS_DTYPE_BYTES)
-        memcpy(slot.dtype, <char *>dtype_key, len(dtype_key))
-        for d in range(MS_MAX_DIMS):
-            slot.shape[d] = shape[d] if d < len(shape) else 0
+        memcpy(&slot.item, PyBytes_AS_STRING(item), sizeof(ms_queue_item_t))
         ms_store(&slot.state, MS_QUEUE_WRITING)
         ms_store(&self.header.tail, tail + 1)
+        more[0] = tail + 1 - head < self.slots
         return index
 
-    cdef int64_t try_reading(self, uint64_t me, ms_queue_slot_t *copy,
-                             bint stalled) except CLAIM_FAILED:
+    cdef int64_t try_reading(self, uint64_t me, ms_queue_slot_t *copy, bint stalled,
+                             bint *more) except CLAIM_FAILED:
         """Under the lock: the slot of position ``head`` marked READING for this thread, its
         header copied into ``copy``; NOT_YET while it is empty or being written (by a live
         producer, checked once the wait has ``stalled``); SKIPPED when the position was
-        dropped and ``head`` moved past it."""
+        dropped and ``head`` moved past it. ``more``: whether positions are left behind."""
         cdef uint64_t head = ms_peek(&self.header.head), tail = ms_peek(&self.header.tail)
         cdef uint64_t index, state, position
         cdef ms_queue_slot_t *slot
@@ -318,6 +368,7 @@ cdef class SlotRing:
             slot.owner = me
             ms_store(&slot.state, MS_QUEUE_READING)
             ms_store(&self.header.head, head + 1)
+            more[0] = tail - head > 1
             return index
         if (position == head and state == MS_QUEUE_WRITING
                 and (not stalled or ms_holder_alive(ms_peek(&slot.owner)))):
@@ -327,16 +378,16 @@ cdef class SlotRing:
         ms_store(&self.header.head, head + 1)
         return SKIPPED
 
-
     def payload_addr(self, uint64_t index):
         """Where slot ``index``'s bytes start."""
         if index >= self.slots:
             raise ValueError(f"queue {self.name!r} has no slot {index}")
         return self.payload(index)
 
-    def reserve(self, buf, shape, dtype, timeout):
-        """A ``Loan`` of the next free slot as an array of ``shape`` and ``dtype`` over
-        ``buf`` (the region's memoryview), claimed when its ``with`` block begins."""
+    def reserve(self, shape, dtype, timeout=None):
+        """A free slot as an array of ``shape`` and ``dtype`` to fill in place, as a context
+        manager; published when the block ends, dropped (never delivered) if it ends in an
+        exception. ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
         cdef Loan loan = Loan.__new__(Loan)
         if not is_int_tuple(shape):
             shape = _shape(shape)  # a tuple of ints is checked once, by item_kind
@@ -347,33 +398,52 @@ cdef class SlotRing:
             self.last_dtype = (dtype if isinstance(dtype, (type, str, np.dtype)) else _NOTHING,
                                np.dtype(dtype))
         loan.dtype = self.last_dtype[1]
-        loan.nbytes, loan.dtype_key = self.item_kind(shape, loan.dtype)
-        loan.shape = shape
-        self.prepare(loan, buf, timeout, MS_QUEUE_WRITING, MS_QUEUE_READY)
+        loan.item = self.item_kind(shape, loan.dtype)[1]
+        self.prepare(loan, timeout, MS_QUEUE_WRITING, MS_QUEUE_READY)
         return loan
 
-    def lend(self, buf, timeout):
-        """A ``Lent`` of the oldest item over ``buf``, claimed when its block begins."""
+    def get(self, timeout=None):
+        """The oldest item as a read-only, zero-copy array valid inside the ``with`` block;
+        the slot is freed when the block ends. ``queue.Empty`` when ``timeout`` seconds
+        pass."""
         cdef Lent lent = Lent.__new__(Lent)
-        self.prepare(lent, buf, timeout, MS_QUEUE_READING, MS_QUEUE_FREE)
+        self.prepare(lent, timeout, MS_QUEUE_READING, MS_QUEUE_FREE)
         return lent
 
-    cdef int prepare(self, SlotClaim claim, object buf, object timeout, uint64_t held,
+    cdef int prepare(self, SlotClaim claim, object timeout, uint64_t held,
                      uint64_t done) except -1:
-        claim.ring, claim.buf, claim.timeout = self, buf, timeout
+        claim.ring, claim.buf, claim.timeout = self, self.region_buf(), timeout
         claim.span = timeout_span(timeout)
         claim.held, claim.done = held, done
         return 0
 
-    def put(self, buf, source, timeout):
-        """Copy the numpy array ``source`` into the next free slot and publish it."""
+    cdef object region_buf(self):
+        """The region's memoryview, looked up on the handle (a Python call) only once the
+        one held here was released: a ``close()`` that refused made the handle a new one,
+        and a closed handle raises ``ValueError``."""
+        cdef Py_buffer view
+        if get_buffer(self.buf, &view, PyBUF_SIMPLE) == 0:
+            PyBuffer_Release(&view)
+            return self.buf
+        PyErr_Clear()
+        self.buf = memoryview_of(self.region)
+        return self.buf
+
+    def put(self, data, timeout=None):
+        """Copy ``data`` (bytes-like or a numpy array) into a free slot and publish it;
+        ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
         cdef uint64_t nbytes, me = self_word()
-        cdef bytes dtype_key
+        cdef bytes item
         cdef int64_t index
         cdef Py_buffer view
-        nbytes, dtype_key = self.item_kind(source.shape, source.dtype)
-        index = self.claim(me, True, deadline_after(timeout_span(timeout)), nbytes, dtype_key,
-                           source.shape, NULL)
+        np = numpy_module()
+        if isinstance(data, np.ndarray):
+            source = data
+        else:
+            source = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        buf = self.region_buf()
+        nbytes, item = self.item_kind(source.shape, source.dtype)
+        index = self.claim(me, True, deadline_after(timeout_span(timeout)), item, NULL)
         if index == NOT_YET:
             raise stdlib_queue.Full(f"queue {self.name!r} stayed full for {timeout} s")
         try:
@@ -386,58 +456,74 @@ cdef class SlotRing:
                     PyBuffer_Release(&view)
             else:
                 PyErr_Clear()
-                self.view_of(buf, index, source.dtype, source.shape)[...] = source
+                self.view_of(buf, index, source.dtype, item, True)[...] = source
         except BaseException:
             self.hand_back(index, me, MS_QUEUE_WRITING, MS_QUEUE_FREE)
             raise
         self.hand_back(index, me, MS_QUEUE_WRITING, MS_QUEUE_READY)
 
     cdef tuple item_kind(self, tuple shape, object dtype):
-        """The bytes and dtype string (ASCII) of an item of ``shape`` and ``dtype``, checked
-        once per kind."""
+        """The byte count and the slot's item header (``ms_queue_item_t`` as bytes) of an
+        item of ``shape`` and ``dtype``, checked once per kind."""
+        cdef ms_queue_item_t header
+        cdef unsigned d
         if dtype is self.last_kind[0] and shape == self.last_kind[1]:
             return self.last_kind[2]  # like the item before: no tuple made, no hash
         key = (shape, dtype)
         known = self.to_write.get(key)
         if known is None:
             _check_storable(dtype)
-            known = (_array_bytes(_shape(shape), dtype), dtype.str.encode("ascii"))
-            if known[0] > self.slot_size:
-                raise ValueError(f"an item of {known[0]} bytes does not fit the "
+            nbytes = _array_bytes(_shape(shape), dtype)
+            if nbytes > self.slot_size:
+                raise ValueError(f"an item of {nbytes} bytes does not fit the "
                                  f"{self.slot_size}-byte slots of queue {self.name!r}")
+            code = dtype.str.encode("ascii")
+            memset(&header, 0, sizeof(header))
+            header.nbytes = nbytes
+            header.ndim = len(shape)
+            memcpy(header.dtype, <char *>code, len(code))
+            for d in range(header.ndim):
+                header.shape[d] = shape[d]
+            known = (nbytes, PyBytes_FromStringAndSize(<char *>&header, sizeof(header)))
             remember(self.to_write, key, known)
         self.last_kind = (dtype, shape, known)
         return known
 
-    cdef object view_of(self, object buf, uint64_t index, object dtype, tuple shape):
-        return numpy_module().ndarray(shape, dtype, buf, self.payload(index) - self.mapped_at)
+    cdef object view_of(self, object buf, uint64_t index, object dtype, bytes item,
+                        bint writable):
+        """The array of slot ``index`` that the item header ``item`` describes."""
+        return slot_view(buf, self.payload(index) - self.mapped_at, dtype,
+                         <const ms_queue_item_t *>PyBytes_AS_STRING(item), writable)
 
     cdef object read_view(self, object buf, uint64_t index, ms_queue_slot_t *copy):
         """The read-only array of the item whose header was copied into ``copy``, checked
         against this queue's slot size; CorruptBookkeepingError (the item dropped) unless
         its dtype and shape make its byte count."""
-        key = PyBytes_FromStringAndSize(<char *>&copy.nbytes, MS_QUEUE_ITEM_HEADER_BYTES)
-        known = self.to_read.get(key)
-        if known is None:
-            known = self.read_kind(copy)
-            remember(self.to_read, key, known)
-        view = self.view_of(buf, index, known[0], known[1])
-        view.flags.writeable = False
-        return view
+        if (self.last_read_dtype is None
+                or memcmp(&copy.item, &self.last_read, sizeof(ms_queue_item_t)) != 0):
+            key = PyBytes_FromStringAndSize(<char *>&copy.item, sizeof(ms_queue_item_t))
+            dtype = self.to_read.get(key)
+            if dtype is None:
+                dtype = self.read_kind(&copy.item)
+                remember(self.to_read, key, dtype)
+            self.last_read = copy.item
+            self.last_read_dtype = dtype
+        return slot_view(buf, self.payload(index) - self.mapped_at, self.last_read_dtype,
+                         &copy.item, False)
 
-    cdef tuple read_kind(self, ms_queue_slot_t *copy):
-        """The numpy dtype and shape a slot's header (a private copy) records. Only
-        C-implemented calls: no Python code runs, so no signal handler, between a claim and
-        the view it returns."""
-        cdef uint64_t nbytes = copy.nbytes, ndim = copy.ndim, d
+    cdef object read_kind(self, const ms_queue_item_t *item):
+        """The numpy dtype of an item whose header (a private copy) records it, checked
+        against its shape and byte count. Only C-implemented calls: no Python code runs, so
+        no signal handler, between a claim and the view it returns."""
+        cdef uint64_t nbytes = item.nbytes, ndim = item.ndim, d
         cdef uint64_t extent, itemsize, elements = 1, total = 1
         cdef bint overflow = False
         np = numpy_module()
         problem = None
-        if nbytes > self.slot_size or ndim > MS_MAX_DIMS or copy.dtype[MS_DTYPE_BYTES - 1]:
+        if nbytes > self.slot_size or ndim > MS_MAX_DIMS or item.dtype[MS_DTYPE_BYTES - 1]:
             problem = f"{nbytes} bytes in {ndim} dimensions"
         else:
-            text = fixed_string(copy.dtype, MS_DTYPE_BYTES)
+            text = fixed_string(item.dtype, MS_DTYPE_BYTES)
             try:
                 dtype = np.dtype(text.decode("ascii"))
             except (TypeError, ValueError, UnicodeDecodeError):
@@ -448,7 +534,7 @@ cdef class SlotRing:
             else:
                 itemsize = dtype.itemsize
                 for d in range(ndim):
-                    extent = copy.shape[d]
+                    extent = item.shape[d]
                     if (extent > INDEX_MAX
                             or __builtin_mul_overflow(elements, max(extent, 1), &elements)
                             or __builtin_mul_overflow(total, extent, &total)):
@@ -457,21 +543,23 @@ cdef class SlotRing:
                         or __builtin_mul_overflow(total, itemsize, &total)):
                     overflow = True
                 if overflow or total != nbytes:
-                    problem = (f"{dtype} of shape {[copy.shape[d] for d in range(ndim)]}, "
+                    problem = (f"{dtype} of shape {[item.shape[d] for d in range(ndim)]}, "
                                f"which is not {nbytes} bytes")
         if problem is not None:
             raise CorruptBookkeepingError(
                 f"an item of queue {self.name!r} is recorded as {problem}; it was dropped",
                 self.owner.name)
-        return (dtype, tuple(copy.shape[d] for d in range(ndim)))
+        return dtype
 
     cdef int hand_back(self, uint64_t index, uint64_t me, uint64_t expected,
                        uint64_t state) except -1:
-        """Move slot ``index`` from ``expected`` (held by ``me``) to ``state`` and wake the
-        side that waits for it."""
+        """Move slot ``index`` from ``expected`` (held by ``me``) to ``state`` and wake one
+        waiter of the side that waits for it."""
         self.finish(index, me, expected, state)
-        ms_queue_notify(self.header, &self.header.filled if state == MS_QUEUE_READY
-                        else &self.header.emptied)
+        if state == MS_QUEUE_READY:
+            ms_queue_notify(&self.header.filled, &self.header.item_sleepers)
+        else:
+            ms_queue_notify(&self.header.emptied, &self.header.room_sleepers)
         return 0
 
     cdef int finish(self, uint64_t index, uint64_t me, uint64_t expected,
@@ -543,18 +631,17 @@ cdef class Loan(SlotClaim):
     before the claim or after ``__enter__`` has returned, when the ``with`` statement owns
     the loan: the slot is published at a normal exit, dropped at an exception."""
 
-    cdef object shape, dtype
-    cdef bytes dtype_key
-    cdef uint64_t nbytes
+    cdef object dtype
+    cdef bytes item  # the slot's item header, made by SlotRing.item_kind
 
     def __enter__(self):
         cdef int64_t index = self.ring.claim(self.begin(), True, deadline_after(self.span),
-                                             self.nbytes, self.dtype_key, self.shape, NULL)
+                                             self.item, NULL)
         if index == NOT_YET:
             raise stdlib_queue.Full(f"queue {self.ring.name!r} stayed full for {self.timeout} s")
         self.index = index
         try:
-            return self.ring.view_of(self.buf, index, self.dtype, self.shape)
+            return self.ring.view_of(self.buf, index, self.dtype, self.item, True)
         except BaseException:
             self.settle(MS_QUEUE_FREE)
             raise
@@ -567,7 +654,7 @@ cdef class Lent(SlotClaim):
     def __enter__(self):
         cdef ms_queue_slot_t copy
         cdef int64_t index = self.ring.claim(self.begin(), False, deadline_after(self.span),
-                                             0, None, None, &copy)
+                                             None, &copy)
         if index == NOT_YET:
             raise stdlib_queue.Empty(f"queue {self.ring.name!r} stayed empty for "
                                      f"{self.timeout} s")
@@ -577,6 +664,50 @@ cdef class Lent(SlotClaim):
         except BaseException:
             self.settle(MS_QUEUE_FREE)
             raise
+
+
+cdef object memoryview_of(object region):
+    """``region.buf``, which lent arrays are views of: a memoryview, or TypeError."""
+    buf = region.buf
+    if not PyMemoryView_Check(buf):
+        raise TypeError(f"a queue lends views of its region's memoryview, not of "
+                        f"{type(buf).__name__}")
+    return buf
+
+
+cdef object slot_view(object buf, uint64_t offset, object dtype, const ms_queue_item_t *item,
+                      bint writable):
+    """An array of ``dtype`` and the shape in ``item`` (both checked) over ``buf`` (the
+    region's memoryview) from ``offset``, made through numpy's C API: no argument parsing,
+    no Python call. Its base is the object exporting ``buf``'s memory, as for an array numpy
+    makes from ``buf``, so the region's ``close()`` refuses while it lives."""
+    cdef Py_buffer view
+    cdef npy_intp dims[8]  # MS_MAX_DIMS, as in ms_queue_item_t.shape
+    cdef PyObject *exporter
+    cdef int flags = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
+    cdef unsigned d
+    numpy_module()
+    # Also refuses a memoryview released by close(), and a read-only one for a writer.
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE | (PyBUF_WRITABLE if writable else 0))
+    try:
+        if offset > <uint64_t>view.len or item.nbytes > <uint64_t>view.len - offset:
+            raise ValueError(f"an item of {item.nbytes} bytes at offset {offset} lies outside "
+                             f"the region's {view.len} bytes")
+        if item.ndim > MS_MAX_DIMS:
+            raise ValueError(f"an item of {item.ndim} dimensions has more than {MS_MAX_DIMS}")
+        for d in range(item.ndim):
+            dims[d] = <npy_intp>item.shape[d]
+        if writable:
+            flags |= NPY_ARRAY_WRITEABLE
+        Py_INCREF(dtype)
+        array = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr *>dtype, <int>item.ndim,
+                                     dims, NULL, <char *>view.buf + offset, flags, NULL)
+        exporter = PyMemoryView_GET_BASE(buf)
+        Py_INCREF(<object>exporter)
+        PyArray_SetBaseObject(<PyArrayObject *>array, exporter)
+        return array
+    finally:
+        PyBuffer_Release(&view)
 
 
 cdef void settle_quietly(SlotRing ring, int64_t index, uint64_t me, uint64_t expected) noexcept:
@@ -620,9 +751,11 @@ cdef inline double deadline_after(double span) noexcept:
 
 
 cdef object numpy_module():
+    """numpy, its C API fetched the first time."""
     global _numpy
     if _numpy is None:
         import numpy
+        _import_array()
         _numpy = numpy
     return _numpy
 

@@ -15,7 +15,7 @@ crash rules are in ``mshare._queue``.
 import errno
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from mshare._queue import HEADER_BYTES, QUEUE_KIND, Lent, Loan, SlotRing, slot_stride
+from mshare._queue import HEADER_BYTES, QUEUE_KIND, SlotRing, slot_stride
 from mshare._waiting import KINDS
 from mshare.errors import CorruptBookkeepingError
 
@@ -52,8 +52,7 @@ def find_or_create(region: _Region, name: str, slots: Optional[int],
         nbytes = HEADER_BYTES + slots * slot_stride(slot_size)
         addr = bookkeeping.create_named(name, nbytes, QUEUE_KIND, (slots, slot_size), 64,
                                         zero=True)
-        return Queue(region, SlotRing.over_block(bookkeeping, name, addr, nbytes, slots,
-                                                 slot_size, region.addr))
+        return Queue.over_block(bookkeeping, region, name, addr, nbytes, slots, slot_size)
     found = bookkeeping.find_named(name)
     if found is None:
         raise FileNotFoundError(errno.ENOENT, f"no queue named {name!r}", region.name)
@@ -63,51 +62,21 @@ def find_or_create(region: _Region, name: str, slots: Optional[int],
     if len(shape) != 2:
         raise CorruptBookkeepingError(f"the queue {name!r} is recorded without its sizes",
                                       region.name)
-    return Queue(region, SlotRing.over_block(bookkeeping, name, addr, nbytes, *shape,
-                                             region.addr))
+    return Queue.over_block(bookkeeping, region, name, addr, nbytes, *shape)
 
 
-class Queue:
+class Queue(SlotRing):
     """A named queue of ``slots`` slots of ``slot_size`` bytes; many producers, many
-    consumers, FIFO per producer. See the module docstring."""
-
-    def __init__(self, region: _Region, ring: SlotRing) -> None:
-        self._region = region
-        self._ring = ring
-        self.name: str = ring.name
-        self.slots: int = ring.slots
-        self.slot_size: int = ring.slot_size
+    consumers, FIFO per producer. See the module docstring. ``put``, ``reserve`` and
+    ``get`` are compiled (``SlotRing``), so no Python code runs in them: it would run cold
+    in a process just woken for an item, and add to every item's latency."""
 
     def __repr__(self) -> str:
         return (f"<mshare queue {self.name!r}: {self.slots} slots of {self.slot_size} bytes "
-                f"in {self._region.name!r}>")
-
-    def put(self, data: "numpy.typing.ArrayLike", timeout: Optional[float] = None) -> None:
-        """Copy ``data`` (bytes-like or a numpy array) into a free slot and publish it;
-        ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
-        import numpy
-
-        if isinstance(data, numpy.ndarray):
-            source = data
-        else:
-            source = numpy.frombuffer(memoryview(data).cast("B"), numpy.uint8)
-        self._ring.put(self._region.buf, source, timeout)
+                f"in {self.region_name!r}>")
 
     def put_nowait(self, data: "numpy.typing.ArrayLike") -> None:
         self.put(data, timeout=0)
-
-    def reserve(self, shape: "int | tuple[int, ...]", dtype: "numpy.typing.DTypeLike",
-                timeout: Optional[float] = None) -> Loan:
-        """A free slot as an array of ``shape`` and ``dtype`` to fill in place, as a context
-        manager; published when the block ends, dropped (never delivered) if it ends in an
-        exception. ``queue.Full`` when ``timeout`` seconds pass with every slot taken."""
-        return self._ring.reserve(self._region.buf, shape, dtype, timeout)
-
-    def get(self, timeout: Optional[float] = None) -> Lent:
-        """The oldest item as a read-only, zero-copy array valid inside the ``with`` block;
-        the slot is freed when the block ends. ``queue.Empty`` when ``timeout`` seconds
-        pass."""
-        return self._ring.lend(self._region.buf, timeout)
 
     def get_copy(self, timeout: Optional[float] = None) -> "numpy.typing.NDArray[Any]":
         """The oldest item, copied out of its slot (the slot is freed at once)."""

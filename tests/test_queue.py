@@ -254,7 +254,7 @@ def _reserve_in_child(name, addresses):
 def test_reserve_and_get_lend_the_slot_itself_so_nothing_is_copied(registry_path, name):
     region = mshare.create(name, 1 << 20)
     items = region.queue("items", 2, 4096)
-    payloads = {items._ring.payload_addr(index) for index in range(items.slots)}
+    payloads = {items.payload_addr(index) for index in range(items.slots)}
     context = multiprocessing.get_context("fork")
     addresses = context.Queue()
     producer = context.Process(target=_reserve_in_child, args=(name, addresses))

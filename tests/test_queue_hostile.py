@@ -69,7 +69,7 @@ rng = random.Random({seed})
 region = mshare.attach({name!r})
 items, event, condition = region.queue("items"), region.event("event"), region.condition("condition")
 canary = region.array("canary")
-payloads = {{items._ring.payload_addr(index) for index in range(items.slots)}}
+payloads = {{items.payload_addr(index) for index in range(items.slots)}}
 heap = bytearray(os.urandom(1 << 16))
 heap_digest = hashlib.sha256(heap).hexdigest()
 print("ready", flush=True)
@@ -132,15 +132,14 @@ def _spans(region, queue, target):
     """(offset, bytes) in the data object of every word the attacker aims at: the queue's
     header, its slots' headers and the event's and condition's words, or only the slots'
     headers (with the counters intact, the victim claims the slots the attacker rewrites)."""
-    ring = queue._ring
     header = region._bookkeeping.find_named("items")[0]
-    slots = [(ring.payload_addr(index) - SLOT_HEADER_BYTES - region.addr, SLOT_HEADER_BYTES)
+    slots = [(queue.payload_addr(index) - SLOT_HEADER_BYTES - region.addr, SLOT_HEADER_BYTES)
              for index in range(queue.slots)]
     if target == "slot headers":
         return slots
     words = [(region._bookkeeping.find_named(name)[0] - region.addr, 8)
              for name in ("event", "condition")]
-    return [(header - region.addr, ring.payload_addr(0) - SLOT_HEADER_BYTES - header)] + \
+    return [(header - region.addr, queue.payload_addr(0) - SLOT_HEADER_BYTES - header)] + \
         slots + words
 
 
