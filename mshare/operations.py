@@ -181,6 +181,12 @@ def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
     ``_map_entry`` proves the data still there once its attach mark is taken."""
     entry, entry_stat = registry.read_entry(name, writable=not readonly)
     faults.point("attach:entry-read")
+    with attachments.table_lock:
+        # Mapped here from this very entry file: the kernel has just checked the access
+        # asked for on the entry, and the data check made at mapping time still holds.
+        attachment = attachments.find_by_entry(registry, name, entry, entry_stat)
+        if attachment is not None and (readonly or attachment.mapping.writable):
+            return Region(attachment, name, readonly, entry_stat)
     data, data_stat = binding.open_data(name, entry, entry_stat, not readonly)
     with data:
         faults.point("attach:data-opened")
