@@ -268,8 +268,6 @@ def read_whole(int dir_fd, path, int flags, Py_ssize_t limit):
             count = read(fd, buffer + done, wanted - done)
             if count > 0:
                 done += count
-                if done == info.st_size:
-                    break
             elif count == 0:
                 break
             elif errno == EINTR:
