@@ -253,7 +253,7 @@ def find_by_entry(registry: Registry, name: str, entry: Entry,
 
 
 def _forget(watch: Optional[_Watch]) -> None:
-    """Take ``watch`` out of the table; call with ``table_lock`` held."""
+    """Take ``watch`` out of the table, by data object and by entry file."""
     if watch is None:
         return
     if _table.get(watch.key) is watch:

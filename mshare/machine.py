@@ -17,7 +17,7 @@ import re
 import select
 import threading
 from contextvars import ContextVar
-from typing import Callable, Dict, List, NamedTuple, Optional, ParamSpec, Tuple, TypeVar
+from typing import Callable, Dict, List, NamedTuple, Optional, ParamSpec, TypeVar
 
 from mshare.owned import open_descriptor
 
