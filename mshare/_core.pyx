@@ -7,17 +7,25 @@ addresses and lengths.
 """
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EEXIST, EINTR, EINVAL, errno
+from libc.errno cimport EEXIST, EINTR, EINVAL, ENOENT, errno
 from libc.stdint cimport uintptr_t
 from libc.string cimport strerror
-from posix.unistd cimport close as close_descriptor, usleep
+from posix.stat cimport S_ISREG, fstat, lstat, struct_stat
+from posix.types cimport dev_t, ino_t
+from posix.unistd cimport close as close_descriptor, read, usleep
 
 from mshare._system cimport *
 
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     int AT_FDCWD
+
+cdef extern from "<sys/file.h>" nogil:
+    int flock(int fd, int operation)
+    int LOCK_SH
+    int LOCK_NB
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
@@ -207,18 +215,7 @@ cdef class OwnedDescriptor:
         system call and the owner there is no bytecode boundary, so a signal handler
         (Ctrl-C) cannot lose it. ``EINTR`` is retried after the handlers ran. Raises the
         ``open`` audit event as ``os.open`` does, so audit hooks see every file opened."""
-        PySys_Audit("open", "OOi", <PyObject *>path, <PyObject *>None, flags)
-        cdef bytes encoded = os.fsencode(path)
-        cdef const char *c_path = encoded
-        cdef int directory = AT_FDCWD if dir_fd is None else dir_fd
-        cdef int fd
-        while True:
-            fd = openat(directory, c_path, flags, mode)
-            if fd >= 0:
-                return OwnedDescriptor(fd)
-            if errno != EINTR:
-                raise_errno(errno, path)
-            PyErr_CheckSignals()
+        return OwnedDescriptor(open_raw(path, flags, mode, AT_FDCWD if dir_fd is None else dir_fd))
 
     def fileno(self):
         return self.fd
@@ -232,6 +229,87 @@ cdef class OwnedDescriptor:
     def __dealloc__(self):
         if self.fd >= 0:
             close_descriptor(self.fd)
+
+
+cdef int open_raw(path, int flags, int mode, int directory) except -1:
+    """``openat`` with the ``open`` audit event and ``EINTR`` retried; the caller owns
+    the descriptor before any Python code can run."""
+    PySys_Audit("open", "OOi", <PyObject *>path, <PyObject *>None, flags)
+    cdef bytes encoded = os.fsencode(path)
+    cdef const char *c_path = encoded
+    cdef int fd
+    while True:
+        fd = openat(directory, c_path, flags, mode)
+        if fd >= 0:
+            return fd
+        if errno != EINTR:
+            raise_errno(errno, path)
+        PyErr_CheckSignals()
+
+
+def read_whole(int dir_fd, path, int flags, Py_ssize_t limit):
+    """Open ``path`` relative to ``dir_fd``, ``fstat`` it and read it, at most ``limit``
+    bytes: ``(bytes, os.stat_result)``, or ``(None, os.stat_result)`` when it
+    is not a regular file (nothing read). The descriptor exists only inside this call,
+    closed in C whatever happens. A file read in full by the first ``read`` (its size
+    from ``fstat``) costs no second ``read`` to see its end."""
+    cdef int fd = open_raw(path, flags, 0, dir_fd)
+    cdef Py_ssize_t wanted, done = 0, count
+    cdef bytes data
+    cdef char *buffer
+    try:
+        info = os.fstat(fd)
+        if not S_ISREG(info.st_mode):
+            return None, info
+        wanted = min(<Py_ssize_t>info.st_size, limit)
+        data = PyBytes_FromStringAndSize(NULL, wanted)
+        buffer = PyBytes_AS_STRING(data)
+        while done < wanted:
+            count = read(fd, buffer + done, wanted - done)
+            if count > 0:
+                done += count
+            elif count == 0:
+                break
+            elif errno == EINTR:
+                PyErr_CheckSignals()
+            else:
+                raise_errno(errno, path)
+        return (data if done == wanted else data[:done]), info
+    finally:
+        close_descriptor(fd)
+
+
+def hold_shared_lock(int dir_fd, path, int flags):
+    """Open ``path`` relative to ``dir_fd`` and take a shared ``flock`` on it without
+    waiting (``LOCK_SH | LOCK_NB``): the ``OwnedDescriptor`` that holds the lock, or
+    ``None`` (nothing kept) when ``path`` is not a regular file. ``BlockingIOError``
+    while another holder has it exclusively. Raises the ``open`` and ``fcntl.flock``
+    audit events, as ``os.open`` and ``fcntl.flock`` do."""
+    cdef OwnedDescriptor owner = OwnedDescriptor(open_raw(path, flags, 0, dir_fd))
+    cdef struct_stat info
+    if fstat(owner.fd, &info) != 0:
+        raise_errno(errno, path)
+    if not S_ISREG(info.st_mode):
+        owner.close()
+        return None
+    PySys_Audit("fcntl.flock", "ii", owner.fd, LOCK_SH | LOCK_NB)
+    while flock(owner.fd, LOCK_SH | LOCK_NB) != 0:
+        if errno != EINTR:
+            raise_errno(errno, path)
+        PyErr_CheckSignals()
+    return owner
+
+
+def names_file(path, dev_t device, ino_t inode):
+    """True when ``path`` (not followed if a symbolic link) is the file ``(device,
+    inode)``; False when it names another file or nothing."""
+    cdef bytes encoded = os.fsencode(path)
+    cdef struct_stat info
+    if lstat(encoded, &info) != 0:
+        if errno == ENOENT:
+            return False
+        raise_errno(errno, path)
+    return info.st_dev == device and info.st_ino == inode
 
 
 cdef class MappedBuffer:

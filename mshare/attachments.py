@@ -41,13 +41,15 @@ table_lock: threading.RLock = threading.RLock()
 
 # What a mapping is known by: its backend, and the device and inode of its data object.
 DataIdentity = Tuple[str, int, int]
+# The entry file a mapping was reached through: its device and inode.
+EntryFile = Tuple[int, int]
 
 
 class _Watch(weakref.ref):
     """The table's weak reference to an attachment, with what releasing its address range
     takes once the attachment has gone."""
 
-    __slots__ = ("key", "registry_path", "claim")
+    __slots__ = ("key", "registry_path", "entry", "range_file", "entry_file")
 
     def __new__(cls, attachment: "Attachment", callback: Callable[["_Watch"], object]) -> "_Watch":
         return super().__new__(cls, attachment, callback)
@@ -56,10 +58,18 @@ class _Watch(weakref.ref):
         super().__init__(attachment, callback)
         self.key = attachment.key
         self.registry_path = attachment.registry_path
-        self.claim = attachment.claim()
+        self.entry = attachment.entry
+        self.range_file = attachment.range_file
+        self.entry_file: Optional[EntryFile] = None
+
+    def claim(self) -> RangeClaim:
+        return _claim(self.entry, self.range_file)
 
 
 _table: Dict[DataIdentity, _Watch] = {}  # data identity -> _Watch
+# The same watches by entry file: an attach of a region mapped here finds the mapping
+# from the entry it read, without opening the data object again.
+_by_entry: Dict[EntryFile, _Watch] = {}
 # Watches of attachments that went without close(), appended by the weakref machinery
 # itself; consumed at safe points.
 _dropped: List[_Watch] = []
@@ -76,8 +86,8 @@ class Attachment:
     # Slots are released in the order of their sorted names, so `mapping` (the munmap)
     # goes before `mark` (whose close runs Python code, where another thread may run):
     # no thread ever finds the table empty while the address is still mapped.
-    __slots__ = ("_bookkeeping", "_watch", "detached", "entry", "handles", "key", "mapping",
-                 "mark", "name", "range_file", "registry_identity", "registry_path",
+    __slots__ = ("_bookkeeping", "_watch", "detached", "entry", "entry_owner", "handles", "key",
+                 "mapping", "mark", "name", "range_file", "registry_identity", "registry_path",
                  "__weakref__")
     key: DataIdentity
     registry_identity: Tuple[int, int]
@@ -89,6 +99,7 @@ class Attachment:
     range_file: str
     handles: List["weakref.ref[Region]"]
     detached: bool
+    entry_owner: Optional[Tuple[int, int, int]]
 
     def __init__(self, key: DataIdentity, registry: Registry, name: str, entry: Entry,
                  mapping: Mapping, mark: Descriptor, range_file: str) -> None:
@@ -105,10 +116,20 @@ class Attachment:
         self._bookkeeping: Optional["weakref.ref[Bookkeeping]"] = None
         self._watch: Optional[_Watch] = None
         self.detached = False
+        # Owner, group and mode of the entry file it is indexed by (``add_handle``).
+        self.entry_owner = None
 
-    def add_handle(self, region: "Region") -> None:
-        """Call with ``table_lock`` held, as the next two."""
-        self.handles = [weakref.ref(other) for other in self.open_handles()]
+    def add_handle(self, region: "Region", entry_stat: os.stat_result) -> None:
+        """Track ``region``, made from the entry whose ``stat`` is ``entry_stat``; the first
+        one indexes this attachment by that entry file. Call with ``table_lock`` held, as
+        the next two."""
+        watch = self._watch
+        if watch is not None and watch.entry_file is None:
+            watch.entry_file = (entry_stat.st_dev, entry_stat.st_ino)
+            self.entry_owner = (entry_stat.st_uid, entry_stat.st_gid, entry_stat.st_mode)
+            _by_entry[watch.entry_file] = watch
+        if len(self.handles) >= 8:  # dropped handles leave dead references: sweep them
+            self.handles = [weakref.ref(other) for other in self.open_handles()]
         self.handles.append(weakref.ref(region))
 
     def open_handles(self) -> List["Region"]:
@@ -116,7 +137,7 @@ class Attachment:
         return [region for region in (handle() for handle in self.handles) if region is not None]
 
     def remove_handle(self, region: "Region") -> None:
-        self.handles = [weakref.ref(other) for other in self.open_handles() if other is not region]
+        self.handles = [handle for handle in self.handles if handle() not in (region, None)]
 
     def bookkeeping(self) -> Optional[Bookkeeping]:
         """The region's one ``Bookkeeping`` in this process (``None`` without a bookkeeping
@@ -163,8 +184,7 @@ class Attachment:
             bookkeeping.detach()
         self.mapping.unmap()
         faults.point("close:unmapped")
-        if _table.get(self.key) is self._watch:
-            del _table[self.key]
+        _forget(self._watch)
         self.mark.close()
         faults.point("close:unmarked")
         # Queued now rather than left to the caller, so an interrupt before the caller
@@ -173,8 +193,11 @@ class Attachment:
         self._watch = None  # then it dies before the attachment and never calls back
 
     def claim(self) -> RangeClaim:
-        entry = self.entry
-        return RangeClaim(entry.addr, entry.end, self.range_file, entry.backend, entry.location)
+        return _claim(self.entry, self.range_file)
+
+
+def _claim(entry: Entry, range_file: str) -> RangeClaim:
+    return RangeClaim(entry.addr, entry.end, range_file, entry.backend, entry.location)
 
 
 def _release_range_if_unlinked(registry_path: str, claim: RangeClaim) -> bool:
@@ -198,9 +221,8 @@ def release_pending() -> None:
     free now; what cannot be done now stays for the next safe point."""
     while _dropped:
         watch = _dropped[0]
-        if _table.get(watch.key) is watch:
-            del _table[watch.key]
-        if not _release_range_if_unlinked(watch.registry_path, watch.claim):
+        _forget(watch)
+        if not _release_range_if_unlinked(watch.registry_path, watch.claim()):
             return
         try:
             _dropped.remove(watch)
@@ -213,6 +235,31 @@ def find(key: DataIdentity) -> Optional["Attachment"]:
     watch = _table.get(key)
     attachment = None if watch is None else watch()
     return None if attachment is None or attachment.detached else attachment
+
+
+def find_by_entry(registry: Registry, name: str, entry: Entry,
+                  entry_stat: os.stat_result) -> Optional["Attachment"]:
+    """The live attachment mapped from this very entry file, or ``None``: the same inode
+    with the same owner, group and mode (so the data check made when it was mapped still
+    holds), the same bytes, reached by the same name in the same registry."""
+    watch = _by_entry.get((entry_stat.st_dev, entry_stat.st_ino))
+    attachment = None if watch is None else watch()
+    if (attachment is None or attachment.detached
+            or attachment.entry_owner != (entry_stat.st_uid, entry_stat.st_gid, entry_stat.st_mode)
+            or (registry.identity, name, entry)
+            != (attachment.registry_identity, attachment.name, attachment.entry)):
+        return None
+    return attachment
+
+
+def _forget(watch: Optional[_Watch]) -> None:
+    """Take ``watch`` out of the table, by data object and by entry file."""
+    if watch is None:
+        return
+    if _table.get(watch.key) is watch:
+        del _table[watch.key]
+    if watch.entry_file is not None and _by_entry.get(watch.entry_file) is watch:
+        del _by_entry[watch.entry_file]
 
 
 def add(attachment: "Attachment") -> None:

@@ -17,7 +17,7 @@ import re
 import select
 import threading
 from contextvars import ContextVar
-from typing import Callable, Dict, List, NamedTuple, Optional, ParamSpec, Tuple, TypeVar
+from typing import Callable, Dict, List, NamedTuple, Optional, ParamSpec, TypeVar
 
 from mshare.owned import open_descriptor
 
@@ -45,48 +45,63 @@ class Mount(NamedTuple):
         return self.options.get("huge", "never")
 
 
+class _Snapshot(NamedTuple):
+    """One parse of the mount table, with the lookups every call makes ready-made."""
+
+    mounts: List[Mount]
+    by_point: Dict[str, Mount]  # the visible (last) mount of each mount point
+    by_device: Dict[int, Mount]  # the last mount of each device
+
+    @classmethod
+    def of(cls, mounts: List[Mount]) -> "_Snapshot":
+        return cls(mounts, {mount.mount_point: mount for mount in mounts},
+                   {mount.device: mount for mount in mounts})
+
+
 class _MountTable:
     """The parsed mount table of one process and mount namespace, kept with the open
     ``mountinfo`` it came from: that descriptor reports any later change as ``POLLPRI``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.owner = None  # (pid, mount namespace inode) the table belongs to
+        self.namespace: Optional[int] = None  # inode of the mount namespace it belongs to
         self.file = None
         self.poll = None
-        self.mounts: List[Mount] = []
+        self.snapshot = _Snapshot.of([])
 
-    def current(self) -> List[Mount]:
+    def current(self) -> _Snapshot:
         # One thread at a time: the poll that reports a change also consumes it, so
         # another thread must not return the old table meanwhile.
         with self.lock:
-            owner = (os.getpid(), os.stat("/proc/self/ns/mnt").st_ino)
-            if owner != self.owner or self.poll.poll(0):
-                self._reread(owner)
-            return self.mounts
+            namespace = os.stat("/proc/self/ns/mnt").st_ino
+            if namespace != self.namespace or self.poll.poll(0):
+                self._reread(namespace)
+            return self.snapshot
 
-    def forget_lock(self) -> None:
-        """In a forked child: the lock may have been held by a parent thread."""
+    def after_fork_in_child(self) -> None:
+        """The lock may have been held by a parent thread, and the ``mountinfo``
+        descriptor is shared with the parent, whose polls consume its reports."""
         self.lock = threading.Lock()
+        self.namespace = None
 
-    def _reread(self, owner: Tuple[int, int]) -> None:
+    def _reread(self, namespace: int) -> None:
         if self.file is not None:
             self.file.close()
-        self.owner = None
+        self.namespace = None
         self.file = open("/proc/self/mountinfo")
         self.poll = select.poll()
         self.poll.register(self.file, select.POLLPRI)
         # A change from here on makes the next poll report it.
-        self.mounts = _parse_mounts(self.file)
-        self.owner = owner
+        self.snapshot = _Snapshot.of(_parse_mounts(self.file))
+        self.namespace = namespace
 
 
 _table = _MountTable()
-os.register_at_fork(after_in_child=_table.forget_lock)
+os.register_at_fork(after_in_child=_table.after_fork_in_child)
 # Inside a call (per thread, as contexts are): a list holding the table once its first
 # lookup checked it; None outside one.
-_view: ContextVar[Optional[List[List[Mount]]]] = ContextVar("mount table of this call",
-                                                             default=None)
+_view: ContextVar[Optional[List[_Snapshot]]] = ContextVar("mount table of this call",
+                                                           default=None)
 _Parameters = ParamSpec("_Parameters")
 _Result = TypeVar("_Result")
 
@@ -108,14 +123,18 @@ def one_mount_view(function: Callable[_Parameters, _Result]) -> Callable[_Parame
     return with_one_view
 
 
-def mounts() -> List[Mount]:
-    """The mounts of this process's mount namespace, in mount order."""
+def _snapshot() -> _Snapshot:
     view = _view.get()
     if view is None:
-        return list(_table.current())
+        return _table.current()
     if not view:
         view.append(_table.current())
-    return list(view[0])
+    return view[0]
+
+
+def mounts() -> List[Mount]:
+    """The mounts of this process's mount namespace, in mount order."""
+    return list(_snapshot().mounts)
 
 
 def _parse_mounts(table):
@@ -142,19 +161,12 @@ def _unescape(path):
 def mount_at(path: str) -> Optional[Mount]:
     """The mount whose mount point is exactly ``path``, or ``None``; of mounts stacked on
     one point the last (the visible one) wins."""
-    visible = None
-    for mount in mounts():
-        if mount.mount_point == path:
-            visible = mount
-    return visible
+    return _snapshot().by_point.get(path)
 
 
 def mount_of_device(device: int) -> Optional[Mount]:
     """The mount of the file system a file with ``st_dev == device`` lives on."""
-    for mount in reversed(mounts()):
-        if mount.device == device:
-            return mount
-    return None
+    return _snapshot().by_device.get(device)
 
 
 def visible_mounts(fstype: str) -> List[Mount]:

@@ -13,7 +13,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 from mshare import addresses, attachments, binding, faults
-from mshare._core import Mapping, address_range_free
+from mshare._core import Mapping, address_range_free, names_file
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.attachments import Attachment, DataIdentity, data_identity
 from mshare.backends import Backend, get_backend
@@ -181,6 +181,12 @@ def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
     ``_map_entry`` proves the data still there once its attach mark is taken."""
     entry, entry_stat = registry.read_entry(name, writable=not readonly)
     faults.point("attach:entry-read")
+    with attachments.table_lock:
+        # Mapped here from this very entry file: the kernel has just checked the access
+        # asked for on the entry, and the data check made at mapping time still holds.
+        attachment = attachments.find_by_entry(registry, name, entry, entry_stat)
+        if attachment is not None and (readonly or attachment.mapping.writable):
+            return Region(attachment, name, readonly, entry_stat)
     data, data_stat = binding.open_data(name, entry, entry_stat, not readonly)
     with data:
         faults.point("attach:data-opened")
@@ -231,11 +237,7 @@ def _refuse_unlinked(name: str, backend: Backend, entry: Entry, key: DataIdentit
     """With the attach mark held, the range stays reserved only if the data object is
     still in place: an unlink removes the data first and then gives the range up unless
     a mark is on it, so data still there now means the unlink (if any) sees this mark."""
-    try:
-        info = os.stat(backend.path(entry.location), follow_symlinks=False)
-    except FileNotFoundError:
-        info = None
-    if info is None or (entry.backend, info.st_dev, info.st_ino) != key:
+    if not names_file(backend.path(entry.location), key[1], key[2]):
         raise FileNotFoundError(errno.ENOENT, f"region {name!r} was unlinked while attaching", name)
 
 

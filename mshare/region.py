@@ -4,10 +4,11 @@ import math
 import os
 import stat
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from mshare import attachments, pagetables
 from mshare._core import PAGE_SIZE, MappedBuffer
+from mshare._shared import Bookkeeping
 from mshare.errors import CorruptEntryError
 from mshare.managed import ManagedMemory
 
@@ -23,7 +24,7 @@ class _AttachedBuffer(MappedBuffer):
     mark) alive for as long as any view of the memory is."""
 
 
-def _attached_view(attachment, readonly):
+def _attached_view(attachment: "Attachment", readonly: bool) -> memoryview:
     buffer = _AttachedBuffer(attachment.mapping, attachment.entry.size, readonly)
     buffer.attachment = attachment
     return memoryview(buffer)
@@ -55,9 +56,11 @@ class Region(ManagedMemory):
         # Slices and arrays of buf share its export of the memory, which lives exactly as
         # long as one of them (or buf) does; close() looks at it through this.
         self._exporter = weakref.ref(self._buf.obj)
-        self._bookkeeping_object = attachment.bookkeeping()
+        # Made at the first use of the lock, allocator or names: most handles (a pool
+        # task's, say) never touch the bookkeeping area, so never fault its page in.
+        self._bookkeeping_object: Optional[Bookkeeping] = None
         self._closed = False
-        attachment.add_handle(self)
+        attachment.add_handle(self, entry_stat)
 
     # -- what the region is ------------------------------------------------------------
 
@@ -117,9 +120,13 @@ class Region(ManagedMemory):
         return self._buf
 
     @property
-    def _bookkeeping(self):
+    def _bookkeeping(self) -> Bookkeeping:
         """The lock, allocator and name table behind ``ManagedMemory``."""
         bookkeeping = self._bookkeeping_object
+        if bookkeeping is None:
+            with attachments.table_lock:  # so that the attachment makes only one
+                if not self._closed:
+                    bookkeeping = self._bookkeeping_object = self._attachment.bookkeeping()
         if self._closed:
             raise ValueError(f"region {self._name!r} is closed")
         if bookkeeping is None:

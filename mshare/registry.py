@@ -37,6 +37,7 @@ from typing import Collection, Dict, Iterator, List, NamedTuple, Optional, Set, 
 from mshare import addresses, entry as entry_format, faults
 from mshare.address_index import AddressIndex
 from mshare.backends import BACKENDS, get_backend
+from mshare._core import hold_shared_lock, read_whole
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
 from mshare.fileio import read_at_most, unlink_quietly, write_all
 from mshare.owned import Descriptor, Undo, create_file, open_descriptor, signals_deferred
@@ -50,6 +51,11 @@ PUBLIC_READ = 0o444
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
+# Entries parsed, by their bytes: an entry is never rewritten, so the pool-task
+# pattern (every task unpickles, so attaches, the same region) parses each one once.
+# Entries are immutable; emptied when full rather than tracked for age.
+_parsed: Dict[bytes, entry_format.Entry] = {}
+_PARSED_KEPT = 256
 # Where every registry this process opened lives, as the kernel names it: a forked
 # child closes the lock and range-file descriptors it inherited from these.
 opened_paths: Set[str] = set()
@@ -67,6 +73,18 @@ def registry_root() -> str:
 
 def range_file_name(start: int, end: int) -> str:
     return f"{RANGE_PREFIX}{start:016x}-{end:016x}"
+
+
+def _parse(name: str, data: bytes) -> entry_format.Entry:
+    """Decode and validate entry bytes, of a known backend."""
+    try:
+        found = entry_format.parse(data, alignment=addresses.ALIGNMENT, arena=addresses.arena())
+        get_backend(found.backend)
+    except CorruptEntryError as error:
+        raise CorruptEntryError(f"registry entry {name!r}: {error.strerror}", name) from None
+    except ValueError as error:
+        raise CorruptEntryError(f"registry entry {name!r}: {error}", name) from None
+    return found
 
 
 class RangeClaim(NamedTuple):
@@ -204,7 +222,7 @@ class Registry:
         on it exactly as ``open(2)`` does. Returns ``(Entry, stat_result)``."""
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            descriptor = open_descriptor(name, flags, dir_fd=self.dir_fd)
+            data, info = read_whole(self.dir_fd, name, flags, entry_format.MAX_ENTRY_BYTES + 1)
         except FileNotFoundError:
             raise self._missing(name) from None
         except PermissionError:
@@ -223,24 +241,22 @@ class Registry:
                     "(mshare never follows links in the registry)", name
                 ) from None
             raise
-        with descriptor:
-            info = os.fstat(descriptor.fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise CorruptEntryError(f"registry entry {name!r} is not a regular file", name)
-            data = read_at_most(descriptor.fd, entry_format.MAX_ENTRY_BYTES + 1)
+        if data is None:
+            raise CorruptEntryError(f"registry entry {name!r} is not a regular file", name)
         return self.parse_entry(name, data), info
 
     def parse_entry(self, name: str, data: bytes) -> entry_format.Entry:
-        try:
-            found = entry_format.parse(
-                data, alignment=addresses.ALIGNMENT, arena=addresses.arena()
-            )
-            backend = get_backend(found.backend)
-        except CorruptEntryError as error:
-            raise CorruptEntryError(f"registry entry {name!r}: {error.strerror}", name) from None
-        except ValueError as error:
-            raise CorruptEntryError(f"registry entry {name!r}: {error}", name) from None
-        problem = backend.location_problem(found.location, self.registry_id)
+        """The validated ``Entry`` of an entry's bytes ``data``; ``CorruptEntryError``
+        names what is wrong. Parsing is cached by the bytes (the same bytes parse the same
+        way); whether the data's location is one this registry's backend would use now is
+        checked every time, since mounts come and go."""
+        found = _parsed.get(data)
+        if found is None:
+            found = _parse(name, data)
+            if len(_parsed) >= _PARSED_KEPT:
+                _parsed.clear()
+            _parsed[data] = found
+        problem = BACKENDS[found.backend].location_problem(found.location, self.registry_id)
         if problem is not None:
             raise CorruptEntryError(
                 f"registry entry {name!r} points at {found.location!r}, {problem}", name
@@ -362,30 +378,23 @@ class Registry:
         """Open a range file and take a shared ``flock`` on it: this process maps it.
         Returns its ``Descriptor``; closing it (or dying) drops the mark."""
         try:
-            mark = open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd)
+            # Never waits: mshare takes this lock exclusively only for an instant, under
+            # the registry lock and once the region's data is gone, so an exclusive
+            # holder of a live region's range blocks it on purpose.
+            mark = hold_shared_lock(self.dir_fd, file_name, _READ_FLAGS)
+        except BlockingIOError:
+            raise MshareError(
+                errno.EAGAIN,
+                f"address range file {file_name!r} is locked exclusively by another "
+                "process, which blocks the region (find it in /proc/locks)",
+            ) from None
         except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENXIO):
-                raise CorruptEntryError(
-                    f"address range file {file_name!r} is not a regular file") from None
-            raise
-        try:
-            if not stat.S_ISREG(os.fstat(mark.fd).st_mode):
-                raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
-            try:
-                # Never wait: mshare takes this lock exclusively only for an instant,
-                # under the registry lock and once the region's data is gone, so an
-                # exclusive holder of a live region's range blocks it on purpose.
-                fcntl.flock(mark.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise MshareError(
-                    errno.EAGAIN,
-                    f"address range file {file_name!r} is locked exclusively by another "
-                    "process, which blocks the region (find it in /proc/locks)",
-                ) from None
-        except BaseException:
-            mark.close()
-            raise
-        return mark
+            if error.errno not in (errno.ELOOP, errno.ENXIO):
+                raise
+            mark = None
+        if mark is None:
+            raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
+        return Descriptor.owning(mark)
 
     def range_in_use(self, claim: RangeClaim) -> bool:
         """True while the range's data object exists or any process maps it.

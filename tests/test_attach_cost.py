@@ -1,13 +1,20 @@
-"""What one attach costs the system, counted: the files it opens and the locks it takes.
+"""What one attach costs the system, counted: the files it opens, the locks it takes and
+the system calls it makes.
 
-Counted with an audit hook (``open`` and ``fcntl.flock`` events; the compiled core raises
-``open`` for the files it opens, as ``os.open`` does) in a fresh interpreter, so no other
-test pays for the hook. Counts, unlike times, are exact: one more stat-like step or lock
-on the attach path turns these tests red.
+Files and locks are counted with an audit hook (``open`` and ``fcntl.flock`` events; the
+compiled core raises both for what it opens and locks, as ``os.open`` and ``fcntl.flock``
+do), system calls with ``strace``, each in a fresh interpreter, so no other test pays
+for them. Counts, unlike times, are exact: one more step on the attach path (a stat, a
+second read, a lock) turns these tests red.
 """
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
 
 import pytest
 
@@ -34,16 +41,65 @@ COUNT_ONE_ATTACH = """
     print(json.dumps(of_the_attach))
 """
 
+# Between two markers (stats of paths that do not exist), one attach; the child prints
+# the region's address so the trace can tell the region's mapping from the allocator's.
+TRACE_ONE_ATTACH = """
+    import os
+    import mshare
+    mshare.attach({name!r}).close()  # the first attach imports what it imports lazily
+    held = mshare.attach({name!r}) if {already_mapped} else None
+    os.path.exists({begin!r})
+    region = mshare.attach({name!r})
+    os.path.exists({end!r})
+    print(region.addr)
+    region.close()
+"""
+
+
+def created(name):
+    with mshare.create(name, 1 << 20, hugepages="off"):
+        pass
+
 
 def events_of_one_attach(name, readonly=False, already_mapped=False):
     """``["open", path]`` and ``["flock", operation]`` of one attach of ``name``."""
-    with mshare.create(name, 1 << 20, hugepages="off"):
-        pass
+    created(name)
     try:
         code = COUNT_ONE_ATTACH.format(name=name, readonly=readonly, already_mapped=already_mapped)
         return json.loads(run_python(code).stdout)
     finally:
         mshare.unlink(name)
+
+
+# The C library chooses among these for stat, lstat and fstat.
+STAT_CALLS = {"stat", "lstat", "fstat", "newfstatat", "fstatat64", "statx"}
+
+
+def system_calls_of_one_attach(name, tmp_path, already_mapped=False):
+    """The names of the system calls one attach of ``name`` makes, in order (every kind
+    of stat as ``stat``), leaving out the memory the interpreter's allocator maps and
+    unmaps for itself."""
+    begin, end = (f"/mshare-attach-cost-{uuid.uuid4().hex}" for _ in range(2))
+    trace = tmp_path / "trace"
+    code = TRACE_ONE_ATTACH.format(name=name, already_mapped=already_mapped, begin=begin, end=end)
+    created(name)
+    try:
+        result = subprocess.run(
+            ["strace", "-qq", "-o", str(trace), sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True, text=True, timeout=60, cwd="/", check=True)
+    finally:
+        mshare.unlink(name)
+    address = f"{int(result.stdout):#x}"
+    lines = trace.read_text().splitlines()
+    first = next(index for index, line in enumerate(lines) if begin in line)
+    last = next(index for index, line in enumerate(lines) if end in line)
+    calls = []
+    for line in lines[first + 1:last]:
+        call = line.partition("(")[0]
+        if call == "brk" or (call in ("mmap", "munmap") and not line.startswith(f"{call}({address}")):
+            continue
+        calls.append("stat" if call in STAT_CALLS else call)
+    return calls
 
 
 @pytest.mark.parametrize("readonly", [False, True])
@@ -60,11 +116,31 @@ def test_attach_opens_four_files_and_takes_one_lock(registry_path, name, readonl
     assert [event[0] for event in events].count("flock") == 1, events  # the mark alone
 
 
-def test_attach_of_a_region_mapped_here_takes_no_mark(registry_path, name):
-    """A region this process maps already is shared: no range file, no lock."""
+def test_attach_of_a_region_mapped_here_opens_only_its_entry(registry_path, name):
+    """A region this process maps already, reached through the same entry file, is
+    shared: its data object is not opened again, no range file, no lock."""
     events = events_of_one_attach(name, already_mapped=True)
-    opened = [event[1] for event in events if event[0] == "open"]
-    assert len(opened) == 3, events
-    assert opened[:2] == [registry_path, name]
-    assert os.path.basename(opened[2]).startswith("mshare-")
-    assert "flock" not in [event[0] for event in events], events
+    assert events == [["open", registry_path], ["open", name]], events
+
+
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+
+
+@needs_strace
+def test_attach_makes_sixteen_system_calls(registry_path, name, tmp_path):
+    calls = system_calls_of_one_attach(name, tmp_path)
+    assert calls == [
+        "openat", "stat", "geteuid",           # the registry directory, checked
+        "openat", "stat", "read", "close",     # the entry, read in one read
+        "openat", "stat",                      # the data object
+        "openat", "stat", "flock",             # the attach mark
+        "stat",                                # the data still in place
+        "mmap", "close", "close",              # mapped; data and directory closed
+    ], calls
+
+
+@needs_strace
+def test_attach_of_a_region_mapped_here_makes_eight(registry_path, name, tmp_path):
+    calls = system_calls_of_one_attach(name, tmp_path, already_mapped=True)
+    assert calls == ["openat", "stat", "geteuid",
+                     "openat", "stat", "read", "close", "close"], calls

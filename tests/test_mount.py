@@ -126,8 +126,8 @@ def _described(monkeypatch, table):
     """Replace the mount table with ``table``: path -> (fstype, page size, world-writable)."""
     monkeypatch.delenv("MSHARE_HUGETLBFS", raising=False)
     monkeypatch.setenv("MSHARE_RUN_DIR", "/run/mshare")
-    monkeypatch.setattr(machine, "mounts", lambda: [
-        Mount(path, fstype, index, {}) for index, (path, (fstype, _, _)) in enumerate(table.items())])
+    monkeypatch.setattr(machine, "_snapshot", lambda: machine._Snapshot.of([
+        Mount(path, fstype, index, {}) for index, (path, (fstype, _, _)) in enumerate(table.items())]))
     monkeypatch.setattr(machine, "hugetlbfs_page_size", lambda path: table[path][1])
     monkeypatch.setattr(machine, "world_writable", lambda path: table[path][2])
     monkeypatch.setattr(machine, "default_huge_page_size", lambda: 2 * MiB)
