@@ -95,7 +95,7 @@ def create(
             with data:
                 faults.point("create:data-created")
                 key = data_identity(backend.name, data_stat)
-                mapping = Mapping.map_fixed(data.fd, start, map_length, True, f"region {name!r}")
+                mapping = backend.map_new(data, start, map_length, f"region {name!r}")
                 undo.callback(mapping.unmap)
             faults.point("create:mapped")
             backend.after_map(mapping)
