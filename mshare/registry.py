@@ -160,20 +160,31 @@ class Registry:
         if self.index.users is not None:
             yield
             return
-        self.index.load()
+        try:
+            self.index.load()
+        except BaseException:
+            self.index.close()
+            raise
         try:
             self.release_pending_ranges()
             yield
         finally:
             try:
-                self.index.save()
-            except OSError:
-                # What is not saved is only ranges gone or pending (bits are written
-                # before their range file is made), and the directory has changed since
-                # the index was written, so the next holder of the lock rebuilds it.
-                pass
+                self.save_index()
             finally:
-                self.index.users = None
+                self.index.close()
+
+    def save_index(self) -> None:
+        """Write the address index now, as the exclusive lock's release does (a call that
+        holds Ctrl-C back does it before letting go, so the write needs no deferral of
+        its own)."""
+        try:
+            self.index.save()
+        except OSError:
+            # What is not saved is only ranges gone or pending (bits are written
+            # before their range file is made), and the directory has changed since
+            # the index was written, so the next holder of the lock rebuilds it.
+            pass
 
     # -- entries -------------------------------------------------------------------
 
@@ -340,23 +351,32 @@ class Registry:
             pass
         return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
-    def claim_range(self, start: int, end: int, backend: str, location: str, undo: ExitStack) -> str:
+    def claim_range(self, start: int, end: int, backend: str, location: str,
+                    undo: ExitStack) -> Descriptor:
         """Record ``[start, end)`` as taken by a region's data object, in the address
         index first and then as its range file; undoing either is pushed on the ``Undo``
-        stack ``undo`` the instant it exists."""
+        stack ``undo`` the instant it exists. Returns the range file's ``Descriptor``
+        with this process's attach mark on it: the creator maps the region next, and the
+        file it has just made needs no opening again."""
         file_name = range_file_name(start, end)
         owner = os.geteuid()
         self.index.add(start, end, owner)
         undo.callback(self.index.remove, start, end, owner)
         self.index.save()
         faults.point("create:indexed")
-        with create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
-                         lambda: unlink_quietly(file_name, self.dir_fd),
-                         dir_fd=self.dir_fd) as claim:
-            faults.point("create:range-opened")
-            write_all(claim.fd, f"{backend} {location}\n".encode())
-            os.fchmod(claim.fd, PUBLIC_READ)
-        return file_name
+        claim = create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
+                            lambda: unlink_quietly(file_name, self.dir_fd), dir_fd=self.dir_fd)
+        undo.callback(claim.close)
+        faults.point("create:range-opened")
+        write_all(claim.fd, f"{backend} {location}\n".encode())
+        os.fchmod(claim.fd, PUBLIC_READ)
+        try:
+            fcntl.flock(claim.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MshareError(
+                errno.EAGAIN, f"address range file {file_name!r} was locked exclusively by "
+                "another process the instant it was made (find it in /proc/locks)") from None
+        return claim
 
     def hold_range(self, file_name: str) -> Descriptor:
         """Open a range file and take a shared ``flock`` on it: this process maps it.

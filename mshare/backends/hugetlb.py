@@ -9,7 +9,7 @@ them (``huge_pmd_share``): page tables cost nothing per extra process there.
 
 import errno
 import os
-from typing import Callable, Union
+from typing import Callable, Optional, Tuple, Union
 
 from mshare import machine
 from mshare._core import Mapping
@@ -46,9 +46,8 @@ class HugetlbBackend(FileBackend):
             if error.errno not in (errno.ENOMEM, errno.ENOSPC):
                 raise
             info = os.fstatvfs(data.fd)
-            page_size, pages = info.f_bsize, length // info.f_bsize
+            page_size, pages, room = info.f_bsize, length // info.f_bsize, _room(info)
             pool = machine.pool(page_size)
-            room = info.f_bavail if info.f_blocks else None
             if pages <= pool.available and (room is None or pages <= room):
                 raise  # not the pool: the address-space limit (RLIMIT_AS), say
             raise HugePagesUnavailableError(
@@ -91,9 +90,9 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Hug
             bool(override),
         )
     problems = []
-    by_page_size = sorted((machine.hugetlbfs_page_size(mount.mount_point), mount.mount_point)
-                          for mount in usable)
-    for page_size, mount_point in by_page_size:
+    by_page_size = sorted(((*page_size_and_room(mount.mount_point), mount.mount_point)
+                           for mount in usable), key=lambda found: (found[0], found[2]))
+    for page_size, room, mount_point in by_page_size:
         if auto and size < page_size:
             problems.append(Unavailable(
                 errno.EINVAL, f"the region is smaller than one {format_size(page_size)} huge page",
@@ -102,7 +101,6 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Hug
             continue
         pages = pages_for(size, tail_length, page_size)
         pool = machine.pool(page_size)
-        room = machine.hugetlbfs_room(mount_point)
         if pages <= pool.available and (room is None or pages <= room):
             return HugetlbBackend(mount_point, page_size)
         if pages > pool.available:
@@ -122,6 +120,19 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Hug
             ))
     # The most telling reason: a pool or mount that is set up but short beats "too small".
     return max(problems, key=lambda problem: problem.configured)
+
+
+def page_size_and_room(mount_point: str) -> Tuple[int, Optional[int]]:
+    """A hugetlbfs mount's page size (its ``statfs`` block size) and the pages its
+    ``size=`` limit still admits, from one ``statfs``."""
+    info = os.statvfs(mount_point)
+    return info.f_bsize, _room(info)
+
+
+def _room(info: os.statvfs_result) -> Optional[int]:
+    """Pages a hugetlbfs still admits (reserved ones count as taken); ``None`` when it
+    has no ``size=`` limit: the kernel reports no blocks at all then."""
+    return info.f_bavail if info.f_blocks else None
 
 
 def _remount_advice(mount_point: str, pages: int) -> str:
