@@ -128,6 +128,7 @@ class AddressIndex:
         self._directory: Optional[Descriptor] = None
         self._directory_checked = False  # its sticky bit, before this session's first write
         self._listed: List[str] = []  # the directory's names when the session read it
+        self._removed = False  # this session removed the index, and nothing changed since
         # uid -> (its file opened for writing, checked to be that user's; the file's length)
         self._writers: Dict[int, Tuple[Descriptor, int]] = {}
 
@@ -135,6 +136,7 @@ class AddressIndex:
         """End the session: forget what was loaded, close what it held open."""
         self.users = None
         self._listed = []
+        self._removed = False
         self.close_files()
 
     def close_files(self) -> None:
@@ -166,10 +168,10 @@ class AddressIndex:
         self.users = users
         self.rebuild()
 
-    def fresh(self) -> bool:
-        """True when a file of the index records the registry directory as it is now."""
-        stamp = self._directory_stamp()
-        return any(index.stamp == stamp for index in self.users.values())
+    def _fresh(self, stamp: Stamp) -> bool:
+        """True when a file of the index records the registry directory as ``stamp``
+        says it is now, or the index was removed, empty, and nothing changed since."""
+        return self._removed or any(index.stamp == stamp for index in self.users.values())
 
     def _directory_stamp(self) -> Stamp:
         info = os.fstat(self.registry.dir_fd)
@@ -283,6 +285,7 @@ class AddressIndex:
 
     def _user(self, owner: int) -> UserIndex:
         self.dirty.add(owner)
+        self._removed = False
         return self.users.setdefault(owner, UserIndex(owner))
 
     def add(self, start: int, end: int, owner: int) -> None:
@@ -329,14 +332,16 @@ class AddressIndex:
         """Write every changed user's file (and this user's, which records the directory
         as it is now); remove the index once it holds nothing."""
         user = os.geteuid()
-        if not self.dirty and self.fresh():
+        stamp = None if self.dirty else self._directory_stamp()
+        if stamp is not None and self._fresh(stamp):
             return
         writable = {owner for owner in self.dirty | {user} if user in (0, owner)}
         if all(index.empty() for index in self.users.values()):
             self._remove_all(writable)
             return
-        directory = self._open_or_make_directory()
-        stamp = self._directory_stamp()
+        directory, made = self._open_or_make_directory()
+        if stamp is None or made:  # making the directory changed the registry's
+            stamp = self._directory_stamp()
         for owner in sorted(writable):
             index = self.users.setdefault(owner, UserIndex(owner))
             self._write_file(directory.fd, index, stamp)
@@ -356,6 +361,8 @@ class AddressIndex:
             os.rmdir(INDEX_DIRECTORY, dir_fd=self.registry.dir_fd)
         except OSError:
             pass  # files this user may not remove stay, and so does the directory
+        else:
+            self._removed = True
         self.close_files()
         self.dirty = set()
 
@@ -414,12 +421,15 @@ class AddressIndex:
             self._directory_checked = False
         return self._directory
 
-    def _open_or_make_directory(self) -> Descriptor:
+    def _open_or_make_directory(self) -> Tuple[Descriptor, bool]:
+        """The ``.index`` directory, and whether this call made it."""
         dir_fd = self.registry.dir_fd
+        made = False
         while True:
             directory = self._open_directory()
             if directory is not None:
                 break
+            made = True
             # Made complete (mode 1777) under another name first, so no one ever finds
             # a directory they may not write.
             temp_name = f"{TEMP_PREFIX}index-{os.getpid()}-{os.urandom(4).hex()}"
@@ -438,7 +448,7 @@ class AddressIndex:
             if stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX:
                 raise self._unsafe(f"{INDEX_DIRECTORY} is writable by others without the sticky bit")
             self._directory_checked = True
-        return directory
+        return directory, made
 
     def _remove_quietly(self, file_name: str, directory_fd: int) -> None:
         try:

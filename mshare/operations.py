@@ -105,11 +105,10 @@ def create(
                 created=time.time(),
             )
             initialize_bookkeeping(mapping, entry)
-            registry.publish(name, entry.pack(), mode, region_id, undo)
+            entry_stat = registry.publish(name, entry.pack(), mode, region_id, undo)
             faults.point("create:published")
             # Now, while a failure can still undo the create, rather than as the lock goes.
             registry.index.save()
-            entry_stat = registry.stat_entry(name)
             # Registered before the registry lock is released, so that a concurrent
             # attach from another thread shares this mapping instead of mapping again.
             with attachments.table_lock:
