@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
 from mshare import addresses
 from mshare.errors import UnsafeRegistryError
-from mshare.fileio import read_at_most, unlink_quietly
+from mshare.fileio import unlink_quietly
 from mshare.owned import Descriptor, open_descriptor, signals_deferred
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ TEMP_PREFIX = ".tmp-"
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ_WRITE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def slot_count() -> int:
@@ -115,13 +116,37 @@ class AddressIndex:
     """The index of one open registry, loaded under its exclusive lock.
 
     ``load()`` reads it (rebuilding it when stale); changes stay in memory and go to disk
-    with ``save()``, each user's file replaced whole.
+    with ``save()``, each user's file replaced whole; ``close()`` ends the session. The
+    ``.index`` directory and this user's file stay open from the first time the session
+    needs them to its end, so a ``create`` that saves twice opens each once.
     """
 
     def __init__(self, registry: "Registry") -> None:
         self.registry = registry
         self.users: Optional[Dict[int, UserIndex]] = None  # uid -> UserIndex, while loaded
         self.dirty: Set[int] = set()
+        self._directory: Optional[Descriptor] = None
+        self._directory_checked = False  # its sticky bit, before this session's first write
+        self._listed: List[str] = []  # the directory's names when the session read it
+        self._removed = False  # this session removed the index, and nothing changed since
+        # uid -> (its file opened for writing, checked to be that user's; the file's length)
+        self._writers: Dict[int, Tuple[Descriptor, int]] = {}
+
+    def close(self) -> None:
+        """End the session: forget what was loaded, close what it held open."""
+        self.users = None
+        self._listed = []
+        self._removed = False
+        self.close_files()
+
+    def close_files(self) -> None:
+        """Close the directory and files held open (they are gone, or the session ends)."""
+        for writer, _length in self._writers.values():
+            writer.close()
+        self._writers = {}
+        if self._directory is not None:
+            self._directory.close()
+            self._directory = None
 
     # -- reading -----------------------------------------------------------------------
 
@@ -143,59 +168,78 @@ class AddressIndex:
         self.users = users
         self.rebuild()
 
-    def fresh(self) -> bool:
-        """True when a file of the index records the registry directory as it is now."""
-        stamp = self._directory_stamp()
-        return any(index.stamp == stamp for index in self.users.values())
+    def _fresh(self, stamp: Stamp) -> bool:
+        """True when a file of the index records the registry directory as ``stamp``
+        says it is now, or the index was removed, empty, and nothing changed since."""
+        return self._removed or any(index.stamp == stamp for index in self.users.values())
 
     def _directory_stamp(self) -> Stamp:
         info = os.fstat(self.registry.dir_fd)
         return info.st_mtime_ns, info.st_size, info.st_nlink
 
     def _read_files(self) -> Tuple[Optional[Dict[int, UserIndex]], bool]:
-        try:
-            directory = open_descriptor(INDEX_DIRECTORY, _DIRECTORY_FLAGS, dir_fd=self.registry.dir_fd)
-        except FileNotFoundError:
+        directory = self._open_directory()
+        if directory is None:
             return None, False
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise self._unsafe(f"{INDEX_DIRECTORY} is not a directory") from None
-            raise
         users: Dict[int, UserIndex] = {}
         damaged = False
-        with directory:
-            for file_name in os.listdir(directory.fd):
-                if file_name.startswith(TEMP_PREFIX):
-                    # Nobody writes the index without the exclusive lock we hold: a
-                    # temporary file is what a killed writer left.
-                    self._remove_quietly(file_name, directory.fd)
-                    continue
-                if not file_name.isdigit():
-                    continue
-                found = self._read_file(file_name, directory.fd)
-                if found is None:
-                    damaged = True  # cut short by a crash, or scribbled on
-                else:
-                    # Whoever owns a file vouches for its bits, whatever its name says.
-                    known = users.setdefault(found.file_uid, UserIndex(found.file_uid))
-                    known.bits |= found.bits
-                    known.pending += found.pending
-                    if int(file_name) == found.file_uid:
-                        known.stamp, known.file_uid = found.stamp, found.file_uid
+        # Nobody else changes the index while the exclusive lock is held: this listing
+        # stays true for the session, but for the files the session itself makes.
+        self._listed = os.listdir(directory.fd)
+        for file_name in self._listed:
+            if file_name.startswith(TEMP_PREFIX):
+                # Nobody writes the index without the exclusive lock we hold: a
+                # temporary file is what a killed writer left.
+                self._remove_quietly(file_name, directory.fd)
+                continue
+            if not file_name.isdigit():
+                continue
+            found = self._read_file(file_name, directory.fd)
+            if found is None:
+                damaged = True  # cut short by a crash, or scribbled on
+            else:
+                # Whoever owns a file vouches for its bits, whatever its name says.
+                known = users.setdefault(found.file_uid, UserIndex(found.file_uid))
+                known.bits |= found.bits
+                known.pending += found.pending
+                if int(file_name) == found.file_uid:
+                    known.stamp, known.file_uid = found.stamp, found.file_uid
         return users, damaged
 
     def _read_file(self, file_name: str, directory_fd: int) -> Optional[UserIndex]:
         slots = slot_count()
         limit = _HEADER.size + slots // 8 + MAX_PENDING * _PENDING.size
         try:
-            with open_descriptor(file_name, _READ_FLAGS, dir_fd=directory_fd) as descriptor:
-                info = os.fstat(descriptor.fd)
-                if not stat.S_ISREG(info.st_mode):
-                    return UserIndex(info.st_uid)  # planted, and vouches for nothing
-                data = read_at_most(descriptor.fd, limit + 1)
+            descriptor, writable = self._open_for_reading(file_name, directory_fd)
         except OSError:
             return None
+        kept = False
+        try:
+            info = os.fstat(descriptor.fd)
+            if not stat.S_ISREG(info.st_mode):
+                return UserIndex(info.st_uid)  # planted, and vouches for nothing
+            # One read of what fstat says is there: a file cut short by a crash (or a short
+            # read) fails the checksum, which only makes the index be rebuilt.
+            data = os.read(descriptor.fd, min(info.st_size, limit) + 1)
+            if writable and info.st_uid == int(file_name):
+                self._writers[info.st_uid] = (descriptor, info.st_size)  # for the saves
+                kept = True
+        except OSError:
+            return None
+        finally:
+            if not kept:
+                descriptor.close()
         return parse(data, slots, info.st_uid)
+
+    def _open_for_reading(self, file_name: str, directory_fd: int) -> Tuple[Descriptor, bool]:
+        """A user's file, and whether it is open for writing too: this user's own is,
+        when they may write it, so that the session's saves need not open it again."""
+        if file_name == str(os.geteuid()):
+            try:
+                return open_descriptor(file_name, _READ_WRITE_FLAGS, dir_fd=directory_fd), True
+            except PermissionError:
+                pass
+        return open_descriptor(file_name, _READ_FLAGS, dir_fd=directory_fd), False
 
     # -- asking ------------------------------------------------------------------------
 
@@ -241,6 +285,7 @@ class AddressIndex:
 
     def _user(self, owner: int) -> UserIndex:
         self.dirty.add(owner)
+        self._removed = False
         return self.users.setdefault(owner, UserIndex(owner))
 
     def add(self, start: int, end: int, owner: int) -> None:
@@ -287,77 +332,104 @@ class AddressIndex:
         """Write every changed user's file (and this user's, which records the directory
         as it is now); remove the index once it holds nothing."""
         user = os.geteuid()
-        if not self.dirty and self.fresh():
+        stamp = None if self.dirty else self._directory_stamp()
+        if stamp is not None and self._fresh(stamp):
             return
         writable = {owner for owner in self.dirty | {user} if user in (0, owner)}
         if all(index.empty() for index in self.users.values()):
             self._remove_all(writable)
             return
-        directory = self._open_or_make_directory()
-        with directory:
+        directory, made = self._open_or_make_directory()
+        if stamp is None or made:  # making the directory changed the registry's
             stamp = self._directory_stamp()
-            for owner in sorted(writable):
-                index = self.users.setdefault(owner, UserIndex(owner))
-                self._write_file(directory.fd, index, stamp)
+        for owner in sorted(writable):
+            index = self.users.setdefault(owner, UserIndex(owner))
+            self._write_file(directory.fd, index, stamp)
         self.dirty = set()
 
     def _remove_all(self, writable: Set[int]) -> None:
-        try:
-            directory = open_descriptor(INDEX_DIRECTORY, _DIRECTORY_FLAGS, dir_fd=self.registry.dir_fd)
-        except FileNotFoundError:
+        directory = self._open_directory()
+        if directory is None:
             return
-        with directory:
-            # Root removes every user's (empty) file; others only their own.
-            names = os.listdir(directory.fd) if os.geteuid() == 0 else map(str, writable)
-            for file_name in names:
-                self._remove_quietly(file_name, directory.fd)
+        # Root removes every user's (empty) file; others only their own.
+        names = set(map(str, writable))
+        if os.geteuid() == 0:
+            names.update(self._listed)
+        for file_name in names:
+            self._remove_quietly(file_name, directory.fd)
         try:
             os.rmdir(INDEX_DIRECTORY, dir_fd=self.registry.dir_fd)
         except OSError:
             pass  # files this user may not remove stay, and so does the directory
+        else:
+            self._removed = True
+        self.close_files()
         self.dirty = set()
 
     def _write_file(self, directory_fd: int, index: UserIndex, stamp: Stamp) -> None:
         """Rewrite one user's file in place. A write cut short (the writer killed, or
         interrupted) fails the checksum, and any unreadable file makes the next
         ``load()`` rebuild the index: a torn file is never taken for the truth."""
-        file_name = str(index.owner)
         data = pack(index, slot_count(), stamp)
+        writer = self._writers.get(index.owner)
+        descriptor, length = writer if writer is not None else self._open_writer(directory_fd, index.owner)
+        # Until the write is complete the file's length is unknown: truncated next time.
+        self._writers[index.owner] = (descriptor, -1)
+        with signals_deferred():  # so that Ctrl-C never leaves it half written
+            written = 0
+            while written < len(data):
+                written += os.pwrite(descriptor.fd, data[written:], written)
+            if length != len(data):
+                os.ftruncate(descriptor.fd, len(data))
+        self._writers[index.owner] = (descriptor, len(data))
+        index.stamp, index.file_uid = stamp, index.owner
+
+    def _open_writer(self, directory_fd: int, owner: int) -> Tuple[Descriptor, int]:
+        """``owner``'s file opened for writing (made if missing) and its length, once it
+        is shown to be a regular file of theirs."""
+        file_name = str(owner)
         try:
             descriptor = open_descriptor(file_name, _WRITE_FLAGS, dir_fd=directory_fd)
         except FileNotFoundError:
             descriptor = open_descriptor(file_name, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o644,
                                          dir_fd=directory_fd)
-            if index.owner != os.geteuid():
-                os.fchown(descriptor.fd, index.owner, -1)  # root, keeping it the user's
+            if owner != os.geteuid():
+                os.fchown(descriptor.fd, owner, -1)  # root, keeping it the user's
             os.fchmod(descriptor.fd, 0o644)
         except PermissionError:
             raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} cannot be written by uid "
                                f"{os.geteuid()}; remove it") from None
-        with descriptor:
-            info = os.fstat(descriptor.fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != index.owner:
-                raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} is not a file of uid "
-                                   f"{index.owner}; remove it")
-            with signals_deferred():  # so that Ctrl-C never leaves it half written
-                written = 0
-                while written < len(data):
-                    written += os.pwrite(descriptor.fd, data[written:], written)
-                os.ftruncate(descriptor.fd, len(data))
-        index.stamp, index.file_uid = stamp, index.owner
+        info = os.fstat(descriptor.fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != owner:
+            descriptor.close()
+            raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} is not a file of uid {owner}; remove it")
+        return descriptor, info.st_size
 
-    def _open_or_make_directory(self) -> Descriptor:
-        dir_fd = self.registry.dir_fd
-        while True:
+    def _open_directory(self) -> Optional[Descriptor]:
+        """The ``.index`` directory, held open for the rest of the session; ``None`` when
+        there is none."""
+        if self._directory is None:
             try:
-                directory = open_descriptor(INDEX_DIRECTORY, _DIRECTORY_FLAGS, dir_fd=dir_fd)
-                break
+                self._directory = open_descriptor(INDEX_DIRECTORY, _DIRECTORY_FLAGS,
+                                                  dir_fd=self.registry.dir_fd)
             except FileNotFoundError:
-                pass
+                return None
             except OSError as error:
                 if error.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise self._unsafe(f"{INDEX_DIRECTORY} is not a directory") from None
                 raise
+            self._directory_checked = False
+        return self._directory
+
+    def _open_or_make_directory(self) -> Tuple[Descriptor, bool]:
+        """The ``.index`` directory, and whether this call made it."""
+        dir_fd = self.registry.dir_fd
+        made = False
+        while True:
+            directory = self._open_directory()
+            if directory is not None:
+                break
+            made = True
             # Made complete (mode 1777) under another name first, so no one ever finds
             # a directory they may not write.
             temp_name = f"{TEMP_PREFIX}index-{os.getpid()}-{os.urandom(4).hex()}"
@@ -370,11 +442,13 @@ class AddressIndex:
                     os.rmdir(temp_name, dir_fd=dir_fd)
                     if not os.path.isdir(os.path.join(self.registry.path, INDEX_DIRECTORY)):
                         raise
-        info = os.fstat(directory.fd)
-        if stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX:
-            directory.close()
-            raise self._unsafe(f"{INDEX_DIRECTORY} is writable by others without the sticky bit")
-        return directory
+        if not self._directory_checked:
+            # Checked before the first write of the session, not at every one.
+            info = os.fstat(directory.fd)
+            if stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX:
+                raise self._unsafe(f"{INDEX_DIRECTORY} is writable by others without the sticky bit")
+            self._directory_checked = True
+        return directory, made
 
     def _remove_quietly(self, file_name: str, directory_fd: int) -> None:
         try:

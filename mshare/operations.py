@@ -8,7 +8,6 @@
 import copyreg
 import errno
 import os
-import stat
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -88,14 +87,14 @@ def create(
             registry.refuse_existing(name)
             faults.point("create:locked")
             start = _allocate(registry, reserved_length, addr)
-            range_file = registry.claim_range(start, start + reserved_length, backend.name,
-                                              location, undo)
+            mark = registry.claim_range(start, start + reserved_length, backend.name,
+                                        location, undo)
             faults.point("create:range-claimed")
             data, data_stat = backend.create(location, map_length, mode, undo)
             with data:
                 faults.point("create:data-created")
                 key = data_identity(backend.name, data_stat)
-                mapping = Mapping.map_fixed(data.fd, start, map_length, True, f"region {name!r}")
+                mapping = backend.map_new(data, start, map_length, f"region {name!r}")
                 undo.callback(mapping.unmap)
             faults.point("create:mapped")
             backend.after_map(mapping)
@@ -106,16 +105,15 @@ def create(
                 created=time.time(),
             )
             initialize_bookkeeping(mapping, entry)
-            registry.publish(name, entry.pack(), mode, region_id, undo)
+            entry_stat = registry.publish(name, entry.pack(), mode, region_id, undo)
             faults.point("create:published")
             # Now, while a failure can still undo the create, rather than as the lock goes.
             registry.index.save()
-            entry_stat = registry.stat_entry(name)
             # Registered before the registry lock is released, so that a concurrent
             # attach from another thread shares this mapping instead of mapping again.
             with attachments.table_lock:
-                attachment = Attachment(key, registry, name, entry, mapping,
-                                        registry.hold_range(range_file), range_file)
+                attachment = Attachment(key, registry, name, entry, mapping, mark,
+                                        range_file_name(start, start + reserved_length))
                 attachments.add(attachment)
                 region = Region(attachment, name, False, entry_stat)
                 undo.pop_all()
@@ -282,35 +280,40 @@ def unlink(name: str) -> None:
     """
     validate_name(name)
     attachments.release_pending()
-    with Registry() as registry, registry.locked():
+    # Ctrl-C is held back once, from the lock taken to the index written (the name goes
+    # with its data object, or neither does), rather than around each step.
+    with Registry() as registry, registry.locked(), signals_deferred():
         faults.point("unlink:locked")
-        entry_stat = registry.stat_entry(name)
-        user = os.geteuid()
-        if user != 0 and entry_stat.st_uid != user:
-            raise PermissionError(
-                errno.EPERM,
-                f"only the owner (uid {entry_stat.st_uid}) or root may unlink region {name!r}",
-                name,
-            )
-        entry = _readable_entry(registry, name, entry_stat)
-        # The name goes with its data object, or neither does.
-        with signals_deferred():
-            registry.remove_entry(name)
-            faults.point("unlink:entry-removed")
-            if entry is not None:
-                binding.remove_data(registry, entry, entry_stat)
+        entry, entry_stat = _readable_entry(registry, name)
+        registry.remove_entry(name)
+        faults.point("unlink:entry-removed")
+        if entry is not None:
+            binding.remove_data(registry, entry, entry_stat)
+        registry.save_index()
 
 
-def _readable_entry(registry: Registry, name: str, entry_stat: os.stat_result) -> Optional[Entry]:
-    """The entry to unlink, or ``None`` when it is damaged beyond identifying its data."""
-    if not stat.S_ISREG(entry_stat.st_mode):
-        return None
+def _readable_entry(registry: Registry, name: str) -> Tuple[Optional[Entry], os.stat_result]:
+    """The entry to unlink (``None`` when it is damaged beyond identifying its data) and
+    its ``stat``, once the caller is shown to be its owner or root."""
     try:
-        return registry.read_entry(name)[0]
+        entry, entry_stat = registry.read_entry(name)
     except PermissionError:
-        return registry.read_own_unreadable_entry(name)[0]
+        entry_stat = _refuse_unless_owner(registry.stat_entry(name), name)
+        return registry.read_own_unreadable_entry(name)[0], entry_stat
     except CorruptEntryError:
-        return None
+        return None, _refuse_unless_owner(registry.stat_entry(name), name)
+    return entry, _refuse_unless_owner(entry_stat, name)
+
+
+def _refuse_unless_owner(entry_stat: os.stat_result, name: str) -> os.stat_result:
+    user = os.geteuid()
+    if user != 0 and entry_stat.st_uid != user:
+        raise PermissionError(
+            errno.EPERM,
+            f"only the owner (uid {entry_stat.st_uid}) or root may unlink region {name!r}",
+            name,
+        )
+    return entry_stat
 
 
 @one_mount_view

@@ -45,24 +45,34 @@ def _record(signum: int, frame: Optional[FrameType]) -> None:
     _recorded.append(signum)
 
 
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back the main thread's ``SIGINT`` handler until the block is left."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python signal handlers only ever run in the main thread
-        return
-    # The C functions behind ``signal.getsignal``/``signal.signal``: the public ones
-    # convert every handler to and from an enum, which made this block a sixth of the
-    # cost of a create (about fifty uses per round trip).
-    original = _signal.getsignal(signal.SIGINT)
-    if not callable(original) or original is _record:
-        yield  # no Python handler to hold back, or already held back by an outer block
-        return
-    _signal.signal(signal.SIGINT, _record)
-    _held_back.append(original)
-    try:
-        yield
-    finally:
+class signals_deferred:
+    """Hold back the main thread's ``SIGINT`` handler until the block is left.
+
+    A class rather than a generator: a round trip enters it about twenty times, nearly
+    always inside another one, where it costs one check."""
+
+    __slots__ = ("_original",)
+    _original: Optional[Callable[[int, Optional[FrameType]], object]]
+
+    def __enter__(self) -> None:
+        self._original = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python signal handlers only ever run in the main thread
+        # The C functions behind ``signal.getsignal``/``signal.signal``: the public ones
+        # convert every handler to and from an enum.
+        original = _signal.getsignal(signal.SIGINT)
+        if not callable(original) or original is _record:
+            return  # no Python handler to hold back, or already held back by an outer block
+        # From here a signal only reaches ``_record``, whichever bytecode it lands on.
+        _signal.signal(signal.SIGINT, _record)
+        _held_back.append(original)
+        self._original = original
+
+    def __exit__(self, *exc: object) -> None:
+        original = self._original
+        if original is None:
+            return
+        self._original = None
         _held_back.pop()
         _signal.signal(signal.SIGINT, original)
         if _recorded:

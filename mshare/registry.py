@@ -48,6 +48,7 @@ LOCK_FILE = ".lock"
 RANGE_PREFIX = ".range-"
 TEMP_PREFIX = ".tmp-"
 PUBLIC_READ = 0o444
+RANGE_FILE_LIMIT = 8192
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -178,20 +179,31 @@ class Registry:
         if self.index.users is not None:
             yield
             return
-        self.index.load()
+        try:
+            self.index.load()
+        except BaseException:
+            self.index.close()
+            raise
         try:
             self.release_pending_ranges()
             yield
         finally:
             try:
-                self.index.save()
-            except OSError:
-                # What is not saved is only ranges gone or pending (bits are written
-                # before their range file is made), and the directory has changed since
-                # the index was written, so the next holder of the lock rebuilds it.
-                pass
+                self.save_index()
             finally:
-                self.index.users = None
+                self.index.close()
+
+    def save_index(self) -> None:
+        """Write the address index now, as the exclusive lock's release does (a call that
+        holds Ctrl-C back does it before letting go, so the write needs no deferral of
+        its own)."""
+        try:
+            self.index.save()
+        except OSError:
+            # What is not saved is only ranges gone or pending (bits are written
+            # before their range file is made), and the directory has changed since
+            # the index was written, so the next holder of the lock rebuilds it.
+            pass
 
     # -- entries -------------------------------------------------------------------
 
@@ -263,10 +275,12 @@ class Registry:
             )
         return found
 
-    def publish(self, name: str, data: bytes, mode: int, region_id: str, undo: ExitStack) -> None:
+    def publish(self, name: str, data: bytes, mode: int, region_id: str,
+                undo: ExitStack) -> os.stat_result:
         """Make an entry visible atomically with exactly ``mode``; ``FileExistsError``
         if the name is taken. Readers never see a partial entry. Its removal is pushed on
-        the ``Undo`` stack ``undo`` in the same step that links it."""
+        the ``Undo`` stack ``undo`` in the same step that links it. Returns the entry's
+        ``fstat`` as written (its mode, owner and inode are the linked entry's)."""
         temp_name = TEMP_PREFIX + region_id
         with Undo() as temporary:
             with create_file(temporary, temp_name, _CREATE_FLAGS, 0o600,
@@ -274,6 +288,7 @@ class Registry:
                              dir_fd=self.dir_fd) as temp:
                 write_all(temp.fd, data)
                 os.fchmod(temp.fd, mode)
+                written = os.fstat(temp.fd)
             faults.point("create:entry-written")
             try:
                 with signals_deferred():
@@ -282,6 +297,7 @@ class Registry:
                     undo.callback(self.remove_entry, name)
             except FileExistsError:
                 raise self._exists(name) from None
+        return written
 
     def remove_entry(self, name: str) -> None:
         os.unlink(name, dir_fd=self.dir_fd)
@@ -351,28 +367,37 @@ class Registry:
                 info = os.fstat(descriptor.fd)
                 if stat.S_ISREG(info.st_mode):
                     owner = info.st_uid
-                    backend, _, location = read_at_most(descriptor.fd, 8192).decode().partition(" ")
+                    backend, _, location = _read_range_file(descriptor.fd).decode().partition(" ")
         except (OSError, UnicodeDecodeError):
             pass
         return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
-    def claim_range(self, start: int, end: int, backend: str, location: str, undo: ExitStack) -> str:
+    def claim_range(self, start: int, end: int, backend: str, location: str,
+                    undo: ExitStack) -> Descriptor:
         """Record ``[start, end)`` as taken by a region's data object, in the address
         index first and then as its range file; undoing either is pushed on the ``Undo``
-        stack ``undo`` the instant it exists."""
+        stack ``undo`` the instant it exists. Returns the range file's ``Descriptor``
+        with this process's attach mark on it: the creator maps the region next, and the
+        file it has just made needs no opening again."""
         file_name = range_file_name(start, end)
         owner = os.geteuid()
         self.index.add(start, end, owner)
         undo.callback(self.index.remove, start, end, owner)
         self.index.save()
         faults.point("create:indexed")
-        with create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
-                         lambda: unlink_quietly(file_name, self.dir_fd),
-                         dir_fd=self.dir_fd) as claim:
-            faults.point("create:range-opened")
-            write_all(claim.fd, f"{backend} {location}\n".encode())
-            os.fchmod(claim.fd, PUBLIC_READ)
-        return file_name
+        claim = create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
+                            lambda: unlink_quietly(file_name, self.dir_fd), dir_fd=self.dir_fd)
+        undo.callback(claim.close)
+        faults.point("create:range-opened")
+        write_all(claim.fd, f"{backend} {location}\n".encode())
+        os.fchmod(claim.fd, PUBLIC_READ)
+        try:
+            fcntl.flock(claim.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MshareError(
+                errno.EAGAIN, f"address range file {file_name!r} was locked exclusively by "
+                "another process the instant it was made (find it in /proc/locks)") from None
+        return claim
 
     def hold_range(self, file_name: str) -> Descriptor:
         """Open a range file and take a shared ``flock`` on it: this process maps it.
@@ -401,32 +426,39 @@ class Registry:
 
         A range file that now records another data object (the range was freed and
         given to a new region meanwhile) counts as in use: it is not this claim's."""
+        return self._range_use(claim)[0]
+
+    def _range_use(self, claim: RangeClaim) -> Tuple[bool, Optional[int]]:
+        """``(in use, owner uid of its range file)``; the owner is ``None`` when there is
+        no range file (or it does not matter: the range is in use)."""
         backend = BACKENDS.get(claim.backend)
         if backend is None or not claim.location or backend.exists(claim.location):
-            return True
+            return True, None
         try:
             descriptor = open_descriptor(claim.file_name, _READ_FLAGS, dir_fd=self.dir_fd)
         except FileNotFoundError:
-            return False
+            return False, None
         with descriptor:
-            recorded = read_at_most(descriptor.fd, 8192).decode(errors="replace").partition(" ")[2]
+            recorded = _read_range_file(descriptor.fd).decode(errors="replace").partition(" ")[2]
             if recorded.strip() != claim.location:
-                return True
+                return True, None
             try:
                 fcntl.flock(descriptor.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return True
-        return False
+                return True, None
+            return False, os.fstat(descriptor.fd).st_uid
 
     def release_range_if_unused(self, claim: RangeClaim) -> bool:
         """Remove a range nobody maps any more, and its bits from the address index (call
         with the registry locked); ranges of other users that the sticky directory will
         not let us remove stay until their owner (or ``gc``) does."""
         with self._index_session():
-            if self.range_in_use(claim):
+            in_use, owner = self._range_use(claim)
+            if in_use:
                 return False
+            if owner is None:
+                return True
             try:
-                owner = os.stat(claim.file_name, dir_fd=self.dir_fd, follow_symlinks=False).st_uid
                 os.unlink(claim.file_name, dir_fd=self.dir_fd)
             except FileNotFoundError:
                 return True
@@ -565,6 +597,13 @@ def _check_directory(path: str, info: os.stat_result) -> None:
             f"bit, so anyone could delete or replace entries; fix it with: chmod +t {path}",
             path,
         )
+
+
+def _read_range_file(fd: int) -> bytes:
+    """A range file's ``BACKEND LOCATION`` line, in one read: it was written by one
+    ``write`` of far fewer bytes, and a read cut short only makes the range look taken
+    by something else, so it is kept (``gc`` sorts it out)."""
+    return os.read(fd, RANGE_FILE_LIMIT)
 
 
 def range_marks() -> Dict[str, List[str]]:

@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 import mshare
-from mshare import machine
+from mshare import addresses, machine
+from mshare._core import address_range_free
 from mshare.backends.hugetlb import HugetlbBackend
 from mshare.owned import Undo
 from mshare.registry import Registry
@@ -97,14 +98,20 @@ def test_pool_too_small_is_an_error_at_create(registry_path, name, hugetlbfs):
 
 def test_a_short_pool_while_reserving_is_a_clean_error_not_sigbus(private_mount, hugetlb_pool):
     # A mount limited to 4 pages runs short exactly where a pool taken by another process
-    # would: while the file's pages are reserved, before anything is mapped.
+    # would: when the data object is first mapped, which reserves its pages.
     limited = private_mount("hugetlbfs", "mode=1777,pagesize=2M,size=8M")
     backend = HugetlbBackend(limited, 2 * MiB)
     location = backend.location_for("0badcafe", "0123456789abcdef")
+    start = addresses.arena()[1] - GiB
+    assert address_range_free(start, 16 * MiB)
     with pytest.raises(mshare.HugePagesUnavailableError) as raised, Undo() as undo:
-        backend.create(location, 16 * MiB, 0o600, undo)
-    assert raised.value.errno == errno.ENOMEM and "ran short" in raised.value.strerror
-    assert _contents(limited) == []
+        data, _info = backend.create(location, 16 * MiB, 0o600, undo)
+        with data:
+            backend.map_new(data, start, 16 * MiB, "region 'short'")
+    message = raised.value.strerror
+    assert raised.value.errno == errno.ENOMEM and "ran short while reserving 8 2M pages" in message
+    assert "mshare mount --hugepages" in message
+    assert _contents(limited) == [] and address_range_free(start, 16 * MiB)
 
 
 def test_mount_size_limit_refuses_demanded_and_auto_falls_back(registry_path, name, private_mount,

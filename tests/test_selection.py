@@ -29,8 +29,8 @@ class Machine:
         monkeypatch.delenv("MSHARE_THP_ROOT", raising=False)
         monkeypatch.setattr(machine, "mounts", self.mounts)
         monkeypatch.setattr(machine, "writable", lambda path: self.table[path][3])
-        monkeypatch.setattr(machine, "hugetlbfs_page_size", lambda path: self.table[path][2])
-        monkeypatch.setattr(machine, "hugetlbfs_room", lambda path: None)
+        monkeypatch.setattr("mshare.backends.hugetlb.page_size_and_room",
+                            lambda path: (self.table[path][2], None))
         monkeypatch.setattr(machine, "default_huge_page_size", lambda: 2 * MiB)
         monkeypatch.setattr(machine, "pool", lambda size: HugePagePool(
             size, total_pages if size == 2 * MiB else 0, free_pages if size == 2 * MiB else 0, 0, 0, 0))

@@ -1,9 +1,11 @@
 """Steps that used to repeat inside one call, counted: the swaps of the ``SIGINT`` handler
-that hold Ctrl-C back (two system calls each) and the checks of the mount table (a
-``stat`` of the mount namespace and a ``poll`` each).
+that hold Ctrl-C back (two system calls each), the checks of the mount table (a ``stat``
+of the mount namespace and a ``poll`` each), and per ``create`` and ``unlink`` the files
+opened, the address index's writes, the directory listings and the ``stat``s.
 
-Counted with a profile hook in a fresh interpreter: it sees every call of the C function
-``_signal.signal`` and of ``_MountTable.current``, whoever makes it.
+Counted with a profile hook in a fresh interpreter: it sees every call of the C functions
+``_signal.signal``, ``os.open``, ``open``, ``os.listdir`` and the ``stat`` family, and of
+``_MountTable.current``, ``open_descriptor`` and the index's file write, whoever makes it.
 """
 
 import json
@@ -13,25 +15,44 @@ import pytest
 from helpers import run_python
 
 COUNT_ONE_CALL = """
-    import json, signal, sys, _signal
+    import json, os, signal, sys, _signal
     import mshare
-    from mshare import machine
+    from mshare import machine, owned
+    from mshare.address_index import AddressIndex
 
     def swap_on_ctrl_c(handler, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, swap_on_ctrl_c)  # a Python handler, as by default
+    # A neighbour keeps the address index in place, as in any registry in use.
+    mshare.create("neighbour", 2 << 20, hugepages={hugepages!r}).close()
     mshare.create({name!r}, 2 << 20, hugepages={hugepages!r}).close()  # lazy imports
     mshare.attach({name!r}).close()
     mshare.unlink({name!r})
-    counts = {{"handler swaps": 0, "mount table checks": 0}}
     checking = machine._MountTable.current.__code__
+    opening = owned.open_descriptor.__code__
+    writing = AddressIndex._write_file.__code__
+    stats = (os.stat, os.fstat, os.statvfs, os.fstatvfs)
+    counts = {{"handler swaps": 0, "mount table checks": 0, "files opened": 0,
+              "index writes": 0, "listings": 0, "stats": 0}}
 
     def profile(frame, event, argument):
-        if event == "c_call" and argument is _signal.signal:
-            counts["handler swaps"] += 1
-        elif event == "call" and frame.f_code is checking:
-            counts["mount table checks"] += 1
+        if event == "c_call":
+            if argument is _signal.signal:
+                counts["handler swaps"] += 1
+            elif argument in (os.open, open):
+                counts["files opened"] += 1
+            elif argument is os.listdir:
+                counts["listings"] += 1
+            elif argument in stats:
+                counts["stats"] += 1
+        elif event == "call":
+            if frame.f_code is checking:
+                counts["mount table checks"] += 1
+            elif frame.f_code is opening:
+                counts["files opened"] += 1
+            elif frame.f_code is writing:
+                counts["index writes"] += 1
 
     def counted(operation):
         for key in counts:
@@ -55,6 +76,7 @@ COUNT_ONE_CALL = """
     region.close()
     found["attach"] = counted(lambda: mshare.attach({name!r}).close())
     found["unlink"] = counted(lambda: mshare.unlink({name!r}))
+    mshare.unlink("neighbour")
     print(json.dumps([backend, found]))
 """
 
@@ -81,3 +103,57 @@ def test_each_call_checks_the_mount_table_once(registry_path, name, hugepages):
     # attach); before, once per lookup: a huge-page attach checked twice.
     assert all(found[call]["mount table checks"] <= 1 for call in found), found
     assert found["attach"]["mount table checks"] == (backend != "shm"), (backend, found)
+
+
+# What each call must do, and no more: a step put back (a second open of a file the call
+# already holds, another index write, a stat already made) turns these red.
+CREATE_STEPS = {
+    # registry directory, lock, index directory, this user's index file (read and then
+    # written through the same descriptor), range file (kept as the attach mark), data
+    # object, entry
+    "files opened": 7,
+    # the range's bits before its range file exists; the stamp once the entry is linked
+    "index writes": 2,
+    "listings": 1,  # the index directory
+    # registry directory and lock as opened; the registry's stamp at load, at each index
+    # write and at the lock's release; the index file as read; the name checked free;
+    # the index directory's sticky bit; the data object as made; /dev/shm's free space;
+    # the entry as written
+    "stats": 12,
+    "handler swaps": 2,  # Ctrl-C held back once
+}
+UNLINK_STEPS = {
+    # registry directory, lock, index directory, index file, entry, range file (read by
+    # the data's removal and again to release the range)
+    "files opened": 7,
+    "index writes": 1,
+    "listings": 1,
+    # registry directory, lock, stamp at load, index file, entry as read, data object
+    # before removal and after, range file as read and its owner as released, index
+    # directory's sticky bit, stamp at the write and at the lock's release
+    "stats": 12,
+    "handler swaps": 2,
+}
+# What a hugetlb create does besides: the pool's five counters; a statfs of the mount
+# instead of /dev/shm's, and the mount-namespace check (also made by its unlink). Its
+# reservation costs no step: the mapping makes it.
+HUGETLB_EXTRA = {"create": {"files opened": 5, "stats": 1}, "unlink": {"stats": 1}}
+
+
+def only(found, calls, keys):
+    """The counts of ``keys`` for each of ``calls``."""
+    return {call: {key: found[call][key] for key in keys} for call in calls}
+
+
+def test_a_shm_create_and_unlink_take_only_their_own_steps(registry_path, name):
+    _backend, found = steps_of_each_call(name, "off")
+    found = only(found, ("create", "unlink"), CREATE_STEPS)
+    assert found == {"create": CREATE_STEPS, "unlink": UNLINK_STEPS}, json.dumps(found)
+
+
+def test_a_hugetlb_create_adds_only_the_pool_check(registry_path, name, hugetlbfs):
+    backend, found = steps_of_each_call(name, "hugetlb")
+    found = only(found, ("create", "unlink"), CREATE_STEPS)
+    expected = {call: {key: steps[key] + HUGETLB_EXTRA[call].get(key, 0) for key in steps}
+                for call, steps in (("create", CREATE_STEPS), ("unlink", UNLINK_STEPS))}
+    assert (backend, found) == ("hugetlb", expected), json.dumps(found)

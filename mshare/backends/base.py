@@ -2,7 +2,7 @@
 
 import errno
 import os
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Final, List, Optional, Tuple
 
 from mshare._core import Mapping
@@ -70,10 +70,11 @@ class Backend:
 
     def create(self, location: str, length: int, mode: int,
                undo: ExitStack) -> Tuple[Descriptor, os.stat_result]:
-        """Create the data object exclusively, reserve ``length`` bytes, apply ``mode``
-        exactly; return a read-write ``Descriptor`` and its ``fstat`` as created (device
-        and inode, not size). Its removal is pushed on the ``Undo`` stack ``undo`` the
-        instant it exists, so nothing is left on failure."""
+        """Create the data object exclusively, ``length`` bytes long and reserved (or left
+        for ``map_new`` to reserve, where a mapping does), apply ``mode`` exactly; return a
+        read-write ``Descriptor`` and its ``fstat`` as created (device and inode, not size).
+        Its removal is pushed on the ``Undo`` stack ``undo`` the instant it exists, so
+        nothing is left on failure."""
         data = create_file(undo, self.path(location), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
                            0o600, lambda: self.unlink(location))
         try:
@@ -82,10 +83,10 @@ class Backend:
             # The mode is the region's, exactly: open(2) would have applied the umask.
             os.fchmod(data.fd, mode)
             os.ftruncate(data.fd, length)
-            if length >= INTERRUPTIBLE_RESERVATION:
-                with signals_allowed():  # create holds Ctrl-C back; this may take seconds
-                    self.reserve(data.fd, length, self.path(location))
-            else:
+            # create holds Ctrl-C back; a large reservation may take seconds.
+            interruptible: AbstractContextManager[None] = (
+                signals_allowed() if length >= INTERRUPTIBLE_RESERVATION else nullcontext())
+            with interruptible:
                 self.reserve(data.fd, length, self.path(location))
         except BaseException:
             data.close()
@@ -96,6 +97,10 @@ class Backend:
         """Allocate every byte now, so a short pool or a full file system fails here and
         never as a ``SIGBUS`` on first touch."""
         raise NotImplementedError
+
+    def map_new(self, data: Descriptor, start: int, length: int, label: str) -> Mapping:
+        """Map a data object ``create`` just made, read-write, at ``start``."""
+        return Mapping.map_fixed(data.fd, start, length, True, label)
 
     def open(self, location: str, writable: bool) -> Tuple[Descriptor, os.stat_result]:
         """Open an existing data object as a ``Descriptor``, with its ``fstat``; the

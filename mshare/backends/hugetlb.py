@@ -9,12 +9,14 @@ them (``huge_pmd_share``): page tables cost nothing per extra process there.
 
 import errno
 import os
-from typing import Callable, Union
+from typing import Callable, Optional, Tuple, Union
 
 from mshare import machine
+from mshare._core import Mapping
 from mshare.addresses import round_up
 from mshare.backends.files import FileBackend, Unavailable
 from mshare.errors import HugePagesUnavailableError
+from mshare.owned import Descriptor
 from mshare.units import format_exact_size, format_size
 
 ENVIRONMENT = "MSHARE_HUGETLBFS"
@@ -30,24 +32,31 @@ class HugetlbBackend(FileBackend):
         return self._page_size
 
     def reserve(self, fd: int, length: int, location: str) -> None:
-        # fallocate takes the pages out of the pool now; a mapping of a file whose pages
-        # all exist never faults for want of a page, so no SIGBUS can follow.
+        """Nothing to do before the mapping: a ``MAP_SHARED`` mapping of a hugetlbfs file
+        reserves every page it covers (``hugetlb_reserve_pages``, charged to the file's
+        inode until it is truncated or removed), so ``map_new`` fails on a short pool and
+        no touch of the region can ever find the pool empty (``SIGBUS``). The pages are
+        taken from the reservation, zeroed, when first touched, so a create costs no
+        clearing of memory nobody uses yet (``fallocate`` zeroed all of it)."""
+
+    def map_new(self, data: Descriptor, start: int, length: int, label: str) -> Mapping:
         try:
-            os.posix_fallocate(fd, 0, length)
+            return super().map_new(data, start, length, label)
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.ENOMEM):
+            if error.errno not in (errno.ENOMEM, errno.ENOSPC):
                 raise
-            page_size = os.fstatvfs(fd).f_bsize
+            info = os.fstatvfs(data.fd)
+            page_size, pages, room = info.f_bsize, length // info.f_bsize, _room(info)
             pool = machine.pool(page_size)
+            if pages <= pool.available and (room is None or pages <= room):
+                raise  # not the pool: the address-space limit (RLIMIT_AS), say
             raise HugePagesUnavailableError(
                 errno.ENOMEM,
-                f"the hugetlb pool ran short while reserving {length // page_size} "
+                f"the hugetlb pool ran short while reserving {pages} "
                 f"{format_size(page_size)} pages ({pool.available} are free now; another "
                 f"process took them, or the mount's size= limit is reached); as root: "
-                f"{grow_pool_advice(pool, length // page_size)}",
-                location,
+                f"{grow_pool_advice(pool, pages)}",
             ) from None
-
 
 def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["HugetlbBackend", Unavailable]:
     """A hugetlb backend bound to the mount that can hold ``size`` bytes followed by
@@ -81,9 +90,9 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Hug
             bool(override),
         )
     problems = []
-    by_page_size = sorted((machine.hugetlbfs_page_size(mount.mount_point), mount.mount_point)
-                          for mount in usable)
-    for page_size, mount_point in by_page_size:
+    by_page_size = sorted(((*page_size_and_room(mount.mount_point), mount.mount_point)
+                           for mount in usable), key=lambda found: (found[0], found[2]))
+    for page_size, room, mount_point in by_page_size:
         if auto and size < page_size:
             problems.append(Unavailable(
                 errno.EINVAL, f"the region is smaller than one {format_size(page_size)} huge page",
@@ -92,7 +101,6 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Hug
             continue
         pages = pages_for(size, tail_length, page_size)
         pool = machine.pool(page_size)
-        room = machine.hugetlbfs_room(mount_point)
         if pages <= pool.available and (room is None or pages <= room):
             return HugetlbBackend(mount_point, page_size)
         if pages > pool.available:
@@ -112,6 +120,19 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Hug
             ))
     # The most telling reason: a pool or mount that is set up but short beats "too small".
     return max(problems, key=lambda problem: problem.configured)
+
+
+def page_size_and_room(mount_point: str) -> Tuple[int, Optional[int]]:
+    """A hugetlbfs mount's page size (its ``statfs`` block size) and the pages its
+    ``size=`` limit still admits, from one ``statfs``."""
+    info = os.statvfs(mount_point)
+    return info.f_bsize, _room(info)
+
+
+def _room(info: os.statvfs_result) -> Optional[int]:
+    """Pages a hugetlbfs still admits (reserved ones count as taken); ``None`` when it
+    has no ``size=`` limit: the kernel reports no blocks at all then."""
+    return info.f_bavail if info.f_blocks else None
 
 
 def _remount_advice(mount_point: str, pages: int) -> str:

@@ -9,6 +9,7 @@ tmpfs of its own (``mshare mount`` makes one; ``MSHARE_THP_ROOT`` names the one 
 
 import errno
 import os
+from functools import lru_cache
 from typing import Callable, Optional, Union
 
 from mshare import machine
@@ -31,7 +32,7 @@ class ThpBackend(FileBackend):
 
     def page_size(self) -> int:
         if self._page_size is None:
-            return machine.pmd_page_size()
+            return pmd_page_size()
         return self._page_size
 
     def reserve(self, fd: int, length: int, location: str) -> None:
@@ -107,7 +108,7 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Thp
             "no tmpfs mounted with huge=within_size (or always, advise) that you may write",
             MOUNT_ADVICE, bool(override),
         )
-    page_size = machine.pmd_page_size()
+    page_size = pmd_page_size()
     if auto and size < page_size:
         return Unavailable(
             errno.EINVAL, f"the region is smaller than one {format_size(page_size)} huge page",
@@ -124,6 +125,13 @@ def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["Thp
         f"needs {length}",
         _enlarge_advice(roomiest, length), True,
     )
+
+
+@lru_cache(maxsize=None)
+def pmd_page_size() -> int:
+    """The size of a transparent huge page, which the hardware fixes: read once per
+    process rather than at every create (a buffered read of a sysfs file, ten system calls)."""
+    return machine.pmd_page_size()
 
 
 def _free_bytes(directory: str) -> int:
