@@ -20,7 +20,7 @@ STEPS = (
     "create:indexed",         # range's bits in the address index, no range file yet
     "create:range-opened",    # range file created, still empty
     "create:range-claimed",   # range file written
-    "create:data-created",    # data object made and its space reserved
+    "create:data-created",    # data object made (hugetlbfs: reserved by the mapping, next)
     "create:mapped",          # data mapped at the region's address
     "create:entry-written",   # entry written to its temporary file, not yet linked
     "create:published",       # entry visible under its name

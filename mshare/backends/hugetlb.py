@@ -11,7 +11,7 @@ import errno
 import os
 from typing import Callable, Optional, Tuple, Union
 
-from mshare import machine
+from mshare import hugetlb_cgroup, machine
 from mshare._core import Mapping
 from mshare.addresses import round_up
 from mshare.backends.files import FileBackend, Unavailable
@@ -32,12 +32,22 @@ class HugetlbBackend(FileBackend):
         return self._page_size
 
     def reserve(self, fd: int, length: int, location: str) -> None:
-        """Nothing to do before the mapping: a ``MAP_SHARED`` mapping of a hugetlbfs file
-        reserves every page it covers (``hugetlb_reserve_pages``, charged to the file's
-        inode until it is truncated or removed), so ``map_new`` fails on a short pool and
-        no touch of the region can ever find the pool empty (``SIGBUS``). The pages are
-        taken from the reservation, zeroed, when first touched, so a create costs no
-        clearing of memory nobody uses yet (``fallocate`` zeroed all of it)."""
+        """Nothing to do before the mapping, as a rule: a ``MAP_SHARED`` mapping of a
+        hugetlbfs file reserves every page it covers (``hugetlb_reserve_pages``, charged
+        to the file's inode until it is truncated or removed), so ``map_new`` fails on a
+        short pool and no touch of the region can ever find the pool empty (``SIGBUS``).
+        The pages are taken from the reservation, zeroed, when first touched, so a create
+        costs no clearing of memory nobody uses yet. Under a hugetlb cgroup limit, though,
+        a touch past the limit is a ``SIGBUS``: there every page is allocated now, charged
+        to this process, where going over the limit is an error at ``create``."""
+        if not hugetlb_cgroup.fault_limited(self.page_size()):
+            return
+        try:
+            os.posix_fallocate(fd, 0, length)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.ENOMEM):
+                raise
+            raise _short_of_pages(fd, length, "allocating") from None
 
     def map_new(self, data: Descriptor, start: int, length: int, label: str) -> Mapping:
         try:
@@ -46,17 +56,25 @@ class HugetlbBackend(FileBackend):
             if error.errno not in (errno.ENOMEM, errno.ENOSPC):
                 raise
             info = os.fstatvfs(data.fd)
-            page_size, pages, room = info.f_bsize, length // info.f_bsize, _room(info)
-            pool = machine.pool(page_size)
-            if pages <= pool.available and (room is None or pages <= room):
+            pages, room = length // info.f_bsize, _room(info)
+            if pages <= machine.pool(info.f_bsize).available and (room is None or pages <= room):
                 raise  # not the pool: the address-space limit (RLIMIT_AS), say
-            raise HugePagesUnavailableError(
-                errno.ENOMEM,
-                f"the hugetlb pool ran short while reserving {pages} "
-                f"{format_size(page_size)} pages ({pool.available} are free now; another "
-                f"process took them, or the mount's size= limit is reached); as root: "
-                f"{grow_pool_advice(pool, pages)}",
-            ) from None
+            raise _short_of_pages(data.fd, length, "reserving") from None
+
+
+def _short_of_pages(fd: int, length: int, doing: str) -> HugePagesUnavailableError:
+    """The error of a hugetlb region whose ``length`` bytes of pages could not be had."""
+    page_size = os.fstatvfs(fd).f_bsize
+    pages, pool = length // page_size, machine.pool(page_size)
+    limit = (" or this process's hugetlb cgroup limit" if hugetlb_cgroup.fault_limited(page_size)
+             else "")
+    return HugePagesUnavailableError(
+        errno.ENOMEM,
+        f"the hugetlb pool ran short while {doing} {pages} {format_size(page_size)} pages "
+        f"({pool.available} are free now; another process took them, or the mount's size= "
+        f"limit{limit} is reached); as root: {grow_pool_advice(pool, pages)}",
+    )
+
 
 def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["HugetlbBackend", Unavailable]:
     """A hugetlb backend bound to the mount that can hold ``size`` bytes followed by
