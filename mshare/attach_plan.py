@@ -76,8 +76,8 @@ def open_entry(root: Optional[str], name: str,
     """The registry part of an attach in one compiled call: the registry (open, and known
     to this process), the entry's bytes and its ``fstat``; the kernel checks read (and
     write) permission on the entry as ``open(2)`` does. ``None`` (nothing held) when any
-    step fails or the registry is new to this process: ``Registry(root)`` and
-    ``read_entry`` then take the road that explains every failure."""
+    step fails: ``Registry(root)`` and ``read_entry`` then take the road that explains
+    every failure."""
     given = root or registry_root()
     path = _absolute.get(given)
     if path is None:
@@ -92,8 +92,16 @@ def open_entry(root: Optional[str], name: str,
     if opened is None:
         return None
     directory, identity, data, entry_stat = opened
-    registry = Registry.known(path, Descriptor.owning(directory), identity)
+    owned = Descriptor.owning(directory)
+    registry = Registry.known(path, owned, identity)
+    if registry is None:
+        try:
+            Registry(path).close()  # its first opening in this process records it
+        except OSError:
+            owned.close()
+            return None
+        registry = Registry.known(path, owned, identity)
     if registry is None or data is None:
-        directory.close()
+        owned.close()
         return None
     return registry, data, entry_stat

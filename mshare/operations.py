@@ -180,9 +180,8 @@ def _attach(name: str, readonly: bool, populate: bool, root: Optional[str]) -> R
 
 @one_mount_view
 def _attach_explained(name: str, readonly: bool, root: Optional[str]) -> Region:
-    """Attach the long way: the registry opened (the first time in this process, it is
-    checked and recorded) and the entry read by ``Registry``, whose errors say what is
-    wrong."""
+    """Attach the long way, once the short one failed: the registry opened and the entry
+    read by ``Registry``, whose errors say what is wrong."""
     with Registry(root) as registry:
         try:
             return _attach_unlocked(registry, name, readonly)
