@@ -12,15 +12,19 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EEXIST, EINTR, EINVAL, ENOENT, errno
 from libc.stdint cimport uintptr_t
 from libc.string cimport strerror
-from posix.stat cimport S_ISREG, fstat, lstat, struct_stat
+from posix.stat cimport S_ISREG, S_ISVTX, fstat, lstat, struct_stat
 from posix.types cimport dev_t, ino_t
-from posix.unistd cimport close as close_descriptor, read, usleep
+from posix.unistd cimport close as close_descriptor, geteuid, read, usleep
 
 from mshare._system cimport *
 
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *path, int flags, ...)
     int AT_FDCWD
+    int O_RDONLY
+    int O_DIRECTORY
+    int O_NOFOLLOW
+    int O_CLOEXEC
 
 cdef extern from "<sys/file.h>" nogil:
     int flock(int fd, int operation)
@@ -30,6 +34,7 @@ cdef extern from "<sys/file.h>" nogil:
 cdef extern from "Python.h":
     ctypedef struct PyObject
     int PySys_Audit(const char *event, const char *format, ...) except -1
+    bytes PyUnicode_EncodeFSDefault(object unicode)
 
 import os
 
@@ -231,11 +236,18 @@ cdef class OwnedDescriptor:
             close_descriptor(self.fd)
 
 
+cdef bytes encoded_path(path):
+    """``os.fsencode(path)``, without a call into Python code for a ``str``."""
+    if type(path) is str:
+        return PyUnicode_EncodeFSDefault(path)
+    return os.fsencode(path)
+
+
 cdef int open_raw(path, int flags, int mode, int directory) except -1:
     """``openat`` with the ``open`` audit event and ``EINTR`` retried; the caller owns
     the descriptor before any Python code can run."""
     PySys_Audit("open", "OOi", <PyObject *>path, <PyObject *>None, flags)
-    cdef bytes encoded = os.fsencode(path)
+    cdef bytes encoded = encoded_path(path)
     cdef const char *c_path = encoded
     cdef int fd
     while True:
@@ -279,6 +291,43 @@ def read_whole(int dir_fd, path, int flags, Py_ssize_t limit):
         close_descriptor(fd)
 
 
+def open_registry_entry(directory_path, name, int flags, Py_ssize_t limit):
+    """Open the registry directory ``directory_path`` (never through a symbolic link),
+    check it is safe as the registry requires (owned by root or this user; writable by
+    others only with the sticky bit), then read its entry ``name`` as ``read_whole``
+    does: ``(OwnedDescriptor of the directory, (device, inode), bytes or None,
+    os.stat_result of the entry)``, or ``None`` (nothing kept) for a directory that fails
+    the check, whose caller explains it. Failed system calls raise ``OSError``; the
+    directory's descriptor is owned from the instant it exists."""
+    cdef OwnedDescriptor directory = OwnedDescriptor(
+        open_raw(directory_path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0, AT_FDCWD))
+    cdef struct_stat info
+    if fstat(directory.fd, &info) != 0:
+        raise_errno(errno, directory_path)
+    if ((info.st_uid != 0 and info.st_uid != geteuid())
+            or (info.st_mode & 0o022 and not info.st_mode & S_ISVTX)):
+        directory.close()
+        return None
+    data, entry_stat = read_whole(directory.fd, name, flags, limit)
+    return directory, (info.st_dev, info.st_ino), data, entry_stat
+
+
+def open_file(path, int flags):
+    """Open ``path`` and ``fstat`` it: ``(OwnedDescriptor, os.stat_result)``, the
+    descriptor owned from the instant it exists and closed should the ``fstat`` fail."""
+    cdef OwnedDescriptor owner = OwnedDescriptor(open_raw(path, flags, 0, AT_FDCWD))
+    return owner, os.fstat(owner.fd)
+
+
+def map_if_in_place(path, dev_t device, ino_t inode, int fd, uintptr_t addr, size_t length,
+                    bint writable, label):
+    """``Mapping.map_fixed`` of ``fd`` once ``path`` is shown to name the file ``(device,
+    inode)`` still (``names_file``); ``None`` (nothing mapped) when it does not."""
+    if not names_file(path, device, inode):
+        return None
+    return Mapping.map_fixed(fd, addr, length, writable, label)
+
+
 def hold_shared_lock(int dir_fd, path, int flags):
     """Open ``path`` relative to ``dir_fd`` and take a shared ``flock`` on it without
     waiting (``LOCK_SH | LOCK_NB``): the ``OwnedDescriptor`` that holds the lock, or
@@ -303,7 +352,7 @@ def hold_shared_lock(int dir_fd, path, int flags):
 def names_file(path, dev_t device, ino_t inode):
     """True when ``path`` (not followed if a symbolic link) is the file ``(device,
     inode)``; False when it names another file or nothing."""
-    cdef bytes encoded = os.fsencode(path)
+    cdef bytes encoded = encoded_path(path)
     cdef struct_stat info
     if lstat(encoded, &info) != 0:
         if errno == ENOENT:

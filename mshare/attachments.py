@@ -71,8 +71,8 @@ _table: Dict[DataIdentity, _Watch] = {}  # data identity -> _Watch
 # from the entry it read, without opening the data object again.
 _by_entry: Dict[EntryFile, _Watch] = {}
 # Watches of attachments that went without close(), appended by the weakref machinery
-# itself; consumed at safe points.
-_dropped: List[_Watch] = []
+# itself; consumed at safe points (`release_pending`), looked at first to skip the call.
+dropped: List[_Watch] = []
 
 
 def data_identity(backend_name: str, data_stat: os.stat_result) -> DataIdentity:
@@ -189,7 +189,7 @@ class Attachment:
         faults.point("close:unmarked")
         # Queued now rather than left to the caller, so an interrupt before the caller
         # releases the range only delays it to the next safe point.
-        _dropped.append(self._watch)
+        dropped.append(self._watch)
         self._watch = None  # then it dies before the attachment and never calls back
 
     def claim(self) -> RangeClaim:
@@ -219,13 +219,13 @@ def _release_range_if_unlinked(registry_path: str, claim: RangeClaim) -> bool:
 def release_pending() -> None:
     """Release ranges of mappings that went without ``close()``, if the registry lock is
     free now; what cannot be done now stays for the next safe point."""
-    while _dropped:
-        watch = _dropped[0]
+    while dropped:
+        watch = dropped[0]
         _forget(watch)
         if not _release_range_if_unlinked(watch.registry_path, watch.claim()):
             return
         try:
-            _dropped.remove(watch)
+            dropped.remove(watch)
         except ValueError:
             pass  # another thread took it
 
@@ -264,7 +264,7 @@ def _forget(watch: Optional[_Watch]) -> None:
 
 def add(attachment: "Attachment") -> None:
     """Track ``attachment``; call with ``table_lock`` held."""
-    attachment._watch = _Watch(attachment, _dropped.append)
+    attachment._watch = _Watch(attachment, dropped.append)
     _table[attachment.key] = attachment._watch
 
 

@@ -15,7 +15,10 @@ import stat
 from typing import Tuple
 
 from mshare import faults
+from mshare._core import open_file
+from mshare.attach_plan import Plan
 from mshare.backends import get_backend
+from mshare.backends.base import OPEN_FLAGS
 from mshare.entry import Entry
 from mshare.errors import CorruptEntryError
 from mshare.owned import Descriptor
@@ -38,15 +41,14 @@ def foreign(entry_stat: os.stat_result, data_stat: os.stat_result) -> str | None
     return None
 
 
-def open_data(name: str, entry: Entry, entry_stat: os.stat_result,
+def open_data(name: str, plan: Plan, entry_stat: os.stat_result,
               writable: bool) -> Tuple[Descriptor, os.stat_result]:
-    """Open the data object of ``entry`` once it is shown to belong to the entry and to
-    hold every byte the entry maps; returns its ``Descriptor`` and ``fstat``. The kernel
-    checks permission on the open itself."""
-    backend = get_backend(entry.backend)
-    path = backend.path(entry.location)
+    """Open the data object of the entry ``plan`` was made from once it is shown to
+    belong to the entry and to hold every byte the entry maps; returns its ``Descriptor``
+    and ``fstat``. The kernel checks permission on the open itself."""
+    path = plan.data_path
     try:
-        data, data_stat = backend.open(entry.location, writable)
+        owner, data_stat = open_file(path, (os.O_RDWR if writable else os.O_RDONLY) | OPEN_FLAGS)
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT,
@@ -67,12 +69,18 @@ def open_data(name: str, entry: Entry, entry_stat: os.stat_result,
                 f"region {name!r}: its data object {path} is not a regular file", name
             ) from None
         raise
+    data = Descriptor.owning(owner)
     try:
-        _refuse_foreign(name, entry_stat, data_stat)
-        if data_stat.st_size < entry.map_length:
+        if plan.mounted:
+            plan.backend.check_file_system(data_stat.st_dev, plan.entry.location)
+        # The entry is a regular file: the same st_mode means a regular file of its mode.
+        if ((data_stat.st_mode, data_stat.st_uid, data_stat.st_gid)
+                != (entry_stat.st_mode, entry_stat.st_uid, entry_stat.st_gid)):
+            _refuse_foreign(name, entry_stat, data_stat)
+        if data_stat.st_size < plan.entry.map_length:
             raise CorruptEntryError(
                 f"region {name!r}: data object holds {data_stat.st_size} bytes, the entry "
-                f"says {entry.map_length}; refusing to map it", name)
+                f"says {plan.entry.map_length}; refusing to map it", name)
     except BaseException:
         data.close()
         raise

@@ -11,11 +11,10 @@ import os
 import time
 from typing import Callable, List, Optional, Tuple
 
-from mshare import addresses, attachments, binding, faults
-from mshare._core import Mapping, address_range_free, names_file
+from mshare import addresses, attach_plan, attachments, binding, faults
+from mshare._core import Mapping, address_range_free, map_if_in_place, names_file
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.attachments import Attachment, DataIdentity, data_identity
-from mshare.backends import Backend, get_backend
 from mshare.backends.selection import choose_backend, validate_hugepages
 from mshare.entry import Entry
 from mshare.errors import AddressConflictError, CorruptEntryError, MshareError
@@ -25,7 +24,7 @@ from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Descriptor, Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import Registry, range_file_name, range_marks
+from mshare.registry import Registry, range_marks
 
 
 def bookkeeping_length(page_size: int) -> int:
@@ -155,29 +154,69 @@ def _pickle_region(region: Region) -> Tuple[Callable[[str, bool, str], Region], 
 copyreg.pickle(Region, _pickle_region)
 
 
-@one_mount_view
 def _attach(name: str, readonly: bool, populate: bool, root: Optional[str]) -> Region:
-    attachments.release_pending()
-    with Registry(root) as registry:
-        try:
-            region = _attach_unlocked(registry, name, readonly)
-        except (AddressConflictError, FileNotFoundError):
-            # A change may have raced this attach: an unlink removing the name and data
-            # under it, or another thread of this process creating this very region (it
-            # maps before the name is published and enters the mapping in the table
-            # before its lock goes). With the registry lock held shared no change is
-            # half done, so the answer is the registry's once that change is complete.
-            with registry.locked(exclusive=False):
-                region = _attach_unlocked(registry, name, readonly)
+    if attachments.dropped:
+        attachments.release_pending()
+    opened = attach_plan.open_entry(root, name, not readonly)
+    if opened is None:
+        region = _attach_explained(name, readonly, root)
+    else:
+        registry, data, entry_stat = opened
+        with registry:
+            try:
+                plan = attach_plan.ready_plan(registry, data)
+                if plan is None:
+                    region = _attach_planned_now(registry, name, data, entry_stat, readonly)
+                else:
+                    region = _attach_entry(registry, name, plan, entry_stat, readonly)
+            except (AddressConflictError, FileNotFoundError):
+                region = _attach_again(registry, name, readonly)
     if populate:
         region.populate()
     return region
+
+
+@one_mount_view
+def _attach_explained(name: str, readonly: bool, root: Optional[str]) -> Region:
+    """Attach the long way, once the short one failed: the registry opened and the entry
+    read by ``Registry``, whose errors say what is wrong."""
+    with Registry(root) as registry:
+        try:
+            return _attach_unlocked(registry, name, readonly)
+        except (AddressConflictError, FileNotFoundError):
+            return _attach_again(registry, name, readonly)
+
+
+@one_mount_view
+def _attach_again(registry: Registry, name: str, readonly: bool) -> Region:
+    """A change may have raced this attach: an unlink removing the name and data under it,
+    or another thread of this process creating this very region (it maps before the name
+    is published and enters the mapping in the table before its lock goes). With the
+    registry lock held shared no change is half done, so the answer is the registry's
+    once that change is complete."""
+    with registry.locked(exclusive=False):
+        return _attach_unlocked(registry, name, readonly)
+
+
+@one_mount_view
+def _attach_planned_now(registry: Registry, name: str, data: bytes, entry_stat: os.stat_result,
+                        readonly: bool) -> Region:
+    """Attach an entry whose plan is new, or names a mount: looked up in one view."""
+    return _attach_entry(registry, name, attach_plan.plan_for(registry, name, data), entry_stat,
+                         readonly)
 
 
 def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
     """Attach without the registry lock: entries appear whole (linked into place), and
     ``_map_entry`` proves the data still there once its attach mark is taken."""
     entry, entry_stat = registry.read_entry(name, writable=not readonly)
+    return _attach_entry(registry, name, attach_plan.Plan(entry), entry_stat, readonly)
+
+
+def _attach_entry(registry: Registry, name: str, plan: attach_plan.Plan,
+                  entry_stat: os.stat_result, readonly: bool) -> Region:
+    """Attach the entry ``plan`` was made from, read (and checked) as ``entry_stat``."""
+    entry = plan.entry
     faults.point("attach:entry-read")
     with attachments.table_lock:
         # Mapped here from this very entry file: the kernel has just checked the access
@@ -185,14 +224,14 @@ def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
         attachment = attachments.find_by_entry(registry, name, entry, entry_stat)
         if attachment is not None and (readonly or attachment.mapping.writable):
             return Region(attachment, name, readonly, entry_stat)
-    data, data_stat = binding.open_data(name, entry, entry_stat, not readonly)
+    data, data_stat = binding.open_data(name, plan, entry_stat, not readonly)
     with data:
         faults.point("attach:data-opened")
         key = data_identity(entry.backend, data_stat)
         with attachments.table_lock:
             attachment = attachments.find(key)
             if attachment is None:
-                attachment = _map_entry(registry, name, entry, data, key, not readonly)
+                attachment = _map_entry(registry, name, plan, data, key, not readonly)
                 attachments.add(attachment)
             else:
                 attachment.check_same_region(registry, name, entry)
@@ -203,40 +242,46 @@ def _attach_unlocked(registry: Registry, name: str, readonly: bool) -> Region:
             return Region(attachment, name, readonly, entry_stat)
 
 
-def _map_entry(registry: Registry, name: str, entry: Entry, data: Descriptor,
+def _map_entry(registry: Registry, name: str, plan: attach_plan.Plan, data: Descriptor,
                key: DataIdentity, writable: bool) -> Attachment:
-    backend = get_backend(entry.backend)
-    range_file = range_file_name(entry.addr, entry.end)
+    entry = plan.entry
     try:
-        mark = registry.hold_range(range_file)
+        mark = registry.hold_range(plan.range_file)
         faults.point("attach:marked")
     except FileNotFoundError:
-        _refuse_unlinked(name, backend, entry, key)
+        _refuse_unlinked(name, plan, key)
         raise CorruptEntryError(
             f"region {name!r}: its address range is not recorded in the registry", name
         ) from None
     except MshareError as error:
         if error.errno == errno.EAGAIN:
-            _refuse_unlinked(name, backend, entry, key)  # an unlink is giving the range up
+            _refuse_unlinked(name, plan, key)  # an unlink is giving the range up
         raise
     try:
-        _refuse_unlinked(name, backend, entry, key)
-        mapping = Mapping.map_fixed(data.fd, entry.addr, entry.map_length, writable,
-                                    f"region {name!r}")
+        # With the attach mark held, the range stays reserved only if the data object is
+        # still in place (see _refuse_unlinked): proved in the same call that maps.
+        mapping = map_if_in_place(plan.data_path, key[1], key[2], data.fd, entry.addr,
+                                  entry.map_length, writable, f"region {name!r}")
+        if mapping is None:
+            raise _unlinked_while_attaching(name)
         faults.point("attach:mapped")
-        backend.after_map(mapping)
+        plan.backend.after_map(mapping)
     except BaseException:
         mark.close()
         raise
-    return Attachment(key, registry, name, entry, mapping, mark, range_file)
+    return Attachment(key, registry, name, entry, mapping, mark, plan.range_file)
 
 
-def _refuse_unlinked(name: str, backend: Backend, entry: Entry, key: DataIdentity) -> None:
+def _refuse_unlinked(name: str, plan: attach_plan.Plan, key: DataIdentity) -> None:
     """With the attach mark held, the range stays reserved only if the data object is
     still in place: an unlink removes the data first and then gives the range up unless
     a mark is on it, so data still there now means the unlink (if any) sees this mark."""
-    if not names_file(backend.path(entry.location), key[1], key[2]):
-        raise FileNotFoundError(errno.ENOENT, f"region {name!r} was unlinked while attaching", name)
+    if not names_file(plan.data_path, key[1], key[2]):
+        raise _unlinked_while_attaching(name)
+
+
+def _unlinked_while_attaching(name: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, f"region {name!r} was unlinked while attaching", name)
 
 
 def _allocate(registry: Registry, length: int, requested: Optional[int]) -> int:

@@ -196,7 +196,8 @@ class Region(ManagedMemory):
         lock. Views made through handles that were dropped unclosed keep the mapping
         until they go.
         """
-        attachments.release_pending()
+        if attachments.dropped:
+            attachments.release_pending()
         with attachments.table_lock:
             if self._closed:
                 return

@@ -129,6 +129,19 @@ class Registry:
             self.close()
             raise
 
+    @classmethod
+    def known(cls, path: str, directory: Descriptor, identity: Tuple[int, int]) -> Optional["Registry"]:
+        """The registry at ``path`` from its directory ``directory``, opened and checked
+        already, when this process has opened it before; else ``None`` (and ``directory``
+        untouched): ``Registry(path)`` does the first opening's work."""
+        registry_id = _known_directories.get((path, identity))
+        if registry_id is None:
+            return None
+        registry = cls.__new__(cls)
+        registry.path, registry._directory, registry.identity = path, directory, identity
+        registry.registry_id, registry.index = registry_id, AddressIndex(registry)
+        return registry
+
     @property
     def dir_fd(self) -> int:
         return self._directory.fd

@@ -7,6 +7,7 @@ import pytest
 
 import mshare
 from mshare import binding, operations
+from mshare.attach_plan import Plan
 from mshare.attachments import data_identity
 from mshare.procmaps import overlapping
 from mshare.registry import Registry
@@ -16,13 +17,13 @@ def opened_but_not_marked(name):
     """An attach of ``name`` stopped after it read the entry and opened the data object."""
     registry = Registry()
     entry, entry_stat = registry.read_entry(name, writable=True)
-    data, data_stat = binding.open_data(name, entry, entry_stat, True)
+    data, data_stat = binding.open_data(name, Plan(entry), entry_stat, True)
     return registry, entry, data, data_identity(entry.backend, data_stat)
 
 
 def finish(registry, name, entry, data, key):
     """The rest of that attach: mark the range and map."""
-    return operations._map_entry(registry, name, entry, data, key, True)
+    return operations._map_entry(registry, name, Plan(entry), data, key, True)
 
 
 def test_an_unlink_completed_mid_attach_is_refused(registry_path, name):
