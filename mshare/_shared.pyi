@@ -13,6 +13,13 @@ USER_LOCK_OFFSET: int
 INTERNAL_LOCK_OFFSET: int
 LOCK_WAITERS: int
 
+class _BoundTo:
+    """What the bound ``__enter__``/``__exit__`` a kept ``RegionLock`` holds are bound to."""
+
+class _LockMethod:
+    """``RegionLock.__enter__`` and ``__exit__``: descriptors handing out bound functions."""
+    def __get__(self, instance: object, owner: object = ...) -> object: ...
+
 class RegionLock:
     def __init__(self, owner: Bookkeeping, timeout: float | None = ...) -> None: ...
     def acquire(self) -> bool: ...

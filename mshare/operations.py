@@ -24,7 +24,7 @@ from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Descriptor, Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import Registry, range_marks
+from mshare.registry import Registry, range_file_name, range_marks
 
 
 def bookkeeping_length(page_size: int) -> int:
