@@ -27,6 +27,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 import mshare.ray  # noqa: E402
+from mshare import machine  # noqa: E402
 from mshare.registry import Registry  # noqa: E402
 
 BASE = "/tmp/mshare-tests"
@@ -115,11 +116,18 @@ def smaps_rollup(pid="self"):
 
 
 def data_object_bytes(registry):
-    """``{data object path: bytes allocated}`` of every data object of ``registry``, on
-    every backend, from the file system itself."""
+    """``{data object path: bytes held}`` of every data object of ``registry``, on every
+    backend, from the file system itself: the blocks allocated, and on hugetlbfs (whose
+    pages are all reserved at create, allocated at first touch) at least the length."""
     with Registry(registry) as opened:
         objects = data_objects(opened.registry_id)
-    return {path: os.stat(path).st_blocks * 512 for path in objects}
+    held = {}
+    for path in objects:
+        info = os.stat(path)
+        mount = machine.mount_at(os.path.dirname(path))
+        on_hugetlbfs = mount is not None and mount.fstype == machine.HUGETLBFS
+        held[path] = max(info.st_blocks * 512, info.st_size) if on_hugetlbfs else info.st_blocks * 512
+    return held
 
 
 def on(node_id):

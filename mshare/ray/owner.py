@@ -128,11 +128,15 @@ def unlink_local(name: str) -> bool:
 
 
 def memory_bytes(name: str) -> int:
-    """Bytes of memory the region's data object holds: its allocated blocks.
+    """Bytes of memory the region's data object holds: its allocated blocks, and on
+    hugetlbfs its whole length, every page of which is reserved for it from create on
+    (allocated when first touched).
 
     One number for the node, whoever touched the pages, and the proof that attaching
-    copies nothing. A region is reserved in full when it is created.
+    copies nothing.
     """
     with Registry() as registry:
         entry, _ = registry.read_entry(name)
-    return os.stat(get_backend(entry.backend).path(entry.location)).st_blocks * 512
+    info = os.stat(get_backend(entry.backend).path(entry.location))
+    allocated = info.st_blocks * 512
+    return max(allocated, info.st_size) if entry.backend == "hugetlb" else allocated
