@@ -47,7 +47,7 @@ class HugetlbBackend(FileBackend):
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.ENOMEM):
                 raise
-            raise _short_of_pages(fd, length, "allocating") from None
+            raise self._short_of_pages(length, "allocating") from None
 
     def map_new(self, data: Descriptor, start: int, length: int, label: str) -> Mapping:
         try:
@@ -55,25 +55,23 @@ class HugetlbBackend(FileBackend):
         except OSError as error:
             if error.errno not in (errno.ENOMEM, errno.ENOSPC):
                 raise
-            info = os.fstatvfs(data.fd)
-            pages, room = length // info.f_bsize, _room(info)
-            if pages <= machine.pool(info.f_bsize).available and (room is None or pages <= room):
+            pages, room = length // self.page_size(), _room(os.fstatvfs(data.fd))
+            if pages <= machine.pool(self.page_size()).available and (room is None or pages <= room):
                 raise  # not the pool: the address-space limit (RLIMIT_AS), say
-            raise _short_of_pages(data.fd, length, "reserving") from None
+            raise self._short_of_pages(length, "reserving") from None
 
-
-def _short_of_pages(fd: int, length: int, doing: str) -> HugePagesUnavailableError:
-    """The error of a hugetlb region whose ``length`` bytes of pages could not be had."""
-    page_size = os.fstatvfs(fd).f_bsize
-    pages, pool = length // page_size, machine.pool(page_size)
-    limit = (" or this process's hugetlb cgroup limit" if hugetlb_cgroup.fault_limited(page_size)
-             else "")
-    return HugePagesUnavailableError(
-        errno.ENOMEM,
-        f"the hugetlb pool ran short while {doing} {pages} {format_size(page_size)} pages "
-        f"({pool.available} are free now; another process took them, or the mount's size= "
-        f"limit{limit} is reached); as root: {grow_pool_advice(pool, pages)}",
-    )
+    def _short_of_pages(self, length: int, doing: str) -> HugePagesUnavailableError:
+        """The error of a region whose ``length`` bytes of pages could not be had."""
+        page_size = self.page_size()
+        pages, pool = length // page_size, machine.pool(page_size)
+        limit = (" or this process's hugetlb cgroup limit"
+                 if hugetlb_cgroup.fault_limited(page_size) else "")
+        return HugePagesUnavailableError(
+            errno.ENOMEM,
+            f"the hugetlb pool ran short while {doing} {pages} {format_size(page_size)} pages "
+            f"({pool.available} are free now; another process took them, or the mount's size= "
+            f"limit{limit} is reached); as root: {grow_pool_advice(pool, pages)}",
+        )
 
 
 def plan(size: int, tail_length: Callable[[int], int], auto: bool) -> Union["HugetlbBackend", Unavailable]:
