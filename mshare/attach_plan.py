@@ -4,13 +4,16 @@ An entry is never rewritten in place (a change links a new file), and the parsed
 ``Entry``, its backend, its data object's path, its range file's name and, for a backend
 whose locations involve no mount, the location's validity are a pure function of the
 entry's bytes and of the registry directory they were read from. So a ``Plan`` is kept by
-exactly those; changed bytes are a new key. A location on a mount is checked again at
-every attach (mounts come and go), as is everything the kernel says about files.
+exactly those; changed bytes are a new key. A location on a mount, and the file system a
+data object opened there lives on, are checked again whenever the mount table has
+changed since (mounts come and go): a check is kept with the ``machine.mount_view`` it
+was made in. Everything the kernel says about files is checked at every attach.
 """
 
 import os
 from typing import Dict, Optional, Tuple
 
+from mshare import machine
 from mshare._core import open_registry_entry
 from mshare.backends import Backend, get_backend
 from mshare.backends.files import FileBackend
@@ -26,12 +29,17 @@ _KEPT = 256
 class Plan:
     """What attaching one entry needs besides the files themselves."""
 
-    __slots__ = ("entry", "backend", "data_path", "range_file", "mounted")
+    __slots__ = ("entry", "backend", "data_path", "range_file", "mounted", "location_checked",
+                 "device_checked")
     entry: Entry
     backend: Backend
     data_path: str
     range_file: str
     mounted: bool
+    # The mount view the location was last found valid in.
+    location_checked: Optional[object]
+    # (mount view, device) of the last data object found on a file system of the backend.
+    device_checked: Optional[Tuple[object, int]]
 
     def __init__(self, entry: Entry) -> None:
         self.entry = entry
@@ -40,6 +48,17 @@ class Plan:
         self.range_file = range_file_name(entry.addr, entry.end)
         # Whether the location names a mount, which must be looked up at every attach.
         self.mounted = isinstance(self.backend, FileBackend)
+        self.location_checked = None
+        self.device_checked = None
+
+    def check_device(self, device: int) -> None:
+        """Refuse (``CorruptEntryError``) a data object, opened from this plan's mounted
+        location, on a device that is not a file system of the backend; once per mount
+        view."""
+        checked = (machine.mount_view(), device)
+        if self.device_checked != checked:
+            self.backend.check_file_system(device, self.entry.location)
+            self.device_checked = checked
 
 
 # (entry bytes, registry directory's (device, inode)) -> Plan
@@ -54,21 +73,26 @@ def plan_for(registry: Registry, name: str, data: bytes) -> Plan:
     that do not parse or point elsewhere."""
     key = (data, registry.identity)
     plan = _plans.get(key)
-    if plan is None or plan.mounted:
+    if plan is None or (plan.mounted and plan.location_checked is not machine.mount_view()):
         entry = registry.parse_entry(name, data)
         if plan is None:
             plan = Plan(entry)
             if len(_plans) >= _KEPT:
                 _plans.clear()
             _plans[key] = plan
+        if plan.mounted:
+            plan.location_checked = machine.mount_view()
     return plan
 
 
 def ready_plan(registry: Registry, data: bytes) -> Optional[Plan]:
     """The ``Plan`` of the entry whose bytes are ``data`` when it is known already and its
-    location involves no mount: nothing about it is left to check."""
+    location was found valid in the mount view of this call: nothing about it is left to
+    check."""
     plan = _plans.get((data, registry.identity))
-    return None if plan is None or plan.mounted else plan
+    if plan is None or (plan.mounted and plan.location_checked is not machine.mount_view()):
+        return None
+    return plan
 
 
 def open_entry(root: Optional[str], name: str,

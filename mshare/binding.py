@@ -72,7 +72,7 @@ def open_data(name: str, plan: Plan, entry_stat: os.stat_result,
     data = Descriptor.owning(owner)
     try:
         if plan.mounted:
-            plan.backend.check_file_system(data_stat.st_dev, plan.entry.location)
+            plan.check_device(data_stat.st_dev)
         # The entry is a regular file: the same st_mode means a regular file of its mode.
         if ((data_stat.st_mode, data_stat.st_uid, data_stat.st_gid)
                 != (entry_stat.st_mode, entry_stat.st_uid, entry_stat.st_gid)):

@@ -132,6 +132,13 @@ def _snapshot() -> _Snapshot:
     return view[0]
 
 
+def mount_view() -> object:
+    """A token of the mount table this call sees: the same object for as long as the
+    table is unchanged, another one once a mount comes or goes (or the namespace
+    changes). A check of mounts made under one token holds while it is current."""
+    return _snapshot()
+
+
 def mounts() -> List[Mount]:
     """The mounts of this process's mount namespace, in mount order."""
     return list(_snapshot().mounts)

@@ -3,6 +3,7 @@
 import errno
 import os
 import stat
+import subprocess
 import warnings
 
 import pytest
@@ -127,6 +128,33 @@ def test_mount_size_limit_refuses_demanded_and_auto_falls_back(registry_path, na
         assert region.backend == "thp"
     mshare.unlink(name)
     assert _contents(limited) == []
+
+
+def test_a_mount_replaced_after_an_attach_is_checked_again(registry_path, name, private_mount,
+                                                        hugetlb_pool, monkeypatch):
+    """An attach keeps its mount checks only while the mount table is unchanged: once the
+    hugetlbfs is gone and a tmpfs holding a look-alike data object is mounted in its place,
+    the next attach in the same process refuses the entry instead of mapping that file."""
+    mount_point = private_mount("hugetlbfs", "mode=1777,pagesize=2M")
+    monkeypatch.setenv("MSHARE_HUGETLBFS", mount_point)
+    mshare.create(name, 4 * MiB, hugepages="hugetlb").close()
+    with mshare.attach(name) as region:  # checks the location, and the data's file system
+        location, map_length = region._entry.location, region._entry.map_length
+    subprocess.run(["umount", mount_point], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "none", mount_point], check=True)
+    try:
+        with open(location, "wb") as planted:
+            planted.truncate(map_length)
+        os.chmod(location, 0o600)
+        with pytest.raises(mshare.CorruptEntryError, match="not a hugetlbfs mount now"):
+            mshare.attach(name)
+    finally:
+        os.unlink(location)
+        subprocess.run(["umount", mount_point], check=True)
+    mshare.unlink(name)
+    with Registry(registry_path) as registry:
+        for claim in registry.ranges():
+            assert registry.release_range_if_unused(claim)
 
 
 def test_attach_after_the_mount_vanished_is_a_clear_error(registry_path, name, private_mount,
