@@ -64,7 +64,8 @@ class _MountTable:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.namespace: Optional[int] = None  # inode of the mount namespace it belongs to
+        # The mount namespace it belongs to, as its link names it ("mnt:[INODE]").
+        self.namespace: Optional[str] = None
         self.file = None
         self.poll = None
         self.snapshot = _Snapshot.of([])
@@ -73,7 +74,8 @@ class _MountTable:
         # One thread at a time: the poll that reports a change also consumes it, so
         # another thread must not return the old table meanwhile.
         with self.lock:
-            namespace = os.stat("/proc/self/ns/mnt").st_ino
+            # The link's text names the namespace as its inode does, at half a stat's cost.
+            namespace = os.readlink("/proc/self/ns/mnt")
             if namespace != self.namespace or self.poll.poll(0):
                 self._reread(namespace)
             return self.snapshot
@@ -84,7 +86,7 @@ class _MountTable:
         self.lock = threading.Lock()
         self.namespace = None
 
-    def _reread(self, namespace: int) -> None:
+    def _reread(self, namespace: str) -> None:
         if self.file is not None:
             self.file.close()
         self.namespace = None

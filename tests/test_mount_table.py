@@ -52,3 +52,24 @@ def test_a_forked_child_sees_changes_after_the_fork():
         print(os.waitstatus_to_exitcode(status), machine.mount_at(point))
     """)
     assert result.stdout.split() == ["0", "None"]
+
+
+def test_a_process_that_moves_to_another_mount_namespace_sees_that_namespace():
+    """The open mountinfo reports changes of the namespace it was opened in only: a process
+    that unshares its namespace and unmounts there must see the unmount at its next look."""
+    require_root()
+    result = run_with_private_mounts(
+        "mkdir -p /mnt/mshare-ns-table && mount -t tmpfs none /mnt/mshare-ns-table", """
+        import ctypes, os, subprocess
+        from mshare import machine
+
+        point = "/mnt/mshare-ns-table"
+        before = machine.mount_at(point)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+            raise OSError(ctypes.get_errno(), "unshare")
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+        subprocess.run(["umount", point], check=True)  # in the new namespace only
+        print(before is not None and before.fstype, machine.mount_at(point))
+    """)
+    assert result.stdout.split() == ["tmpfs", "None"]
