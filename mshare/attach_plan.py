@@ -87,12 +87,10 @@ def plan_for(registry: Registry, name: str, data: bytes) -> Plan:
 
 def ready_plan(registry: Registry, data: bytes) -> Optional[Plan]:
     """The ``Plan`` of the entry whose bytes are ``data`` when it is known already and its
-    location was found valid in the mount view of this call: nothing about it is left to
-    check."""
+    location involves no mount: nothing about it is left to check, and no mount view is
+    needed (``plan_for``, in one, answers for the others)."""
     plan = _plans.get((data, registry.identity))
-    if plan is None or (plan.mounted and plan.location_checked is not machine.mount_view()):
-        return None
-    return plan
+    return None if plan is None or plan.mounted else plan
 
 
 def open_entry(root: Optional[str], name: str,

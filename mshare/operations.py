@@ -154,9 +154,7 @@ def _pickle_region(region: Region) -> Tuple[Callable[[str, bool, str], Region], 
 copyreg.pickle(Region, _pickle_region)
 
 
-@one_mount_view
 def _attach(name: str, readonly: bool, populate: bool, root: Optional[str]) -> Region:
-    # One mount view for the call: a plan's mount checks hold while it is unchanged.
     if attachments.dropped:
         attachments.release_pending()
     opened = attach_plan.open_entry(root, name, not readonly)
@@ -200,10 +198,11 @@ def _attach_again(registry: Registry, name: str, readonly: bool) -> Region:
         return _attach_unlocked(registry, name, readonly)
 
 
+@one_mount_view
 def _attach_planned_now(registry: Registry, name: str, data: bytes, entry_stat: os.stat_result,
                         readonly: bool) -> Region:
-    """Attach an entry whose plan is new, or whose mount checks are older than the mount
-    table."""
+    """Attach an entry whose plan is new, or names a mount: in one mount view, in which
+    the plan's mount checks are made again only if the mount table changed."""
     return _attach_entry(registry, name, attach_plan.plan_for(registry, name, data), entry_stat,
                          readonly)
 
