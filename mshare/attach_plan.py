@@ -46,7 +46,7 @@ class Plan:
         self.backend = get_backend(entry.backend)
         self.data_path = self.backend.path(entry.location)
         self.range_file = range_file_name(entry.addr, entry.end)
-        # Whether the location names a mount, which must be looked up at every attach.
+        # Whether the location names a mount, whose checks hold for one mount view only.
         self.mounted = isinstance(self.backend, FileBackend)
         self.location_checked = None
         self.device_checked = None
