@@ -55,8 +55,9 @@ class HugetlbBackend(FileBackend):
         except OSError as error:
             if error.errno not in (errno.ENOMEM, errno.ENOSPC):
                 raise
-            pages, room = length // self.page_size(), _room(os.fstatvfs(data.fd))
-            if pages <= machine.pool(self.page_size()).available and (room is None or pages <= room):
+            page_size = self.page_size()
+            pages, room = length // page_size, _room(os.fstatvfs(data.fd))
+            if pages <= machine.pool(page_size).available and (room is None or pages <= room):
                 raise  # not the pool: the address-space limit (RLIMIT_AS), say
             raise self._short_of_pages(length, "reserving") from None
 
