@@ -383,7 +383,8 @@ cdef class Bookkeeping:
         self.in_flight -= 1
 
     def initialize(self):
-        """Set up the lock, allocator and name table on zero-filled memory.
+        """Set up the lock, allocator and name table on zero-filled memory (a data object
+        just made: the name table is left as it is, all zeros).
 
         Called once by the region's creator before anyone else can see the region. Calling
         it again on an initialized area only checks it; foreign data is refused."""
@@ -393,7 +394,9 @@ cdef class Bookkeeping:
         if ms_load(&bk.magic) != 0:
             self.check_header(bk)
             return
-        memset(bk, 0, sizeof(ms_bookkeeping_t))
+        # The memory is a data object just made, so zero-filled: clearing the name table
+        # too would only fault a dozen pages in to write zeros over zeros.
+        memset(bk, 0, <size_t>(<char *>bk.slots - <char *>bk))
         bk.version = MS_VERSION
         bk.layout_size = sizeof(ms_bookkeeping_t)
         bk.arena_addr = self.arena.start

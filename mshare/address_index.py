@@ -128,7 +128,6 @@ class AddressIndex:
         self._directory: Optional[Descriptor] = None
         self._directory_checked = False  # its sticky bit, before this session's first write
         self._listed: List[str] = []  # the directory's names when the session read it
-        self._removed = False  # this session removed the index, and nothing changed since
         # uid -> (its file opened for writing, checked to be that user's; the file's length)
         self._writers: Dict[int, Tuple[Descriptor, int]] = {}
 
@@ -136,7 +135,6 @@ class AddressIndex:
         """End the session: forget what was loaded, close what it held open."""
         self.users = None
         self._listed = []
-        self._removed = False
         self.close_files()
 
     def close_files(self) -> None:
@@ -170,8 +168,8 @@ class AddressIndex:
 
     def _fresh(self, stamp: Stamp) -> bool:
         """True when a file of the index records the registry directory as ``stamp``
-        says it is now, or the index was removed, empty, and nothing changed since."""
-        return self._removed or any(index.stamp == stamp for index in self.users.values())
+        says it is now."""
+        return any(index.stamp == stamp for index in self.users.values())
 
     def _directory_stamp(self) -> Stamp:
         info = os.fstat(self.registry.dir_fd)
@@ -285,7 +283,6 @@ class AddressIndex:
 
     def _user(self, owner: int) -> UserIndex:
         self.dirty.add(owner)
-        self._removed = False
         return self.users.setdefault(owner, UserIndex(owner))
 
     def add(self, start: int, end: int, owner: int) -> None:
@@ -330,15 +327,19 @@ class AddressIndex:
 
     def save(self) -> None:
         """Write every changed user's file (and this user's, which records the directory
-        as it is now); remove the index once it holds nothing."""
+        as it is now); once it holds nothing, only this user's file stays, empty."""
         user = os.geteuid()
         stamp = None if self.dirty else self._directory_stamp()
         if stamp is not None and self._fresh(stamp):
             return
         writable = {owner for owner in self.dirty | {user} if user in (0, owner)}
         if all(index.empty() for index in self.users.values()):
-            self._remove_all(writable)
-            return
+            if self._open_directory() is None:
+                return  # no index, and no range for one to cover
+            # Emptied: this user's file stays, empty, so that the next create finds the
+            # index fresh instead of making its directory and file anew.
+            self._remove_others(writable, user)
+            writable = {user}
         directory, made = self._open_or_make_directory()
         if stamp is None or made:  # making the directory changed the registry's
             stamp = self._directory_stamp()
@@ -347,24 +348,18 @@ class AddressIndex:
             self._write_file(directory.fd, index, stamp)
         self.dirty = set()
 
-    def _remove_all(self, writable: Set[int]) -> None:
-        directory = self._open_directory()
-        if directory is None:
-            return
-        # Root removes every user's (empty) file; others only their own.
+    def _remove_others(self, writable: Set[int], user: int) -> None:
+        """With every range gone: remove the other users' files this user may (root: all
+        of them, garbage too), so an emptied index holds only this user's own file."""
         names = set(map(str, writable))
-        if os.geteuid() == 0:
+        if user == 0:
             names.update(self._listed)
+        if user in self._writers:
+            names.discard(str(user))  # shown to be this user's when it was read
         for file_name in names:
-            self._remove_quietly(file_name, directory.fd)
-        try:
-            os.rmdir(INDEX_DIRECTORY, dir_fd=self.registry.dir_fd)
-        except OSError:
-            pass  # files this user may not remove stay, and so does the directory
-        else:
-            self._removed = True
-        self.close_files()
-        self.dirty = set()
+            self._remove_quietly(file_name, self._directory.fd)
+            if file_name.isdigit() and int(file_name) in self._writers:
+                self._writers.pop(int(file_name))[0].close()
 
     def _write_file(self, directory_fd: int, index: UserIndex, stamp: Stamp) -> None:
         """Rewrite one user's file in place. A write cut short (the writer killed, or

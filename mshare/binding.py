@@ -22,7 +22,7 @@ from mshare.backends.base import OPEN_FLAGS
 from mshare.entry import Entry
 from mshare.errors import CorruptEntryError
 from mshare.owned import Descriptor
-from mshare.registry import Registry
+from mshare.registry import RangeClaim, Registry, range_file_name
 
 
 def foreign(entry_stat: os.stat_result, data_stat: os.stat_result) -> str | None:
@@ -106,8 +106,7 @@ def remove_data(registry: Registry, entry: Entry, entry_stat: os.stat_result) ->
             return
         backend.unlink(entry.location)
         faults.point("unlink:data-removed")
-    claim, owner = registry.recorded_range(entry.addr, entry.end)
-    if (claim is not None and owner == entry_stat.st_uid
-            and (claim.backend, claim.location) == (entry.backend, entry.location)
-            and not registry.release_range_if_unused(claim)):
-        registry.keep_pending(claim, owner)
+    claim = RangeClaim(entry.addr, entry.end, range_file_name(entry.addr, entry.end),
+                       entry.backend, entry.location)
+    if registry.release_own_range(claim, entry_stat.st_uid) is False:
+        registry.keep_pending(claim, entry_stat.st_uid)

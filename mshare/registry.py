@@ -471,15 +471,45 @@ class Registry:
                 return False
             if owner is None:
                 return True
-            try:
-                os.unlink(claim.file_name, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                return True
-            except PermissionError:
+            return self._remove_range_file(claim, owner)
+
+    def release_own_range(self, claim: RangeClaim, owner: int) -> Optional[bool]:
+        """After ``unlink`` removed a region's data object: release its range, read once.
+        ``None`` when the range file is not the region's (missing, of another owner or
+        recording another data object: left for its owner or ``gc``), True when released,
+        False while some process still maps it (the caller keeps it pending)."""
+        with self._index_session():
+            backend = BACKENDS.get(claim.backend)
+            if backend is None or backend.exists(claim.location):
                 return False
-            # After the file is gone, never before: the index covers every range file.
-            self.index.remove(claim.start, claim.end, owner)
+            try:
+                descriptor = open_descriptor(claim.file_name, _READ_FLAGS, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                return None
+            with descriptor:
+                info = os.fstat(descriptor.fd)
+                recorded = _read_range_file(descriptor.fd).decode(errors="replace")
+                if (not stat.S_ISREG(info.st_mode) or info.st_uid != owner
+                        or recorded.strip() != f"{claim.backend} {claim.location}"):
+                    return None
+                try:
+                    fcntl.flock(descriptor.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return self._remove_range_file(claim, owner)
+
+    def _remove_range_file(self, claim: RangeClaim, owner: int) -> bool:
+        """Remove a range file nobody maps, then its bits: False when the sticky directory
+        keeps another user's file from us."""
+        try:
+            os.unlink(claim.file_name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
             return True
+        except PermissionError:
+            return False
+        # After the file is gone, never before: the index covers every range file.
+        self.index.remove(claim.start, claim.end, owner)
+        return True
 
     def keep_pending(self, claim: RangeClaim, owner: int) -> None:
         """The range of an unlinked region is still mapped: release it at a later change."""

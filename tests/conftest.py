@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from consistency import registry_files
 from helpers import (
     SHM,
     WORLD_READABLE_SITE,
@@ -91,7 +92,7 @@ def _assert_clean(path):
 
     with Registry(path) as registry:
         leftovers = shm_objects_of(registry.registry_id) + huge_page_objects_of(registry.registry_id)
-        files = sorted(set(os.listdir(path)) - {"mshare_info", ".lock"})
+        files = registry_files(path)
     # Reported, then removed: a failing test must not leave its memory on the machine.
     for leftover in leftovers:
         with contextlib.suppress(FileNotFoundError):

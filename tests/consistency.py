@@ -110,6 +110,34 @@ def indexed_gibs(registry_path):
     return taken
 
 
+def index_holds_nothing(registry_path):
+    """True when the address index marks nothing: every file in ``.index`` is a whole
+    index file (magic, checksum) with no GiB taken and no range pending, as the last
+    unlink of a registry leaves it."""
+    directory = os.path.join(registry_path, INDEX_DIRECTORY)
+    for file_name in os.listdir(directory):
+        with open(os.path.join(directory, file_name), "rb") as file:
+            data = file.read()
+        if len(data) < INDEX_HEADER.size + 4 or zlib.crc32(data[:-4]) != CRC.unpack(data[-4:])[0]:
+            return False
+        magic, _version, _zero, slots, pending, *_stamp = INDEX_HEADER.unpack_from(data)
+        bitmap = data[INDEX_HEADER.size:INDEX_HEADER.size + slots // 8]
+        if magic != b"MSIX" or pending or any(bitmap):
+            return False
+    return True
+
+
+def registry_files(registry_path):
+    """The registry's contents, sorted, apart from what it keeps for itself: its lock, its
+    info file, and an address index that marks nothing (the last unlink leaves it so)."""
+    if not os.path.isdir(registry_path):
+        return []
+    files = set(os.listdir(registry_path)) - {".lock", "mshare_info"}
+    if INDEX_DIRECTORY in files and index_holds_nothing(registry_path):
+        files.remove(INDEX_DIRECTORY)
+    return sorted(files)
+
+
 def assert_index_covers_ranges(registry_path):
     """Every range file's GiBs are marked in the index: what lets create trust it."""
     arena_start = arena()[0]

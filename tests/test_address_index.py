@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 
 import mshare
-from consistency import INDEX_DIRECTORY, assert_clean, assert_index_covers_ranges
+from consistency import INDEX_DIRECTORY, assert_clean, assert_index_covers_ranges, index_holds_nothing
 from people import STRANGER
 
 # Audit events that touch the file system by name or read a directory.
@@ -98,7 +98,28 @@ def test_a_damaged_index_is_rebuilt_not_trusted(registry_path, name):
         assert_clean(registry_path)
     for region_name in (name, "second"):
         mshare.unlink(region_name)
-    assert not os.path.exists(os.path.join(registry_path, INDEX_DIRECTORY))
+    # Emptied, the index stays: only this user's file, whole, marking nothing.
+    assert os.listdir(os.path.join(registry_path, INDEX_DIRECTORY)) == [str(os.geteuid())]
+    assert index_holds_nothing(registry_path)
+
+
+def test_an_emptied_index_is_kept_for_the_next_create(registry_path, name):
+    # The last unlink leaves the index marking nothing; the next create uses it as it is
+    # rather than making its directory and file again.
+    mshare.create(name, 4096).close()
+    mshare.unlink(name)
+    directory = os.path.join(registry_path, INDEX_DIRECTORY)
+    own_file = os.path.join(directory, str(os.geteuid()))
+    kept = os.stat(directory).st_ino, os.stat(own_file).st_ino
+    assert index_holds_nothing(registry_path)
+    with mshare.create(name, 4096) as region:
+        assert (os.stat(directory).st_ino, os.stat(own_file).st_ino) == kept
+        assert_index_covers_ranges(registry_path)
+        first = region.addr
+    mshare.unlink(name)
+    with mshare.create(name, 4096) as region:
+        assert region.addr == first  # the range was given back, not lost
+    mshare.unlink(name)
 
 
 def test_an_index_missing_its_ranges_is_rebuilt_from_them(registry_path, name):
@@ -148,6 +169,9 @@ def test_an_index_file_under_this_users_name_but_anothers_is_refused_cleanly(reg
     _plant_index_file(registry_path, str(os.geteuid()), b"", STRANGER)
     with pytest.raises(mshare.UnsafeRegistryError, match=f"{INDEX_DIRECTORY}/0 is not a file of uid 0"):
         mshare.create(name, 4096)
-    # Nothing of the region was made (and root, finding the index empty, removed it).
+    # Nothing of the region was made, and root, finding the index empty, replaced the
+    # planted file by one of its own that marks nothing.
     assert [f for f in os.listdir(registry_path) if f.startswith(".range-") or f == name] == []
-    assert not os.path.exists(os.path.join(registry_path, INDEX_DIRECTORY))
+    index_file = os.path.join(registry_path, INDEX_DIRECTORY, str(os.geteuid()))
+    assert os.stat(index_file).st_uid == os.geteuid()
+    assert index_holds_nothing(registry_path)

@@ -216,6 +216,31 @@ def test_raw_users_see_zeroed_bytes_and_the_bookkeeping_outside_buf(registry_pat
     mshare.unlink(name)
 
 
+def _resident_bytes(addr):
+    """``Rss`` of this process's mapping starting at ``addr``, read from the kernel."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) == addr
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) << 10
+    raise AssertionError(f"no mapping starts at {addr:#x}")
+
+
+def test_a_new_region_maps_in_only_the_head_of_its_bookkeeping(registry_path, name):
+    # The data object is born zero-filled, so create writes the lock and allocator words
+    # and leaves the name table's pages alone: clearing them would fault a dozen in.
+    with mshare.create(name, 1 << 20, hugepages="off") as region:
+        assert _resident_bytes(region.addr) <= 4 * 4096
+        array = region.array("first", (4,), "int64")  # the name table works untouched
+        array[:] = 7
+        assert list(region.array("first")) == [7, 7, 7, 7]
+        del array
+    mshare.unlink(name)
+
+
 def _churn_forever(region, ready):
     ready.set()
     while True:

@@ -12,6 +12,7 @@ from mshare.addresses import ALIGNMENT, arena
 from mshare.backends.shm import memory_available
 from mshare.registry import Registry
 
+from consistency import registry_files
 from helpers import SHM, run_with_private_mounts, shm_objects_of
 
 
@@ -22,8 +23,7 @@ def snapshot(registry_path):
         return [], []
     with Registry(registry_path) as registry:
         objects = shm_objects_of(registry.registry_id)
-    own = {".lock", "mshare_info"}
-    return sorted(set(os.listdir(registry_path)) - own), objects
+    return registry_files(registry_path), objects
 
 
 BAD_NAMES = [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from consistency import registry_files
 from doc_examples import ExampleError, Page
 from helpers import huge_page_objects_of, shm_objects_of
 
@@ -23,7 +24,7 @@ def left_behind(registry_path):
 
     with Registry(registry_path) as registry:
         objects = shm_objects_of(registry.registry_id) + huge_page_objects_of(registry.registry_id)
-    return objects + sorted(set(os.listdir(registry_path)) - {"mshare_info", ".lock"})
+    return objects + registry_files(registry_path)
 
 
 @pytest.mark.parametrize("path", PAGES, ids=lambda path: str(path.relative_to(REPOSITORY)))

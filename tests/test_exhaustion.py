@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 import mshare
-from consistency import INDEX_DIRECTORY, assert_clean
+from consistency import assert_clean, index_holds_nothing
 from figures import record
 from helpers import run_python, run_with_private_mounts
 from leftovers import state
@@ -157,7 +157,7 @@ def test_address_arena_used_up(registry_path, name, backend):
     # Removed by hand, behind the registry's back: the next change of the registry (here
     # gc) finds the index stale and makes it anew, without the planted range.
     mshare.gc()
-    assert not os.path.exists(os.path.join(registry_path, INDEX_DIRECTORY))
+    assert index_holds_nothing(registry_path)
 
 
 def test_file_descriptor_limit(registry_path, backend):

@@ -15,6 +15,7 @@ from mshare.backends.hugetlb import HugetlbBackend
 from mshare.owned import Undo
 from mshare.registry import Registry
 
+from consistency import registry_files
 from helpers import run_python
 
 GiB = 1 << 30
@@ -80,13 +81,6 @@ def test_readonly_attach_of_a_hugetlb_region(registry_path, name, hugetlbfs):
     mshare.unlink(name)
 
 
-def _registry_files(registry_path):
-    """The registry's contents apart from the files it makes on first use."""
-    if not os.path.isdir(registry_path):
-        return []
-    return sorted(set(os.listdir(registry_path)) - {".lock", "mshare_info"})
-
-
 def test_pool_too_small_is_an_error_at_create(registry_path, name, hugetlbfs):
     available = machine.pool(2 * MiB).available
     with pytest.raises(mshare.HugePagesUnavailableError) as raised:
@@ -94,7 +88,7 @@ def test_pool_too_small_is_an_error_at_create(registry_path, name, hugetlbfs):
     assert raised.value.errno == errno.ENOMEM
     message = raised.value.strerror
     assert f"has {available} free 2M pages" in message and "mshare mount --hugepages" in message
-    assert _contents(hugetlbfs) == [] and _registry_files(registry_path) == []
+    assert _contents(hugetlbfs) == [] and registry_files(registry_path) == []
 
 
 def test_a_short_pool_while_reserving_is_a_clean_error_not_sigbus(private_mount, hugetlb_pool):

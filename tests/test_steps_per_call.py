@@ -129,16 +129,16 @@ CREATE_STEPS = {
     "handler swaps": 2,  # Ctrl-C held back once
 }
 UNLINK_STEPS = {
-    # registry directory, lock, index directory, index file, entry, range file (read by
-    # the data's removal and again to release the range)
-    "files opened": 7,
+    # registry directory, lock, index directory, index file, entry, range file (read once,
+    # to check it is the entry's and to release it)
+    "files opened": 6,
     "index writes": 1,
     "listings": 1,
     # registry directory, lock, stamp at load, index file, data object before removal and
-    # after, range file as read and its owner as released, index directory's sticky bit,
-    # stamp at the write and at the lock's release (stats are counted where Python makes
-    # them: the entry's is inside the compiled read)
-    "stats": 11,
+    # after, range file as opened, index directory's sticky bit, stamp at the write and at
+    # the lock's release (stats are counted where Python makes them: the entry's is
+    # inside the compiled read)
+    "stats": 10,
     "handler swaps": 2,
 }
 # What a hugetlb create does besides: the pool's five counters, and a statfs of the mount
