@@ -22,7 +22,7 @@ from mshare.backends.base import OPEN_FLAGS
 from mshare.entry import Entry
 from mshare.errors import CorruptEntryError
 from mshare.owned import Descriptor
-from mshare.registry import RangeClaim, Registry, range_file_name
+from mshare.registry import RANGE_KEPT, RangeClaim, Registry, range_file_name
 
 
 def foreign(entry_stat: os.stat_result, data_stat: os.stat_result) -> str | None:
@@ -108,5 +108,5 @@ def remove_data(registry: Registry, entry: Entry, entry_stat: os.stat_result) ->
         faults.point("unlink:data-removed")
     claim = RangeClaim(entry.addr, entry.end, range_file_name(entry.addr, entry.end),
                        entry.backend, entry.location)
-    if registry.release_own_range(claim, entry_stat.st_uid) is False:
+    if registry.release_range(claim, entry_stat.st_uid) == RANGE_KEPT:
         registry.keep_pending(claim, entry_stat.st_uid)

@@ -1,20 +1,7 @@
 """Small helpers for whole-file reads and writes on descriptors the caller owns."""
 
 import os
-from typing import List, Optional, Union
-
-
-def read_at_most(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``fd``, reading until end of file."""
-    chunks: List[bytes] = []
-    total = 0
-    while total < limit:
-        chunk = os.read(fd, limit - total)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
+from typing import Optional, Union
 
 
 def write_all(fd: int, data: Union[bytes, bytearray, memoryview]) -> None:

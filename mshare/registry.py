@@ -39,7 +39,7 @@ from mshare.address_index import AddressIndex
 from mshare.backends import BACKENDS, get_backend
 from mshare._core import hold_shared_lock, read_whole
 from mshare.errors import CorruptEntryError, MshareError, UnsafeRegistryError
-from mshare.fileio import read_at_most, unlink_quietly, write_all
+from mshare.fileio import unlink_quietly, write_all
 from mshare.owned import Descriptor, Undo, create_file, open_descriptor, signals_deferred
 from mshare.registry_root import default_root
 
@@ -49,6 +49,8 @@ RANGE_PREFIX = ".range-"
 TEMP_PREFIX = ".tmp-"
 PUBLIC_READ = 0o444
 RANGE_FILE_LIMIT = 8192
+# What ``Registry.release_range`` did with a range file.
+RANGE_FREED, RANGE_KEPT, RANGE_NOT_ITS = "freed", "kept", "not its"
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -434,82 +436,50 @@ class Registry:
             raise CorruptEntryError(f"address range file {file_name!r} is not a regular file")
         return Descriptor.owning(mark)
 
-    def range_in_use(self, claim: RangeClaim) -> bool:
-        """True while the range's data object exists or any process maps it.
-
-        A range file that now records another data object (the range was freed and
-        given to a new region meanwhile) counts as in use: it is not this claim's."""
-        return self._range_use(claim)[0]
-
-    def _range_use(self, claim: RangeClaim) -> Tuple[bool, Optional[int]]:
-        """``(in use, owner uid of its range file)``; the owner is ``None`` when there is
-        no range file (or it does not matter: the range is in use)."""
-        backend = BACKENDS.get(claim.backend)
-        if backend is None or not claim.location or backend.exists(claim.location):
-            return True, None
-        try:
-            descriptor = open_descriptor(claim.file_name, _READ_FLAGS, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            return False, None
-        with descriptor:
-            recorded = _read_range_file(descriptor.fd).decode(errors="replace").partition(" ")[2]
-            if recorded.strip() != claim.location:
-                return True, None
-            try:
-                fcntl.flock(descriptor.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True, None
-            return False, os.fstat(descriptor.fd).st_uid
-
     def release_range_if_unused(self, claim: RangeClaim) -> bool:
         """Remove a range nobody maps any more, and its bits from the address index (call
-        with the registry locked); ranges of other users that the sticky directory will
-        not let us remove stay until their owner (or ``gc``) does."""
-        with self._index_session():
-            in_use, owner = self._range_use(claim)
-            if in_use:
-                return False
-            if owner is None:
-                return True
-            return self._remove_range_file(claim, owner)
+        with the registry locked): True once it is gone (or there was none)."""
+        return self.release_range(claim) == RANGE_FREED
 
-    def release_own_range(self, claim: RangeClaim, owner: int) -> Optional[bool]:
-        """After ``unlink`` removed a region's data object: release its range, read once.
-        ``None`` when the range file is not the region's (missing, of another owner or
-        recording another data object: left for its owner or ``gc``), True when released,
-        False while some process still maps it (the caller keeps it pending)."""
+    def release_range(self, claim: RangeClaim, owner: Optional[int] = None) -> str:
+        """Remove the range file of ``claim`` once nobody maps it, then its bits, reading
+        the file once (call with the registry locked). ``owner``: the uid the file must
+        belong to (``None``: whoever made it). Returns ``RANGE_FREED`` (removed, or there
+        was none), ``RANGE_KEPT`` (its data object still exists, some process maps it,
+        or it is another user's file the sticky directory keeps from us) or
+        ``RANGE_NOT_ITS`` (not a regular file of that owner recording this claim's data
+        object: the range was freed and given to another region meanwhile, or it was
+        planted; left for its owner or ``gc``)."""
         with self._index_session():
             backend = BACKENDS.get(claim.backend)
-            if backend is None or backend.exists(claim.location):
-                return False
+            if backend is None or not claim.location or backend.exists(claim.location):
+                return RANGE_KEPT
             try:
                 descriptor = open_descriptor(claim.file_name, _READ_FLAGS, dir_fd=self.dir_fd)
             except FileNotFoundError:
-                return None
+                return RANGE_FREED
             with descriptor:
                 info = os.fstat(descriptor.fd)
                 recorded = _read_range_file(descriptor.fd).decode(errors="replace")
-                if (not stat.S_ISREG(info.st_mode) or info.st_uid != owner
+                if (not stat.S_ISREG(info.st_mode) or owner not in (None, info.st_uid)
                         or recorded.strip() != f"{claim.backend} {claim.location}"):
-                    return None
+                    return RANGE_NOT_ITS
                 try:
                     fcntl.flock(descriptor.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    return False
-                return self._remove_range_file(claim, owner)
+                    return RANGE_KEPT
+                return self._remove_range_file(claim, info.st_uid)
 
-    def _remove_range_file(self, claim: RangeClaim, owner: int) -> bool:
-        """Remove a range file nobody maps, then its bits: False when the sticky directory
-        keeps another user's file from us."""
+    def _remove_range_file(self, claim: RangeClaim, owner: int) -> str:
         try:
             os.unlink(claim.file_name, dir_fd=self.dir_fd)
         except FileNotFoundError:
-            return True
+            return RANGE_FREED
         except PermissionError:
-            return False
+            return RANGE_KEPT  # another user's, in the sticky directory
         # After the file is gone, never before: the index covers every range file.
         self.index.remove(claim.start, claim.end, owner)
-        return True
+        return RANGE_FREED
 
     def keep_pending(self, claim: RangeClaim, owner: int) -> None:
         """The range of an unlinked region is still mapped: release it at a later change."""
@@ -521,8 +491,8 @@ class Registry:
             claim, _file_owner = self.recorded_range(start, end)
             if claim is None:
                 self.index.remove(start, end, owner)  # gone already
-            elif not self.range_in_use(claim):
-                self.release_range_if_unused(claim)
+            else:
+                self.release_range(claim)
 
     def attach_count(self, start: int, end: int, marks: Optional[Dict[str, List[str]]] = None) -> int:
         """How many processes hold a mark on the range (``/proc/locks``): locks placed by
