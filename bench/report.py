@@ -156,9 +156,10 @@ def figure_tables(figure: Figure, records: list[dict]) -> list[str]:
             columns.append(column)
         cells[(record["extra_info"]["backend"], column)] = record
     mshares, peers = _backends(records, "mshare"), _backends(records, "peer")
+    floors = _backends(records, "floor")
     lines = [f"| backend ({figure.unit}) | " + " | ".join(columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    for backend in mshares + peers:
+    for backend in mshares + peers + floors:
         row = [reading(figure, cells[(backend, c)]) if (backend, c) in cells else "—"
                for c in columns]
         lines.append(f"| {backend} | " + " | ".join(row) + " |")
@@ -171,7 +172,24 @@ def figure_tables(figure: Figure, records: list[dict]) -> list[str]:
         for peer in peers:
             row = [ratio(figure, cells.get((mshare, c)), cells.get((peer, c))) for c in columns]
             lines.append(f"| {mshare} vs {peer} | " + " | ".join(row) + " |")
+    if floors:
+        lines += ["", f"The floor ({', '.join(floors)}: what no mshare backend's attach can "
+                  "take less than) and each backend, in multiples of the other's time:", "",
+                  "| multiple | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for floor in floors:
+            for other in peers + mshares:
+                over, under = (floor, other) if other in peers else (other, floor)
+                row = [multiple(figure, cells.get((over, c)), cells.get((under, c)))
+                       for c in columns]
+                lines.append(f"| {over} ÷ {under} | " + " | ".join(row) + " |")
     return lines
+
+
+def multiple(figure: Figure, over: dict | None, under: dict | None) -> str:
+    """How many times ``under``'s time ``over`` takes."""
+    if over is None or under is None or figure.value(under) <= 0:
+        return "—"
+    return _times(figure.value(over) / figure.value(under))
 
 
 def below_resolution(figure: Figure, record: dict) -> bool:
@@ -268,8 +286,10 @@ def summary(data: dict) -> list[str]:
     picked = []
     for label, index, where in SUMMARY:
         figure = FIGURES[index]
+        # A floor is no backend a user can pick: it stays in its figure's section.
         records = [r for r in records_of(data, figure.group)
-                   if all(r["extra_info"].get(k) == v for k, v in where.items())]
+                   if r["extra_info"].get("family") != "floor"
+                   and all(r["extra_info"].get(k) == v for k, v in where.items())]
         if figure.parameter in ("workers", "processes") and records:
             most = max(r["extra_info"][figure.parameter] for r in records)
             records = [r for r in records if r["extra_info"][figure.parameter] == most]

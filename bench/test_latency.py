@@ -8,6 +8,8 @@ from multiprocessing import shared_memory
 
 import pytest
 
+from bench.attach_floor import AttachFloor
+from bench.backends import by_name
 from bench.conftest import SIZES, region_name, require, resident_region
 
 
@@ -65,5 +67,25 @@ def test_attach(benchmark, backend):
 
         benchmark.extra_info.update(backend=backend.name, family=backend.family, size=size)
         benchmark.pedantic(lambda: handles.append(backend.attach(name)),
+                           setup=close_previous, rounds=5 if SIZES.smoke else 300)
+        close_previous()
+
+
+@pytest.mark.benchmark(group="2 attach")
+def test_attach_floor(benchmark):
+    """The floor under mshare's attach of a /dev/shm region: its system calls alone, from
+    compiled code (bench/attach_floor.py), timed as every attach above is."""
+    shm, size = by_name("mshare-shm"), SIZES.small_region
+    with resident_region(shm, size, touched=False, mapped=False) as name:
+        floor = AttachFloor(name)
+        floor.attach().close()
+        handles = []
+
+        def close_previous():
+            while handles:
+                handles.pop().close()
+
+        benchmark.extra_info.update(backend=floor.name, family=floor.family, size=size)
+        benchmark.pedantic(lambda: handles.append(floor.attach()),
                            setup=close_previous, rounds=5 if SIZES.smoke else 300)
         close_previous()

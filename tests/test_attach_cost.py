@@ -75,18 +75,48 @@ def events_of_one_attach(name, readonly=False, already_mapped=False):
 STAT_CALLS = {"stat", "lstat", "fstat", "newfstatat", "fstatat64", "statx"}
 
 
-def system_calls_of_one_attach(name, tmp_path, already_mapped=False):
+# The same, through the benchmark suite's floor under an attach (bench/attach_floor.py),
+# built before the first marker; the repository is looked in last, so that the installed
+# mshare is the one imported.
+TRACE_ONE_FLOOR_ATTACH = """
+    import os, sys
+    sys.path.append({repository!r})
+    import mshare
+    from bench.attach_floor import AttachFloor
+    floor = AttachFloor({name!r})
+    floor.attach().close()
+    os.path.exists({begin!r})
+    handle = floor.attach()
+    os.path.exists({end!r})
+    print(mshare.info({name!r}).addr)
+    handle.close()
+"""
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# What an attach of a region on /dev/shm not mapped here makes, in order.
+SHM_ATTACH_SYSTEM_CALLS = [
+    "openat", "stat",                      # the registry directory, checked
+    "openat", "stat", "read", "close",     # the entry, read in one read
+    "openat", "stat",                      # the data object
+    "openat", "stat", "flock",             # the attach mark
+    "stat",                                # the data still in place
+    "mmap", "close", "close",              # mapped; data and directory closed
+]
+
+
+def system_calls_of_one_attach(name, tmp_path, already_mapped=False, template=TRACE_ONE_ATTACH):
     """The names of the system calls one attach of ``name`` makes, in order (every kind
     of stat as ``stat``), leaving out the memory the interpreter's allocator maps and
     unmaps for itself."""
     begin, end = (f"/mshare-attach-cost-{uuid.uuid4().hex}" for _ in range(2))
     trace = tmp_path / "trace"
-    code = TRACE_ONE_ATTACH.format(name=name, already_mapped=already_mapped, begin=begin, end=end)
+    code = template.format(name=name, already_mapped=already_mapped, begin=begin, end=end,
+                           repository=REPOSITORY)
     created(name)
     try:
         result = subprocess.run(
             ["strace", "-qq", "-o", str(trace), sys.executable, "-c", textwrap.dedent(code)],
-            capture_output=True, text=True, timeout=60, cwd="/", check=True)
+            capture_output=True, text=True, timeout=120, cwd="/", check=True)
     finally:
         mshare.unlink(name)
     address = f"{int(result.stdout):#x}"
@@ -131,14 +161,16 @@ def test_attach_makes_fifteen_system_calls(registry_path, name, tmp_path):
     calls = system_calls_of_one_attach(name, tmp_path)
     # The registry directory is root's (the tests run as root), so who this process is
     # need not be asked to check its owner.
-    assert calls == [
-        "openat", "stat",                      # the registry directory, checked
-        "openat", "stat", "read", "close",     # the entry, read in one read
-        "openat", "stat",                      # the data object
-        "openat", "stat", "flock",             # the attach mark
-        "stat",                                # the data still in place
-        "mmap", "close", "close",              # mapped; data and directory closed
-    ], calls
+    assert calls == SHM_ATTACH_SYSTEM_CALLS, calls
+
+
+@needs_strace
+def test_the_benchmarks_floor_under_an_attach_makes_the_same_system_calls(registry_path, name,
+                                                                        tmp_path):
+    """The figure that says what an attach's system calls alone cost must make exactly
+    those of the attach above, no fewer."""
+    calls = system_calls_of_one_attach(name, tmp_path, template=TRACE_ONE_FLOOR_ATTACH)
+    assert calls == SHM_ATTACH_SYSTEM_CALLS, calls
 
 
 @needs_strace
