@@ -172,6 +172,21 @@ def figure_tables(figure: Figure, records: list[dict]) -> list[str]:
         for peer in peers:
             row = [ratio(figure, cells.get((mshare, c)), cells.get((peer, c))) for c in columns]
             lines.append(f"| {mshare} vs {peer} | " + " | ".join(row) + " |")
+    split = [backend for backend in mshares + peers + floors
+             if any("kernel_us" in cells[(backend, c)]["extra_info"]
+                    for c in columns if (backend, c) in cells)]
+    if split:
+        lines += ["", "CPU time per call in the kernel and in user space (the interpreter and "
+                  "the libraries), µs, over every call the benchmark made (`getrusage`):", "",
+                  "| backend | " + " | ".join(f"{c}: kernel | {c}: user" for c in columns) + " |",
+                  "|---" * (2 * len(columns) + 1) + "|"]
+        for backend in split:
+            row = []
+            for c in columns:
+                extra = cells[(backend, c)]["extra_info"] if (backend, c) in cells else {}
+                row += [_number(extra[key]) if key in extra else "—"
+                        for key in ("kernel_us", "user_us")]
+            lines.append(f"| {backend} | " + " | ".join(row) + " |")
     if floors:
         lines += ["", f"The floor ({', '.join(floors)}: what no mshare backend's attach can "
                   "take less than) and each backend, in multiples of the other's time:", "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from multiprocessing import shared_memory
 
@@ -11,6 +12,23 @@ import pytest
 from bench.attach_floor import AttachFloor
 from bench.backends import by_name
 from bench.conftest import SIZES, region_name, require, resident_region
+
+
+def benchmark_with_cpu_split(benchmark, operation) -> None:
+    """Benchmark ``operation`` and record the CPU time each call spent in the kernel and in
+    user space (the interpreter, the libraries), over every call the benchmark made."""
+    calls = 0
+
+    def counted():
+        nonlocal calls
+        calls += 1
+        operation()
+
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    benchmark(counted)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    benchmark.extra_info.update(kernel_us=(after.ru_stime - before.ru_stime) / calls * 1e6,
+                                user_us=(after.ru_utime - before.ru_utime) / calls * 1e6)
 
 
 @pytest.mark.benchmark(group="1 round trip")
@@ -28,7 +46,7 @@ def test_round_trip(benchmark, backend):
         backend.unlink(name)
 
     benchmark.extra_info.update(backend=backend.name, family=backend.family, size=size)
-    benchmark(round_trip)
+    benchmark_with_cpu_split(benchmark, round_trip)
 
 
 @pytest.mark.benchmark(group="1 round trip")
@@ -49,7 +67,7 @@ def test_round_trip_shared_memory_with_fallocate(benchmark):
         created.unlink()
 
     benchmark.extra_info.update(backend="shared_memory+fallocate", family="peer", size=size)
-    benchmark(round_trip)
+    benchmark_with_cpu_split(benchmark, round_trip)
 
 
 @pytest.mark.benchmark(group="2 attach")
