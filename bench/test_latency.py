@@ -70,23 +70,28 @@ def test_round_trip_shared_memory_with_fallocate(benchmark):
     benchmark_with_cpu_split(benchmark, round_trip)
 
 
+def time_attaches(benchmark, attach) -> None:
+    """Time ``attach()`` alone: each round's handle is closed before the next, untimed."""
+    attach().close()  # the first attach loads lazily imported modules
+    handles = []
+
+    def close_previous():
+        while handles:
+            handles.pop().close()
+
+    benchmark.pedantic(lambda: handles.append(attach()), setup=close_previous,
+                       rounds=5 if SIZES.smoke else 300)
+    close_previous()
+
+
 @pytest.mark.benchmark(group="2 attach")
 def test_attach(benchmark, backend):
     """Attach alone: the region exists, this process has the library imported and holds no
     other mapping of it (mshare would hand out that mapping again, at no cost)."""
     size = SIZES.small_region
     with resident_region(backend, size, touched=False, mapped=False) as name:
-        backend.attach(name).close()  # the first attach loads lazily imported modules
-        handles = []
-
-        def close_previous():
-            while handles:
-                handles.pop().close()
-
         benchmark.extra_info.update(backend=backend.name, family=backend.family, size=size)
-        benchmark.pedantic(lambda: handles.append(backend.attach(name)),
-                           setup=close_previous, rounds=5 if SIZES.smoke else 300)
-        close_previous()
+        time_attaches(benchmark, lambda: backend.attach(name))
 
 
 @pytest.mark.benchmark(group="2 attach")
@@ -96,14 +101,5 @@ def test_attach_floor(benchmark):
     shm, size = by_name("mshare-shm"), SIZES.small_region
     with resident_region(shm, size, touched=False, mapped=False) as name:
         floor = AttachFloor(name)
-        floor.attach().close()
-        handles = []
-
-        def close_previous():
-            while handles:
-                handles.pop().close()
-
         benchmark.extra_info.update(backend=floor.name, family=floor.family, size=size)
-        benchmark.pedantic(lambda: handles.append(floor.attach()),
-                           setup=close_previous, rounds=5 if SIZES.smoke else 300)
-        close_previous()
+        time_attaches(benchmark, floor.attach)
