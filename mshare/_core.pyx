@@ -10,11 +10,13 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EEXIST, EINTR, EINVAL, ENOENT, errno
+from libc.signal cimport SIGKILL
 from libc.stdint cimport uintptr_t
-from libc.string cimport strerror
+from libc.string cimport memcmp, strerror
 from posix.stat cimport S_ISREG, S_ISVTX, fstat, lstat, struct_stat
-from posix.types cimport dev_t, ino_t
-from posix.unistd cimport close as close_descriptor, geteuid, read, usleep
+from posix.signal cimport kill
+from posix.types cimport dev_t, gid_t, ino_t, mode_t, off_t, uid_t
+from posix.unistd cimport close as close_descriptor, geteuid, getpid, read, usleep
 
 from mshare._system cimport *
 
@@ -30,6 +32,17 @@ cdef extern from "<sys/file.h>" nogil:
     int flock(int fd, int operation)
     int LOCK_SH
     int LOCK_NB
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long count, int timeout)
+    short POLLPRI
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t readlink(const char *path, char *buffer, size_t size)
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
@@ -319,6 +332,52 @@ def open_file(path, int flags):
     return owner, os.fstat(owner.fd)
 
 
+def open_matching_file(path, int flags, mode_t st_mode, uid_t uid, gid_t gid, off_t least_size):
+    """Open ``path`` and ``fstat`` it, in one call: ``(OwnedDescriptor, device, inode)``
+    when it has exactly ``st_mode`` (type and permissions), owner ``uid`` and group
+    ``gid``, and holds at least ``least_size`` bytes; ``None``, nothing kept, when the
+    open fails or the file differs in any of these. The caller explains a ``None`` by
+    doing the same the long way."""
+    cdef OwnedDescriptor owner
+    cdef struct_stat info
+    try:
+        owner = OwnedDescriptor(open_raw(path, flags, 0, AT_FDCWD))
+    except OSError:
+        return None
+    if (fstat(owner.fd, &info) != 0 or info.st_mode != st_mode or info.st_uid != uid
+            or info.st_gid != gid or info.st_size < least_size):
+        owner.close()
+        return None
+    return owner, info.st_dev, info.st_ino
+
+
+def mark_and_map(int dir_fd, range_file, int range_flags, path, dev_t device, ino_t inode,
+                 int fd, uintptr_t addr, size_t length, bint writable, label,
+                 bint die_when_marked):
+    """An attach's mark and mapping, in one call: ``hold_shared_lock`` of the range file,
+    then ``map_if_in_place`` of ``fd``; ``(mark, Mapping)``. ``None``, nothing kept, when
+    the mark cannot be taken or the data is no longer in place, which the caller explains
+    the long way. ``die_when_marked``: the fault point between the two (``faults``)."""
+    cdef OwnedDescriptor mark
+    try:
+        mark = hold_shared_lock(dir_fd, range_file, range_flags)
+    except OSError:
+        return None
+    if mark is None:
+        return None
+    if die_when_marked:
+        kill(getpid(), SIGKILL)
+    try:
+        mapping = map_if_in_place(path, device, inode, fd, addr, length, writable, label)
+    except BaseException:
+        mark.close()
+        raise
+    if mapping is None:
+        mark.close()
+        return None
+    return mark, mapping
+
+
 def map_if_in_place(path, dev_t device, ino_t inode, int fd, uintptr_t addr, size_t length,
                     bint writable, label):
     """``Mapping.map_fixed`` of ``fd`` once ``path`` is shown to name the file ``(device,
@@ -359,6 +418,20 @@ def names_file(path, dev_t device, ino_t inode):
             return False
         raise_errno(errno, path)
     return info.st_dev == device and info.st_ino == inode
+
+
+def mount_table_unchanged(bytes namespace, int mountinfo_fd):
+    """Whether this process's mount table is still the one last read, in one call: its
+    mount namespace link (``/proc/self/ns/mnt``) still reads ``namespace`` and
+    ``mountinfo_fd``, that namespace's ``/proc/self/mountinfo`` read since, polls no
+    change (``POLLPRI``, consumed by the poll). False whenever either cannot be told."""
+    cdef char link[128]
+    cdef Py_ssize_t length = readlink(b"/proc/self/ns/mnt", link, sizeof(link))
+    if length != len(namespace) or memcmp(link, <const char *>namespace, length) != 0:
+        return False
+    cdef pollfd watched
+    watched.fd, watched.events, watched.revents = mountinfo_fd, POLLPRI, 0
+    return poll(&watched, 1, 0) == 0
 
 
 cdef class MappedBuffer:

@@ -15,7 +15,7 @@ import stat
 from typing import Tuple
 
 from mshare import faults
-from mshare._core import open_file
+from mshare._core import open_file, open_matching_file
 from mshare.attach_plan import Plan
 from mshare.backends import get_backend
 from mshare.backends.base import OPEN_FLAGS
@@ -42,13 +42,35 @@ def foreign(entry_stat: os.stat_result, data_stat: os.stat_result) -> str | None
 
 
 def open_data(name: str, plan: Plan, entry_stat: os.stat_result,
-              writable: bool) -> Tuple[Descriptor, os.stat_result]:
+              writable: bool) -> Tuple[Descriptor, int, int]:
     """Open the data object of the entry ``plan`` was made from once it is shown to
-    belong to the entry and to hold every byte the entry maps; returns its ``Descriptor``
-    and ``fstat``. The kernel checks permission on the open itself."""
+    belong to the entry and to hold every byte the entry maps; returns its ``Descriptor``,
+    device and inode. The kernel checks permission on the open itself."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | OPEN_FLAGS
+    # The usual case in one compiled call; anything else is opened again the long way,
+    # which says what is wrong.
+    opened = open_matching_file(plan.data_path, flags, entry_stat.st_mode, entry_stat.st_uid,
+                                entry_stat.st_gid, plan.entry.map_length)
+    if opened is None:
+        data, data_stat = _open_data_explained(name, plan, entry_stat, flags)
+        return data, data_stat.st_dev, data_stat.st_ino
+    owner, device, inode = opened
+    data = Descriptor.owning(owner)
+    if plan.mounted:
+        try:
+            plan.check_device(device)
+        except BaseException:
+            data.close()
+            raise
+    return data, device, inode
+
+
+def _open_data_explained(name: str, plan: Plan, entry_stat: os.stat_result,
+                         flags: int) -> Tuple[Descriptor, os.stat_result]:
+    """``open_data`` with every check in Python, each refusal explained."""
     path = plan.data_path
     try:
-        owner, data_stat = open_file(path, (os.O_RDWR if writable else os.O_RDONLY) | OPEN_FLAGS)
+        owner, data_stat = open_file(path, flags)
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT,

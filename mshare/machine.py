@@ -14,11 +14,11 @@ checked: one namespace check and poll per call, not one per lookup.
 import functools
 import os
 import re
-import select
 import threading
 from contextvars import ContextVar
 from typing import Callable, Dict, List, NamedTuple, Optional, ParamSpec, TypeVar
 
+from mshare._core import mount_table_unchanged
 from mshare.owned import open_descriptor
 
 HUGETLBFS = "hugetlbfs"
@@ -64,20 +64,20 @@ class _MountTable:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        # The mount namespace it belongs to, as its link names it ("mnt:[INODE]").
-        self.namespace: Optional[str] = None
+        # The mount namespace it belongs to, as its link names it (b"mnt:[INODE]").
+        self.namespace: Optional[bytes] = None
         self.file = None
-        self.poll = None
         self.snapshot = _Snapshot.of([])
 
     def current(self) -> _Snapshot:
         # One thread at a time: the poll that reports a change also consumes it, so
         # another thread must not return the old table meanwhile.
         with self.lock:
-            # The link's text names the namespace as its inode does, at half a stat's cost.
-            namespace = os.readlink("/proc/self/ns/mnt")
-            if namespace != self.namespace or self.poll.poll(0):
-                self._reread(namespace)
+            # The link's text names the namespace as its inode does, at half a stat's
+            # cost; it and the poll are read in one compiled call.
+            if self.namespace is None or not mount_table_unchanged(self.namespace,
+                                                                   self.file.fileno()):
+                self._reread(os.readlink(b"/proc/self/ns/mnt"))
             return self.snapshot
 
     def after_fork_in_child(self) -> None:
@@ -86,13 +86,11 @@ class _MountTable:
         self.lock = threading.Lock()
         self.namespace = None
 
-    def _reread(self, namespace: str) -> None:
+    def _reread(self, namespace: bytes) -> None:
         if self.file is not None:
             self.file.close()
         self.namespace = None
         self.file = open("/proc/self/mountinfo")
-        self.poll = select.poll()
-        self.poll.register(self.file, select.POLLPRI)
         # A change from here on makes the next poll report it.
         self.snapshot = _Snapshot.of(_parse_mounts(self.file))
         self.namespace = namespace

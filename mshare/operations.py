@@ -12,7 +12,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 from mshare import addresses, attach_plan, attachments, binding, faults
-from mshare._core import Mapping, address_range_free, map_if_in_place, names_file
+from mshare._core import Mapping, address_range_free, map_if_in_place, mark_and_map, names_file
 from mshare._shared import BOOKKEEPING_SIZE, Bookkeeping
 from mshare.attachments import Attachment, DataIdentity, data_identity
 from mshare.backends.selection import choose_backend, validate_hugepages
@@ -24,7 +24,7 @@ from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Descriptor, Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import Registry, range_file_name, range_marks
+from mshare.registry import READ_FLAGS, Registry, range_file_name, range_marks
 
 
 def bookkeeping_length(page_size: int) -> int:
@@ -225,10 +225,10 @@ def _attach_entry(registry: Registry, name: str, plan: attach_plan.Plan,
         attachment = attachments.find_by_entry(registry, name, entry, entry_stat)
         if attachment is not None and (readonly or attachment.mapping.writable):
             return Region(attachment, name, readonly, entry_stat)
-    data, data_stat = binding.open_data(name, plan, entry_stat, not readonly)
+    data, device, inode = binding.open_data(name, plan, entry_stat, not readonly)
     with data:
         faults.point("attach:data-opened")
-        key = data_identity(entry.backend, data_stat)
+        key = (entry.backend, device, inode)
         with attachments.table_lock:
             attachment = attachments.find(key)
             if attachment is None:
@@ -246,6 +246,15 @@ def _attach_entry(registry: Registry, name: str, plan: attach_plan.Plan,
 def _map_entry(registry: Registry, name: str, plan: attach_plan.Plan, data: Descriptor,
                key: DataIdentity, writable: bool) -> Attachment:
     entry = plan.entry
+    label = f"region {name!r}"
+    # The usual case in one compiled call (see below for what it proves); anything else
+    # is done again step by step, which says what is wrong.
+    marked = mark_and_map(registry.dir_fd, plan.range_file, READ_FLAGS, plan.data_path,
+                          key[1], key[2], data.fd, entry.addr, entry.map_length, writable,
+                          label, faults.struck("attach:marked"))
+    if marked is not None:
+        owner, mapping = marked
+        return _attached(registry, name, plan, key, mapping, Descriptor.owning(owner))
     try:
         mark = registry.hold_range(plan.range_file)
         faults.point("attach:marked")
@@ -262,15 +271,27 @@ def _map_entry(registry: Registry, name: str, plan: attach_plan.Plan, data: Desc
         # With the attach mark held, the range stays reserved only if the data object is
         # still in place (see _refuse_unlinked): proved in the same call that maps.
         mapping = map_if_in_place(plan.data_path, key[1], key[2], data.fd, entry.addr,
-                                  entry.map_length, writable, f"region {name!r}")
-        if mapping is None:
-            raise _unlinked_while_attaching(name)
+                                  entry.map_length, writable, label)
+    except BaseException:
+        mark.close()
+        raise
+    if mapping is None:
+        mark.close()
+        raise _unlinked_while_attaching(name)
+    return _attached(registry, name, plan, key, mapping, mark)
+
+
+def _attached(registry: Registry, name: str, plan: attach_plan.Plan, key: DataIdentity,
+              mapping: Mapping, mark: Descriptor) -> Attachment:
+    """The attachment of a mapping just made, with its mark (dropped should the backend's
+    advice on the mapping fail)."""
+    try:
         faults.point("attach:mapped")
         plan.backend.after_map(mapping)
     except BaseException:
         mark.close()
         raise
-    return Attachment(key, registry, name, entry, mapping, mark, plan.range_file)
+    return Attachment(key, registry, name, plan.entry, mapping, mark, plan.range_file)
 
 
 def _refuse_unlinked(name: str, plan: attach_plan.Plan, key: DataIdentity) -> None:

@@ -51,7 +51,7 @@ PUBLIC_READ = 0o444
 RANGE_FILE_LIMIT = 8192
 # What ``Registry.release_range`` did with a range file.
 RANGE_FREED, RANGE_KEPT, RANGE_NOT_ITS = "freed", "kept", "not its"
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Entries parsed, by their bytes: an entry is never rewritten, so the pool-task
@@ -378,7 +378,7 @@ class Registry:
     def _read_range(self, file_name: str, start: int, end: int) -> Tuple[RangeClaim, Optional[int]]:
         backend, location, owner = "", "", None
         try:
-            with open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd) as descriptor:
+            with open_descriptor(file_name, READ_FLAGS, dir_fd=self.dir_fd) as descriptor:
                 info = os.fstat(descriptor.fd)
                 if stat.S_ISREG(info.st_mode):
                     owner = info.st_uid
@@ -421,7 +421,7 @@ class Registry:
             # Never waits: mshare takes this lock exclusively only for an instant, under
             # the registry lock and once the region's data is gone, so an exclusive
             # holder of a live region's range blocks it on purpose.
-            mark = hold_shared_lock(self.dir_fd, file_name, _READ_FLAGS)
+            mark = hold_shared_lock(self.dir_fd, file_name, READ_FLAGS)
         except BlockingIOError:
             raise MshareError(
                 errno.EAGAIN,
@@ -455,7 +455,7 @@ class Registry:
             if backend is None or not claim.location or backend.exists(claim.location):
                 return RANGE_KEPT
             try:
-                descriptor = open_descriptor(claim.file_name, _READ_FLAGS, dir_fd=self.dir_fd)
+                descriptor = open_descriptor(claim.file_name, READ_FLAGS, dir_fd=self.dir_fd)
             except FileNotFoundError:
                 return RANGE_FREED
             with descriptor:
@@ -521,7 +521,7 @@ class Registry:
         not refuse files another user created."""
         while True:
             try:
-                descriptor = open_descriptor(file_name, _READ_FLAGS, dir_fd=self.dir_fd)
+                descriptor = open_descriptor(file_name, READ_FLAGS, dir_fd=self.dir_fd)
                 break
             except FileNotFoundError:
                 pass

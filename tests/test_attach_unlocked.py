@@ -8,7 +8,6 @@ import pytest
 import mshare
 from mshare import binding, operations
 from mshare.attach_plan import Plan
-from mshare.attachments import data_identity
 from mshare.procmaps import overlapping
 from mshare.registry import Registry
 
@@ -17,8 +16,8 @@ def opened_but_not_marked(name):
     """An attach of ``name`` stopped after it read the entry and opened the data object."""
     registry = Registry()
     entry, entry_stat = registry.read_entry(name, writable=True)
-    data, data_stat = binding.open_data(name, Plan(entry), entry_stat, True)
-    return registry, entry, data, data_identity(entry.backend, data_stat)
+    data, device, inode = binding.open_data(name, Plan(entry), entry_stat, True)
+    return registry, entry, data, (entry.backend, device, inode)
 
 
 def finish(registry, name, entry, data, key):
