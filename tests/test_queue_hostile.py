@@ -29,12 +29,14 @@ SLOTS, SLOT_SIZE = 4, 4096
 CANARY = 0x5A5A5A5A5A5A5A5A
 
 ATTACKER = """
-import ctypes, json, mmap, os, random, signal, struct, sys, threading
+import ctypes, json, mmap, os, random, signal, struct, sys, threading, time
 
 orders = json.loads(sys.stdin.readline())
 path, length, spans, seed = orders["path"], orders["length"], orders["spans"], orders["seed"]
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
+# A flag, not a threading.Event: the handler runs between the main thread's bytecodes, and
+# Event.set() takes the lock Event.wait() may be holding there, which would hang the attacker.
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
 with open(path, "r+b") as data:
     memory = mmap.mmap(data.fileno(), length)
 words = [offset + 8 * i for offset, size in spans for i in range(size // 8)]
@@ -44,7 +46,7 @@ alive = start_time << 32 | threading.get_native_id()
 rng = random.Random(seed)
 writes = 0
 print("ready", flush=True)
-while not stop.is_set():
+while not stopped:
     for _ in range(rng.randrange(1, 200)):
         at = rng.choice(words)
         current = struct.unpack_from("<Q", memory, at)[0]
@@ -54,7 +56,7 @@ while not stop.is_set():
         ))
         struct.pack_into("<Q", memory, at, value)
         writes += 1
-    stop.wait(rng.random() * 0.001)
+    time.sleep(rng.random() * 0.001)
 print(json.dumps({"writes": writes}), flush=True)
 """
 
