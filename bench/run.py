@@ -27,6 +27,13 @@ class SkipReasons:
     def __init__(self):
         self.reasons: list[str] = []
 
+    def pytest_collectreport(self, report):
+        # A whole file skipped at import (pytest.importorskip) is reported here, never as a
+        # test: without this its figures would vanish from results.md without a word.
+        if report.skipped and isinstance(report.longrepr, tuple):
+            self.reasons.append(f"{report.nodeid}: "
+                                f"{report.longrepr[2].removeprefix('Skipped: ')}")
+
     def pytest_runtest_logreport(self, report):
         if report.skipped and isinstance(report.longrepr, tuple):
             self.reasons.append(report.longrepr[2].removeprefix("Skipped: "))
