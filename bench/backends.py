@@ -194,7 +194,7 @@ class DropInBackend(Backend):
         return None
 
     def _handle(self, block) -> Handle:
-        return Handle(block.buf, block.region.page_size, block.close, owner=block)
+        return Handle(block.buf, lambda: block.region.page_size, block.close, owner=block)
 
     def create(self, name, size):
         from mshare import shared_memory
