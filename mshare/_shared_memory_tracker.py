@@ -29,6 +29,7 @@ import struct
 import subprocess
 import sys
 import threading
+import warnings
 from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
 
 import mshare
@@ -86,16 +87,39 @@ def _send(message: Dict[str, Any]) -> None:
     data = (json.dumps(message) + "\n").encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError(f"tracker message for {message['name']!r} is too long")
+    # No reply is awaited: a Unix stream socket queues what write() took straight onto the
+    # tracker's side, which reads it before the end of the connection even when this
+    # process is killed the next instant, so once create() returns the block is
+    # registered. A reply would cost a wake-up of the tracker's CPU on every create.
     with _lock:
-        fd = _connected()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        # The reply makes registration synchronous: once create() returns, a kill of the
-        # whole program can no longer lose the block.
-        reply = os.read(fd, 1)
-    if reply != b"+":
-        raise OSError(f"the shared_memory tracker did not take the message for {message['name']!r}")
+        try:
+            _write_all(_connected(), data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The tracker was killed (by the OOM killer, say): the blocks it held are no
+            # longer unlinked at the end, but this one and later ones get a new tracker
+            # rather than failing from now on.
+            _forget_connection()
+            warnings.warn("mshare.shared_memory: this program's tracker is gone; blocks "
+                          "registered with it before now will not be unlinked when the "
+                          "program ends", RuntimeWarning, stacklevel=4)
+            _write_all(_connected(), data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # MSG_NOSIGNAL: a program that restored SIGPIPE's default action is not killed when
+    # the tracker is gone; it gets BrokenPipeError.
+    connection = socket.socket(fileno=fd)
+    try:
+        connection.sendall(data, socket.MSG_NOSIGNAL)
+    finally:
+        connection.detach()
+
+
+def _forget_connection() -> None:
+    global _connection_fd, _connection_pid, _connection_address
+    if _connection_fd is not None and _connection_pid == os.getpid():
+        os.close(_connection_fd)
+    _connection_fd = _connection_pid = _connection_address = None
 
 
 def _connected() -> int:
@@ -256,31 +280,25 @@ def _serve(connection: socket.socket, peer: Peer, selector: selectors.BaseSelect
         connection.close()
         return
     for line in lines:
-        accepted = _handle(line, peer["pid"], registered)
-        try:
-            connection.sendall(b"+" if accepted else b"-")
-        except OSError:
-            pass
+        _handle(line, peer["pid"], registered)
 
 
-def _handle(line: bytes, peer_pid: int, registered: Dict[RegionKey, int]) -> bool:
-    """Record one message; ``False`` for one that is not well formed."""
+def _handle(line: bytes, peer_pid: int, registered: Dict[RegionKey, int]) -> None:
+    """Record one message. One that is not well formed is dropped: only this user's
+    processes may connect, and mshare's own never send one."""
     try:
         message = json.loads(line)
         key = (str(message["registry"]), str(message["name"]), int(message["addr"]),
                float(message["created"]))
         operation = message["op"]
     except (ValueError, KeyError, TypeError):
-        return False
+        return
     if operation == "unregister":
         registered.pop(key, None)
-        return True
-    if operation != "register":
-        return False
-    # Checked at the end, not here, to keep create() fast: the region must then still be
-    # the one registered, created by this peer.
-    registered[key] = peer_pid
-    return True
+    elif operation == "register":
+        # Checked at the end, not here, to keep create() fast: the region must then still
+        # be the one registered, created by this peer.
+        registered[key] = peer_pid
 
 
 def _current_region(key: RegionKey, creator_pid: int) -> Optional[mshare.RegionInfo]:

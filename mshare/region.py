@@ -106,6 +106,11 @@ class Region(ManagedMemory):
         return self._entry.backend
 
     @property
+    def created(self) -> float:
+        """When the region was created (epoch seconds, as its entry records it)."""
+        return self._entry.created
+
+    @property
     def registry_path(self) -> str:
         return self._registry_path
 

@@ -119,8 +119,7 @@ class SharedMemory:
     def _register(self) -> None:
         region = self._region
         try:
-            created = mshare.info(region.name).created
-            identity = (region.name, region.registry_path, region.addr, created)
+            identity = (region.name, region.registry_path, region.addr, region.created)
             _shared_memory_tracker.register(*identity)
         except BaseException:
             region.close()

@@ -69,6 +69,79 @@ def test_block_goes_when_its_creator_ends_without_unlinking(registry_path, how):
     assert name in stderr
 
 
+def test_blocks_go_when_their_creator_is_killed_the_instant_create_returns(registry_path):
+    """Registration waits for no reply from the tracker: what the socket took before the
+    kill is still read by the tracker, whatever the order, the last block included."""
+    result = run_python("""
+        import os, signal
+        from mshare import shared_memory
+        for _ in range(20):
+            block = shared_memory.SharedMemory(create=True, size=4096)
+            os.write(1, (block.name + "\\n").encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, check=False)
+    assert result.returncode == -signal.SIGKILL
+    names = result.stdout.split()
+    assert len(names) == 20
+    assert leak_warning(20) in result.stderr
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            mshare.info(name)
+
+
+def test_a_program_whose_tracker_was_killed_gets_a_new_one(registry_path):
+    """The tracker killed (the OOM killer, say) mid-program, with SIGPIPE at its default
+    action: the next create warns and starts a new tracker instead of failing (or dying),
+    and the new tracker unlinks that block when the program is killed."""
+    result = run_python("""
+        import os, signal, warnings
+        from mshare import shared_memory
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        first = shared_memory.SharedMemory(create=True, size=4096)
+        # The tracker: the one other process started for this test's registry.
+        def tracker_pids():
+            found = []
+            for pid in set(filter(str.isdigit, os.listdir("/proc"))) - {str(os.getpid())}:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        command = f.read()
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        environment = f.read().split(b"\\0")
+                except OSError:
+                    continue
+                if (b"_shared_memory_tracker import main" in command
+                        and os.environ["MSHARE_ROOT"].encode() in
+                        [entry.partition(b"=")[2] for entry in environment]):
+                    found.append(int(pid))
+            return found
+        [tracker_pid] = tracker_pids()
+        os.kill(tracker_pid, signal.SIGKILL)
+        while True:  # until the kernel has closed the tracker's end
+            try:
+                os.kill(tracker_pid, 0)
+            except ProcessLookupError:
+                break
+            os.sched_yield()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            second = shared_memory.SharedMemory(create=True, size=4096)
+        os.write(1, f"{first.name} {second.name} {len(caught)}\\n".encode())
+        os.write(1, (str(caught[0].message) + "\\n").encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    names, warning = result.stdout.splitlines()
+    first, second, warnings_caught = names.split()
+    assert warnings_caught == "1"
+    assert "tracker is gone" in warning
+    assert leak_warning(1) in result.stderr and second in result.stderr
+    with pytest.raises(FileNotFoundError):
+        mshare.info(second)
+    # The first block's tracker died with it: the block stays, as the warning said.
+    assert mshare.info(first).name == first
+    mshare.unlink(first)
+
+
 def test_creator_that_unlinks_leaves_nothing_to_report(registry_path):
     program, name = start_creator()
     stderr = end(program, "unlink")
