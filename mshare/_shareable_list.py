@@ -31,6 +31,7 @@ _BACK_TRANSFORMS = {
     2: lambda value: value.rstrip(b"\x00"),
     3: lambda _value: None,
 }
+_BYTES_CODES = frozenset((1, 2))  # str and bytes: stored with an "Ns" format
 
 
 class Block(Protocol):
@@ -148,12 +149,14 @@ class ShareableListLayout(Generic[BlockType]):
                              f"damaged format {fmt!r}")
         return fmt
 
-    def _get_back_transform(self, position):
+    def _get_back_transform(self, position, fmt):
+        """How to turn the value unpacked with ``fmt`` back into the item: its type code,
+        checked to be one that ``fmt`` can hold (a str or bytes code only over bytes)."""
         (code,) = struct.unpack_from("b", self.shm.buf,
                                      self._offset_back_transform_codes + position)
-        if code not in _BACK_TRANSFORMS:
+        if code not in _BACK_TRANSFORMS or (code in _BYTES_CODES) != fmt.endswith("s"):
             raise ValueError(f"item {position} of ShareableList {self.shm.name!r} has a "
-                             f"damaged type code {code}")
+                             f"damaged type code {code} for its format {fmt!r}")
         return _BACK_TRANSFORMS[code]
 
     def __getitem__(self, position: int) -> Any:
@@ -162,8 +165,9 @@ class ShareableListLayout(Generic[BlockType]):
         except IndexError:
             raise IndexError("index out of range") from None
         offset = self._offset_data_start + self._allocated_offsets[position]
-        (value,) = struct.unpack_from(self._get_packing_format(position), self.shm.buf, offset)
-        return self._get_back_transform(position)(value)
+        fmt = self._get_packing_format(position)
+        (value,) = struct.unpack_from(fmt, self.shm.buf, offset)
+        return self._get_back_transform(position, fmt)(value)
 
     def __setitem__(self, position: int, value: Any) -> None:
         try:

@@ -475,6 +475,11 @@ cdef class Bookkeeping:
         if outcome == MS_LOCK_CLOSED:
             raise ValueError(f"{self.name or 'the region'} was closed while this thread "
                              "waited for its lock")
+        if self.held_by != me:
+            # The word names this thread, which this process knows does not hold it: a
+            # process that may write the region wrote it there.
+            raise CorruptBookkeepingError(
+                "the region's lock names this thread, which does not hold it", self.name)
         raise RuntimeError("this thread already holds the region's lock; it is not re-entrant")
 
     cdef int release_user(self) except -1:

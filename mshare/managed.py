@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from mshare._shared import RegionLocking
 from mshare._waiting import CONDITION_KIND, EVENT_KIND, KINDS, find_or_create
-from mshare.array_shapes import _array_bytes, _check_storable, _shape
+from mshare.array_shapes import _array_bytes, _check_storable, _shape, stored_dtype
 from mshare.errors import CorruptBookkeepingError
 from mshare.queues import find_or_create as find_or_create_queue
 
@@ -174,16 +174,16 @@ class ManagedMemory(RegionLocking):
               ) -> "numpy.typing.NDArray[Any]":
         import numpy
 
-        addr, nbytes, stored_dtype, stored_shape = found
-        if stored_dtype in KINDS:
-            raise TypeError(f"{name!r} is a named {KINDS[stored_dtype]}, not an array")
+        addr, nbytes, stored_text, stored_shape = found
+        if stored_text in KINDS:
+            raise TypeError(f"{name!r} is a named {KINDS[stored_text]}, not an array")
         try:
-            stored = numpy.dtype(stored_dtype)
+            stored = stored_dtype(stored_text)
             _check_storable(stored)
             count = _array_bytes(stored_shape, stored) // stored.itemsize
         except (TypeError, ValueError) as error:
             raise CorruptBookkeepingError(
-                f"array {name!r} is recorded as {stored_shape} x {stored_dtype!r}, which cannot "
+                f"array {name!r} is recorded as {stored_shape} x {stored_text!r}, which cannot "
                 f"be an array here: {error}", self.name) from None
         if count * stored.itemsize != nbytes:
             raise CorruptBookkeepingError(

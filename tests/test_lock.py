@@ -321,6 +321,24 @@ def test_a_reused_thread_id_does_not_pass_for_the_holder(registry_path, name):
     mshare.unlink(name)
 
 
+def test_this_threads_own_word_planted_in_the_lock_is_damage_not_reentry(registry_path, name):
+    """A writer of the region can read any thread's start time from /proc and plant that
+    thread's word: the thread that does not hold the lock is told the bookkeeping is
+    damaged, not that it is re-entering."""
+    region = mshare.create(name, 4096)
+    me = threading.get_native_id()
+    with open(f"/proc/self/task/{me}/stat") as stat:
+        start = int(stat.read().rsplit(")", 1)[1].split()[19]) & 0xFFFF_FFFF
+    lock_word(region).value = start << 32 | me
+    with pytest.raises(mshare.CorruptBookkeepingError, match="names this thread"):
+        region.lock(timeout=0.2).acquire()
+    lock_word(region).value = 0
+    with region.lock(timeout=0):
+        assert lock_word(region).value & 0xFFFF_FFFF == me
+    region.close()
+    mshare.unlink(name)
+
+
 def test_ctrl_c_during_a_blocked_wait_raises_and_holds_nothing(registry_path, name):
     region = mshare.create(name, 4096)
     with region.lock():
