@@ -75,6 +75,9 @@ TEMP_PREFIX = ".tmp-"
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Another user's file under this user's name in the sticky index directory: only they
+# (or root) may take it away.
+_WHO_REMOVES = "its owner or root must remove it"
 _READ_WRITE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -393,11 +396,17 @@ class AddressIndex:
             os.fchmod(descriptor.fd, 0o644)
         except PermissionError:
             raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} cannot be written by uid "
-                               f"{os.geteuid()}; remove it") from None
+                               f"{os.geteuid()}; {_WHO_REMOVES}") from None
+        except OSError as error:
+            if error.errno not in (errno.EISDIR, errno.ELOOP, errno.ENXIO):
+                raise
+            raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} is not a file of uid {owner} "
+                               f"(a directory, link or socket); {_WHO_REMOVES}") from None
         info = os.fstat(descriptor.fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != owner:
             descriptor.close()
-            raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} is not a file of uid {owner}; remove it")
+            raise self._unsafe(f"{INDEX_DIRECTORY}/{file_name} is not a file of uid {owner}; "
+                               f"{_WHO_REMOVES}")
         return descriptor, info.st_size
 
     def _open_directory(self) -> Optional[Descriptor]:

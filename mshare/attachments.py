@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from mshare.region import Region
 
 table_lock: threading.RLock = threading.RLock()
+# Held by create from the address picked to the mapping entered in the table, and taken by
+# fork(): a child never inherits a mapping (or an address probe) that its table does not
+# know and that no attach mark of its own keeps reserved.
+fork_gate: threading.RLock = threading.RLock()
 
 # What a mapping is known by: its backend, and the device and inode of its data object.
 DataIdentity = Tuple[str, int, int]
@@ -274,32 +278,37 @@ def live() -> List["Attachment"]:
 
 
 def _before_fork() -> None:
+    fork_gate.acquire()
     table_lock.acquire()
 
 
 def _after_fork_in_parent() -> None:
     table_lock.release()
+    fork_gate.release()
 
 
 def _after_fork_in_child() -> None:
-    global table_lock
+    global table_lock, fork_gate
     table_lock = threading.RLock()
+    fork_gate = threading.RLock()
     marks = set()
     for attachment in live():
         # The inherited descriptor shares the parent's lock; closing it does not drop
-        # the parent's mark, and a fresh open gives the child a mark of its own.
+        # the parent's mark, and a fresh open gives the child a mark of its own, taken
+        # before the inherited one goes so that the range is never unmarked meanwhile.
         try:
             fd = os.open(os.path.join(attachment.registry_path, attachment.range_file),
                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             attachment.mark.close()
             continue
-        attachment.mark.replace(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
+            os.close(fd)
             attachment.mark.close()
             continue
+        attachment.mark.replace(fd)
         marks.add(fd)
     close_inherited_locks(keep=marks)
 

@@ -24,7 +24,7 @@ from mshare.names import validate_mode, validate_name, validate_size
 from mshare.owned import Descriptor, Undo, signals_deferred
 from mshare.procmaps import describe_occupant
 from mshare.region import Region
-from mshare.registry import READ_FLAGS, Registry, range_file_name, range_marks
+from mshare.registry import READ_FLAGS, RangeFileInTheWay, Registry, range_file_name, range_marks
 
 
 def bookkeeping_length(page_size: int) -> int:
@@ -82,12 +82,11 @@ def create(
         # point leaves either nothing or the complete region. Ctrl-C is held back once,
         # from the lock taken to the region handed over, rather than around each step
         # (two `rt_sigaction` each): the steps in between make files, never wait.
-        with registry.locked(), signals_deferred(), Undo() as undo:
+        with registry.locked(), signals_deferred(), attachments.fork_gate, Undo() as undo:
             registry.refuse_existing(name)
             faults.point("create:locked")
-            start = _allocate(registry, reserved_length, addr)
-            mark = registry.claim_range(start, start + reserved_length, backend.name,
-                                        location, undo)
+            start, mark = _claim_free_range(registry, reserved_length, addr, backend.name,
+                                            location, undo)
             faults.point("create:range-claimed")
             data, data_stat = backend.create(location, map_length, mode, undo)
             with data:
@@ -304,6 +303,33 @@ def _refuse_unlinked(name: str, plan: attach_plan.Plan, key: DataIdentity) -> No
 
 def _unlinked_while_attaching(name: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, f"region {name!r} was unlinked while attaching", name)
+
+
+# Ranges tried by one create when range files the index did not record are in the way.
+_CLAIM_ATTEMPTS = 3
+
+
+def _claim_free_range(registry: Registry, length: int, requested: Optional[int],
+                      backend: str, location: str, undo: Undo) -> Tuple[int, Descriptor]:
+    """Pick (or check) a start address and claim its range: ``(start, mark)``. A range
+    file the address index did not record, in the way of the one to make (another user
+    planted it, or a release that failed left it), makes the index be rebuilt from the
+    range files, which then records it, and another range be picked."""
+    for attempt in range(_CLAIM_ATTEMPTS):
+        start = _allocate(registry, length, requested)
+        try:
+            return start, registry.claim_range(start, start + length, backend, location, undo)
+        except RangeFileInTheWay as error:
+            if requested is not None:
+                raise AddressConflictError(
+                    f"address range {start:#x}-{start + length:#x} has a range file the "
+                    f"address index did not record ({error.filename}); mshare gc sorts it "
+                    "out") from None
+            registry.index.rebuild()
+    raise MshareError(
+        errno.EEXIST, f"range files the address index does not record kept appearing where "
+        f"new regions' go ({_CLAIM_ATTEMPTS} tries); another process may be planting them "
+        f"in {registry.path}: see mshare gc --dry-run")
 
 
 def _allocate(registry: Registry, length: int, requested: Optional[int]) -> int:

@@ -44,7 +44,6 @@ from mshare.owned import Descriptor, Undo, create_file, open_descriptor, signals
 from mshare.registry_root import default_root
 
 INFO_FILE = "mshare_info"
-LOCK_FILE = ".lock"
 RANGE_PREFIX = ".range-"
 TEMP_PREFIX = ".tmp-"
 PUBLIC_READ = 0o444
@@ -52,6 +51,10 @@ RANGE_FILE_LIMIT = 8192
 # What ``Registry.release_range`` did with a range file.
 RANGE_FREED, RANGE_KEPT, RANGE_NOT_ITS = "freed", "kept", "not its"
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+LOCK_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# What opening a range file answers when there is none, or something else was planted under
+# its name (a symbolic link, a socket, a file its maker may not read).
+_NOT_A_RANGE_FILE = frozenset((errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EACCES, errno.EPERM))
 _CREATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Entries parsed, by their bytes: an entry is never rewritten, so the pool-task
@@ -88,6 +91,11 @@ def _parse(name: str, data: bytes) -> entry_format.Entry:
     except ValueError as error:
         raise CorruptEntryError(f"registry entry {name!r}: {error}", name) from None
     return found
+
+
+class RangeFileInTheWay(FileExistsError):
+    """A range file the address index does not record (planted by another user, or left
+    by a release that failed) is where a new region's would go."""
 
 
 class RangeClaim(NamedTuple):
@@ -166,7 +174,7 @@ class Registry:
         The exclusive lock comes with the address index loaded and pending ranges swept;
         the index is written back before the lock goes. The wait can be interrupted
         (Ctrl-C): the descriptor goes with the exception, and the lock with it."""
-        with self._open_public_file(LOCK_FILE, b"") as lock:
+        with self._open_lock() as lock:
             fcntl.flock(lock.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             if not exclusive:
                 yield
@@ -178,7 +186,7 @@ class Registry:
     def try_locked(self) -> Iterator[bool]:
         """The exclusive lock, as ``locked()`` gives it, if it is free now: yields True,
         or False (holding nothing) when another process has it. Never waits."""
-        with self._open_public_file(LOCK_FILE, b"") as lock:
+        with self._open_lock() as lock:
             try:
                 fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -186,6 +194,13 @@ class Registry:
                 return
             with self._index_session():
                 yield True
+
+    def _open_lock(self) -> Descriptor:
+        """A descriptor of its own on the registry directory, to ``flock``: the lock is the
+        directory itself, which the registry has checked, so no user can plant, own or
+        swap it the way a lock file in a world-writable directory could be. Each call
+        opens the directory anew, so each holder (thread or process) locks on its own."""
+        return open_descriptor(".", LOCK_FLAGS, dir_fd=self.dir_fd)
 
     @contextmanager
     def _index_session(self) -> Iterator[None]:
@@ -267,6 +282,12 @@ class Registry:
                     f"registry entry {name!r} is not a regular file "
                     "(mshare never follows links in the registry)", name
                 ) from None
+            if error.errno == errno.EWOULDBLOCK:
+                # Opened with O_NONBLOCK, so a file lease (F_SETLEASE, which only the
+                # entry's owner can take, and mshare never does) is refused, not waited on.
+                raise CorruptEntryError(
+                    f"registry entry {name!r} is held under a file lease by a process of "
+                    "its owner; mshare does not wait for it", name) from None
             raise
         if data is None:
             raise CorruptEntryError(f"registry entry {name!r} is not a regular file", name)
@@ -383,8 +404,13 @@ class Registry:
                 if stat.S_ISREG(info.st_mode):
                     owner = info.st_uid
                     backend, _, location = _read_range_file(descriptor.fd).decode().partition(" ")
-        except (OSError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             pass
+        except OSError as error:
+            # Gone, or planted where no range file can be read. Anything else (no
+            # descriptor left, no memory) must not pass for a range that is free.
+            if error.errno not in _NOT_A_RANGE_FILE:
+                raise
         return RangeClaim(start, end, file_name, backend, location.strip()), owner
 
     def claim_range(self, start: int, end: int, backend: str, location: str,
@@ -397,11 +423,25 @@ class Registry:
         file_name = range_file_name(start, end)
         owner = os.geteuid()
         self.index.add(start, end, owner)
-        undo.callback(self.index.remove, start, end, owner)
+        bits_added = [True]
+
+        def remove_bits() -> None:
+            if bits_added:
+                self.index.remove(start, end, owner)
+
+        undo.callback(remove_bits)
         self.index.save()
         faults.point("create:indexed")
-        claim = create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
-                            lambda: unlink_quietly(file_name, self.dir_fd), dir_fd=self.dir_fd)
+        try:
+            claim = create_file(undo, file_name, _CREATE_FLAGS, PUBLIC_READ,
+                                lambda: unlink_quietly(file_name, self.dir_fd),
+                                dir_fd=self.dir_fd)
+        except FileExistsError:
+            remove_bits()
+            bits_added.clear()
+            raise RangeFileInTheWay(
+                errno.EEXIST, f"the address index of {self.path} lets {file_name!r} be "
+                "taken, but that range file exists", file_name) from None
         undo.callback(claim.close)
         faults.point("create:range-opened")
         write_all(claim.fd, f"{backend} {location}\n".encode())
@@ -511,34 +551,14 @@ class Registry:
     # -- helpers -------------------------------------------------------------------
 
     def _ensure_info_file(self) -> None:
-        self._open_public_file(INFO_FILE, f"{addresses.ALIGNMENT}\n".encode()).close()
-
-    def _open_public_file(self, file_name: str, content: bytes) -> Descriptor:
-        """Open (creating once, atomically, mode 0444) a registry file everyone reads;
-        returns its ``Descriptor``.
-
-        ``O_CREAT`` is never used on an existing file, so ``fs.protected_regular`` does
-        not refuse files another user created."""
-        while True:
-            try:
-                descriptor = open_descriptor(file_name, READ_FLAGS, dir_fd=self.dir_fd)
-                break
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    raise UnsafeRegistryError(
-                        f"{os.path.join(self.path, file_name)} is a symbolic link; remove it",
-                        self.path,
-                    ) from None
-                raise
-            self._make_public_file(file_name, content)
-        if not stat.S_ISREG(os.fstat(descriptor.fd).st_mode):
-            descriptor.close()
-            raise UnsafeRegistryError(
-                f"{os.path.join(self.path, file_name)} is not a regular file; remove it", self.path
-            )
-        return descriptor
+        """Make ``mshare_info`` when it is missing. It is there for people, as msharefs's
+        is, and nothing reads it: whatever another user planted under its name (a symbolic
+        link, a FIFO, a directory, a file nobody may read) is left alone and blocks
+        nothing."""
+        try:
+            os.stat(INFO_FILE, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            self._make_public_file(INFO_FILE, f"{addresses.ALIGNMENT}\n".encode())
 
     def _make_public_file(self, file_name: str, content: bytes) -> None:
         """Link a complete mode-0444 ``file_name`` into place unless one appeared first."""
@@ -633,10 +653,11 @@ def range_marks() -> Dict[str, List[str]]:
 
 
 def close_inherited_locks(keep: Collection[int]) -> None:
-    """In a forked child: close every descriptor of a registry lock or range file (but
-    those in ``keep``). Whatever a parent thread was doing when the fork landed, a lock it
-    held stays with the parent: ``flock`` belongs to the open file, and only closing the
-    child's copy lets the file go when the parent does."""
+    """In a forked child: close every descriptor of a registry directory (its lock) or
+    range file (but those in ``keep``). Whatever a parent thread was doing when the fork
+    landed, a lock it held, or was about to take, stays with the parent: ``flock``
+    belongs to the open file, and only closing the child's copy lets the file go when the
+    parent does. The threads that used the other descriptors do not exist in the child."""
     if not opened_paths:
         return
     for entry in os.listdir("/proc/self/fd"):
@@ -648,6 +669,6 @@ def close_inherited_locks(keep: Collection[int]) -> None:
         except OSError:
             continue  # the descriptor listdir itself used
         directory, _, file_name = target.rpartition("/")
-        if directory in opened_paths and (file_name == LOCK_FILE
-                                          or file_name.startswith(RANGE_PREFIX)):
+        if target in opened_paths or (directory in opened_paths
+                                      and file_name.startswith(RANGE_PREFIX)):
             os.close(fd)

@@ -128,8 +128,9 @@ def index_holds_nothing(registry_path):
 
 
 def registry_files(registry_path):
-    """The registry's contents, sorted, apart from what it keeps for itself: its lock, its
-    info file, and an address index that marks nothing (the last unlink leaves it so)."""
+    """The registry's contents, sorted, apart from what it keeps for itself: its info
+    file, and an address index that marks nothing (the last unlink leaves it so); and the
+    lock file an older mshare kept."""
     if not os.path.isdir(registry_path):
         return []
     files = set(os.listdir(registry_path)) - {".lock", "mshare_info"}

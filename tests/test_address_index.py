@@ -10,6 +10,8 @@ import pytest
 
 import mshare
 from consistency import INDEX_DIRECTORY, assert_clean, assert_index_covers_ranges, index_holds_nothing
+from helpers import run_python
+from mshare.registry import Registry, range_file_name
 from people import STRANGER
 
 # Audit events that touch the file system by name or read a directory.
@@ -136,6 +138,64 @@ def test_an_index_missing_its_ranges_is_rebuilt_from_them(registry_path, name):
         mshare.unlink(region_name)
 
 
+def test_a_range_file_the_index_does_not_record_is_stepped_around(registry_path, name):
+    """The index fresh, but missing a range file in the way of the next create (a planted
+    file, or a failed release's): the create rebuilds the index and takes another range,
+    instead of failing on that file until gc runs."""
+    with mshare.create(name, 4096) as region:
+        start, end = region.addr, region.addr + (1 << 30)
+    mshare.unlink(name)
+    # A range file naming a data object that exists: no index rebuild frees it.
+    location = f"/mshare-planted-{os.getpid()}"
+    open("/dev/shm" + location, "x").close()
+    range_file = os.path.join(registry_path, range_file_name(start, end))
+    try:
+        with open(range_file, "x") as planted:
+            planted.write(f"shm {location}\n")
+        os.chmod(range_file, 0o444)
+        with Registry(registry_path) as registry, registry.locked():
+            registry.index.remove(start, end, os.geteuid())  # saved with the directory as it is
+        with mshare.create("second", 4096) as second:
+            assert second.addr != start
+            assert_index_covers_ranges(registry_path)
+        mshare.unlink("second")
+        with open(range_file) as planted:
+            assert planted.read() == f"shm {location}\n"
+    finally:
+        os.unlink("/dev/shm" + location)
+        os.unlink(range_file)
+        mshare.gc()  # the next change finds the directory changed and rebuilds the index
+
+
+def test_a_release_that_runs_out_of_descriptors_keeps_the_range(registry_path, name):
+    """The last close of an unlinked region, with no descriptor left to open its range
+    file: the range is not taken for gone (its bits stay with its file), so the next
+    create works once descriptors are back."""
+    run_python_in_this_registry = f"""
+        import os, resource, mshare
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        for free in range(1, 8):  # each count of free descriptors the release may meet
+            with mshare.create({name!r} + str(free), 4096) as region:
+                pass
+            region = mshare.create({name!r}, 4096)
+            mshare.unlink({name!r})
+            # The listing's own descriptor counts, so this leaves `free` of them.
+            open_now = len(os.listdir("/proc/self/fd")) - 1
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + free, hard))
+            try:
+                region.close()
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            mshare.unlink({name!r} + str(free))
+        with mshare.create("after", 4096) as after:
+            print(after.addr != 0)
+        mshare.unlink("after")
+    """
+    assert run_python(run_python_in_this_registry).stdout.split() == ["True"]
+    assert_index_covers_ranges(registry_path)
+    mshare.gc()
+
+
 def _plant_index_file(registry_path, file_name, content, owner):
     directory = os.path.join(registry_path, INDEX_DIRECTORY)
     os.makedirs(directory, exist_ok=True)
@@ -175,3 +235,29 @@ def test_an_index_file_under_this_users_name_but_anothers_is_refused_cleanly(reg
     index_file = os.path.join(registry_path, INDEX_DIRECTORY, str(os.geteuid()))
     assert os.stat(index_file).st_uid == os.geteuid()
     assert index_holds_nothing(registry_path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink"])
+def test_a_directory_or_link_under_this_users_index_name_is_refused_cleanly(registry_path,
+                                                                           name, kind):
+    """What another user can plant under this user's name in the sticky index directory:
+    the create names the file and who may remove it, and makes nothing."""
+    mshare.list()
+    path = os.path.join(registry_path, INDEX_DIRECTORY, str(os.geteuid()))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o1777)
+    if os.path.lexists(path):
+        os.unlink(path)
+    if kind == "directory":
+        os.mkdir(path)
+    else:
+        os.symlink("/etc/passwd", path)
+    try:
+        with pytest.raises(mshare.UnsafeRegistryError,
+                           match=f"{INDEX_DIRECTORY}/{os.geteuid()} is not a file of uid "
+                                 f"{os.geteuid()}.*owner or root must remove it"):
+            mshare.create(name, 4096)
+        assert [f for f in os.listdir(registry_path)
+                if f.startswith(".range-") or f == name] == []
+    finally:
+        (os.rmdir if kind == "directory" else os.unlink)(path)

@@ -50,8 +50,9 @@ def worker_loop(stop, names, errors, counts):
 
 
 def child_holds_nothing(registry_path):
-    """In the child: 0 if it holds no lock but its own attach marks, else why not."""
-    lock_file = os.path.realpath(os.path.join(registry_path, ".lock"))
+    """In the child: 0 if it holds no lock but its own attach marks, else why not (3: a
+    descriptor of the registry directory, whose flock is the registry lock)."""
+    registry = os.path.realpath(registry_path)
     own_marks = {attachment.mark.fd for attachment in attachments.live()}
     for entry in os.listdir("/proc/self/fd"):
         try:
@@ -60,7 +61,7 @@ def child_holds_nothing(registry_path):
                 locked = "lock:" in fdinfo.read()
         except OSError:
             continue
-        if target == lock_file:
+        if target == registry:
             return 3
         if locked and int(entry) not in own_marks:
             return 4
@@ -156,3 +157,62 @@ def test_fork_storm_children_hold_no_parent_lock(registry_path, threads):
             mshare.unlink(name)
         except FileNotFoundError:
             pass
+
+
+def mappings_the_table_does_not_know():
+    """In the child: the arena's mappings (or address probes) that no attachment of its
+    table accounts for, as /proc/self/maps lists them."""
+    arena_start, arena_end = mshare.addresses.arena()
+    known = [(attachment.entry.addr, attachment.entry.addr + attachment.entry.map_length)
+             for attachment in attachments.live()]
+    unknown = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = (int(bound, 16) for bound in line.split()[0].split("-"))
+            if arena_start <= start < arena_end and not any(
+                    low <= start and end <= high for low, high in known):
+                unknown.append(line.strip())
+    return unknown
+
+
+def test_a_child_forked_during_another_threads_create_knows_every_mapping(registry_path):
+    """A thread creates, unlinks and closes a region in a loop while the main thread
+    forks: no child inherits a mapping (or the address probe before it) that its table
+    does not know, which no attach mark would keep reserved."""
+    stop = threading.Event()
+    errors = []
+
+    def churn():
+        try:
+            while not stop.is_set():
+                region = mshare.create("churned", 1 << 16)
+                mshare.unlink("churned")
+                region.close()
+        except BaseException as error:  # reported by the test
+            errors.append(error)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    seen = []
+    try:
+        for _ in range(FORKS):
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(reader)
+                try:
+                    os.write(writer, "\n".join(mappings_the_table_does_not_know()).encode())
+                finally:
+                    os._exit(0)
+            os.close(writer)
+            with os.fdopen(reader, "rb") as report:
+                found = report.read().decode()
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            if found:
+                seen.append(found)
+    finally:
+        stop.set()
+        churner.join(HANG_GUARD)
+    assert not errors, errors
+    assert not seen, f"{len(seen)} of {FORKS} children: {seen[:3]}"

@@ -20,7 +20,7 @@ from consistency import INDEX_DIRECTORY, assert_index_covers_ranges
 from figures import record, scaled
 from helpers import huge_page_objects_of, shm_objects_of
 from mshare import addresses, machine, procmaps
-from mshare.registry import LOCK_FILE, INFO_FILE, Registry, range_file_name
+from mshare.registry import INFO_FILE, Registry, range_file_name
 
 PACKAGE = os.path.dirname(mshare.__file__)
 NAMES = [f"storm-{index}" for index in range(3)]
@@ -210,7 +210,7 @@ def storm_over(registry_path, calls, size, hugepages, topic):
     assert set(present) <= set(NAMES)
     expected_files = set(present) | {range_file_name(entry.addr, entry.end)
                                      for entry in present.values()}
-    assert set(os.listdir(registry_path)) - {LOCK_FILE, INFO_FILE, INDEX_DIRECTORY} == expected_files
+    assert set(os.listdir(registry_path)) - {INFO_FILE, INDEX_DIRECTORY} == expected_files
     assert_index_covers_ranges(registry_path)
     data_objects = {os.path.basename(entry.location) for entry in present.values()}
     assert set(shm_objects_of(registry_id)) | {

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -19,7 +20,7 @@ import mshare
 from consistency import read_documented_entry
 from figures import record
 from forge import ADDR_AT, CREATED_AT, FIXED_SIZE, Forger, patched, recrc
-from helpers import run_python
+from helpers import run_python, start_python
 from mshare import addresses
 from mshare.backends.shm import SHM_DIRECTORY
 from mshare.registry import Registry, range_file_name
@@ -309,21 +310,90 @@ def test_unsafe_registry_directories_are_refused(tmp_path, monkeypatch, problem,
 
 
 @pytest.mark.parametrize("file_name", [".lock", "mshare_info"])
-@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
-def test_planted_registry_files_are_refused(forger, registry_path, file_name, kind):
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "unreadable"])
+def test_files_planted_under_the_registrys_own_names_block_nothing(forger, registry_path,
+                                                                  user_site, file_name, kind):
+    """Another user's file where ``mshare_info`` (made for people, read by nothing) or an
+    old ``.lock`` (the lock is the registry directory itself) would be: a member's calls
+    all work, and the planted file is left alone."""
     path = os.path.join(registry_path, file_name)
-    if os.path.exists(path):
+    if os.path.lexists(path):
         os.unlink(path)
     {"symlink": lambda: forger.symlink("/etc/passwd", path), "fifo": lambda: forger.fifo(path),
-     "directory": lambda: forger.directory(path)}[kind]()
+     "directory": lambda: forger.directory(path),
+     "unreadable": lambda: forger.file(path, b"", mode=0o000)}[kind]()
     outcome = run_python("""
         import mshare
-        try:
-            mshare.create("x", 4096)
-        except mshare.UnsafeRegistryError as error:
-            print(error)
-    """, timeout=30)
-    assert file_name in outcome.stdout and "remove it" in outcome.stdout
+        with mshare.create("x", 4096, mode=0o644) as region:
+            region.buf[0] = 7
+        with mshare.attach("x") as region:
+            print(region.buf[0], [listed.name for listed in mshare.list()])
+        mshare.unlink("x")
+    """, timeout=30, **as_member())
+    assert outcome.stdout.split() == ["7", "['x']"]
+    assert os.lstat(path).st_uid == STRANGER
+
+
+def test_no_file_another_user_owns_or_swaps_can_take_the_registry_lock(forger, registry_path):
+    """The registry's lock is its directory. Another user who made a ``.lock`` there first
+    and keeps putting fresh files in its place (which broke mutual exclusion while the lock
+    was that file) makes no second holder of the exclusive lock."""
+    path = os.path.join(registry_path, ".lock")
+    forger.file(path, b"", mode=0o444)
+    holder = start_python(f"""
+        import sys
+        from mshare.registry import Registry
+        with Registry({registry_path!r}) as registry, registry.locked():
+            print("held", flush=True)
+            sys.stdin.readline()
+    """, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        forger.file(path + ".new", b"", mode=0o444)
+        os.rename(path + ".new", path)  # as the owner of .lock may, in the sticky directory
+        with Registry(registry_path) as registry, registry.try_locked() as taken:
+            assert taken is False
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    with Registry(registry_path) as registry, registry.try_locked() as taken:
+        assert taken is True
+
+
+def test_an_entry_its_owner_holds_under_a_lease_fails_only_itself(forger, registry_path,
+                                                                 user_site, name):
+    """A write lease (``F_SETLEASE``) on an entry, which only its owner can take, makes
+    every other open of it fail at once (mshare opens with ``O_NONBLOCK``): list and gc
+    still work for everyone, listing it as unreadable, and attach says what is wrong."""
+    with mshare.create(name, 4096, mode=0o644) as other:
+        other.buf[0] = 5
+    holder = start_python(f"""
+        import fcntl, os, signal, sys, mshare
+        mshare.create("leased", 4096, mode=0o644).close()
+        fd = os.open(os.path.join({registry_path!r}, "leased"), os.O_RDONLY)
+        signal.signal(signal.SIGIO, lambda *_: None)  # keeps the lease past a break notice
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        print("leased", flush=True)
+        sys.stdin.readline()
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        os.close(fd)
+        mshare.unlink("leased")
+    """, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **as_member())
+    try:
+        assert holder.stdout.readline().strip() == "leased"
+        listed = {region.name: getattr(region, "status", "ok") for region in mshare.list()}
+        assert listed[name] == "ok"
+        assert listed["leased"].startswith("corrupt") and "lease" in listed["leased"]
+        report = mshare.gc(dry_run=True)
+        assert not any(name in str(removal) for removal in report.removed)
+        with pytest.raises(mshare.CorruptEntryError, match="lease"):
+            mshare.attach("leased")
+        with mshare.attach(name) as other:
+            assert other.buf[0] == 5
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    mshare.unlink(name)
 
 
 def test_registry_owned_by_the_caller_or_root_is_accepted(request, registry_path, user_site, name):

@@ -114,31 +114,31 @@ def test_each_call_checks_the_mount_table_once(registry_path, name, hugepages):
 # What each call must do, and no more: a step put back (a second open of a file the call
 # already holds, another index write, a stat already made) turns these red.
 CREATE_STEPS = {
-    # registry directory, lock, index directory, this user's index file (read and then
-    # written through the same descriptor), range file (kept as the attach mark), data
-    # object, entry
+    # registry directory, the directory again for its lock, index directory, this user's
+    # index file (read and then written through the same descriptor), range file (kept
+    # as the attach mark), data object, entry
     "files opened": 7,
     # the range's bits before its range file exists; the stamp once the entry is linked
     "index writes": 2,
     "listings": 1,  # the index directory
-    # registry directory and lock as opened; the registry's stamp at load, at each index
-    # write and at the lock's release; the index file as read; the name checked free;
-    # the index directory's sticky bit; the data object as made; /dev/shm's free space;
-    # the entry as written
-    "stats": 12,
+    # registry directory as opened (its lock is the directory itself: no stat); the
+    # registry's stamp at load, at each index write and at the lock's release; the index
+    # file as read; the name checked free; the index directory's sticky bit; the data
+    # object as made; /dev/shm's free space; the entry as written
+    "stats": 11,
     "handler swaps": 2,  # Ctrl-C held back once
 }
 UNLINK_STEPS = {
-    # registry directory, lock, index directory, index file, entry, range file (read once,
-    # to check it is the entry's and to release it)
+    # registry directory, the directory again for its lock, index directory, index file,
+    # entry, range file (read once, to check it is the entry's and to release it)
     "files opened": 6,
     "index writes": 1,
     "listings": 1,
-    # registry directory, lock, stamp at load, index file, data object before removal and
+    # registry directory, stamp at load, index file, data object before removal and
     # after, range file as opened, index directory's sticky bit, stamp at the write and at
     # the lock's release (stats are counted where Python makes them: the entry's is
     # inside the compiled read)
-    "stats": 10,
+    "stats": 9,
     "handler swaps": 2,
 }
 # What a hugetlb create does besides: the pool's five counters, and a statfs of the mount
