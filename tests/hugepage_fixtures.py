@@ -16,8 +16,9 @@ from mshare import machine
 
 BASE = "/tmp/mshare-tests"
 PAGE_SIZE_2M = 2 << 20
-# The 2 GiB page-table test and a few small regions at once, with room to spare.
-POOL_PAGES = 1100
+# The 4 GiB page-table test (2,048 pages and one for the region's header) and a few
+# small regions at once, with room to spare.
+POOL_PAGES = 2048 + 64
 
 
 def require_root():

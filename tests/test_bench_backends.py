@@ -12,8 +12,12 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
+# Run from "/" and import mshare before the checkout joins sys.path (for `bench`), so the
+# installed package is the one measured and an unbuilt source tree never shadows it.
 CHILD = """
 import json, sys
+import mshare
+sys.path.append(sys.argv.pop(1))
 from bench.backends import DROP_IN, by_name
 
 smaps_opened = []
@@ -48,7 +52,7 @@ print(json.dumps(found))
 
 @pytest.mark.parametrize("backend", ["mshare-shm", "mshare.shared_memory"])
 def test_no_timed_call_reads_the_page_size(backend, registry_path):
-    run = subprocess.run([sys.executable, "-c", CHILD, backend], cwd=REPOSITORY,
+    run = subprocess.run([sys.executable, "-c", CHILD, str(REPOSITORY), backend], cwd="/",
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     found = json.loads(run.stdout.strip().splitlines()[-1])[backend]

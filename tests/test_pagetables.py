@@ -196,8 +196,9 @@ def test_a_forked_process_pays_the_same_few_page_tables_for_1_and_4_gib(registry
                                                                          hugetlbfs):
     own = {}
     for size in (GiB, 4 * GiB):
+        region = mshare.create(name, size, hugepages="hugetlb", populate=True)
         try:
-            with mshare.create(name, size, hugepages="hugetlb", populate=True) as region:
+            with region:
                 shared = region.stats().shared_span
                 growth = _vmpte_growth_in_a_forked_child(name)
         finally:
