@@ -43,7 +43,7 @@ from mshare._slots cimport fixed_string
 from mshare._waiting cimport sleep_on
 
 from mshare._shared import INTERNAL_LOCK_TIMEOUT
-from mshare.array_shapes import STORED_DTYPE, _array_bytes, _check_storable, _shape
+from mshare.array_shapes import _array_bytes, _check_storable, _shape, stored_dtype
 from mshare.errors import CorruptBookkeepingError
 
 
@@ -525,9 +525,8 @@ cdef class SlotRing:
         else:
             text = fixed_string(item.dtype, MS_DTYPE_BYTES)
             try:
-                decoded = text.decode("ascii")
                 # Matched before numpy parses it, which may kill the process (STORED_DTYPE).
-                dtype = np.dtype(decoded) if STORED_DTYPE.fullmatch(decoded) else None
+                dtype = stored_dtype(text.decode("ascii"))
             except (TypeError, ValueError, UnicodeDecodeError):
                 dtype = None
             if (dtype is None or dtype.itemsize == 0 or dtype.hasobject
