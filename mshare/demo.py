@@ -21,10 +21,12 @@ import inspect
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from multiprocessing import resource_tracker, shared_memory
 from types import FrameType
@@ -36,6 +38,7 @@ from mshare.backends.files import Unavailable
 from mshare.backends.selection import candidates
 from mshare.machine import settle_counters
 from mshare.operations import bookkeeping_length
+from mshare.registry_root import SHM_DIRECTORY
 from mshare.units import format_size, size_argument
 
 GiB: Final = 1 << 30
@@ -73,6 +76,26 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+
+@contextlib.contextmanager
+def registry_of_its_own() -> Iterator[None]:
+    """The demo's regions in a registry of its own, on the default registry's file system,
+    removed afterwards: the demo leaves nothing in the user's registry, not even the
+    address index its first region would make there. An ``MSHARE_ROOT`` the user set is
+    theirs, and is used as it is."""
+    if os.environ.get("MSHARE_ROOT"):
+        yield
+        return
+    with signals_held():  # made and named, or neither
+        root = tempfile.mkdtemp(prefix="mshare-demo-", dir=SHM_DIRECTORY)
+        os.environ["MSHARE_ROOT"] = root  # the workers inherit it
+    try:
+        yield
+    finally:
+        with signals_held():
+            del os.environ["MSHARE_ROOT"]
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- sizes and kernel counters ------------------------------------------------------------
@@ -474,29 +497,30 @@ def run(args: argparse.Namespace) -> int:
     workers = Workers()
     contenders: List[Contender] = []
     rows: List[Row] = []
-    try:
-        makers: Sequence[Callable[[], Contender]] = (
-            lambda: MshareContender(f"demo-{tag}", size, args.hugepages),
-            lambda: SharedMemoryContender(f"mshare-demo-{tag}", size))
-        for step, make in enumerate(makers, 1):
-            started = time.perf_counter()
-            with signals_held():  # created and listed for removal, or neither
-                contenders.append(make())
-            contender = contenders[-1]
-            contender.make_resident()
-            say(f"[{step}/2] {contender.label}: region {contender.name} "
-                f"({contender.backend}, {format_size(contender.page_size)} pages) created and "
-                f"resident in {time.perf_counter() - started:.2f} s")
-            rows.append(measure(contender, workers, args.workers, say))
+    with registry_of_its_own():
+        try:
+            makers: Sequence[Callable[[], Contender]] = (
+                lambda: MshareContender(f"demo-{tag}", size, args.hugepages),
+                lambda: SharedMemoryContender(f"mshare-demo-{tag}", size))
+            for step, make in enumerate(makers, 1):
+                started = time.perf_counter()
+                with signals_held():  # created and listed for removal, or neither
+                    contenders.append(make())
+                contender = contenders[-1]
+                contender.make_resident()
+                say(f"[{step}/2] {contender.label}: region {contender.name} "
+                    f"({contender.backend}, {format_size(contender.page_size)} pages) created and "
+                    f"resident in {time.perf_counter() - started:.2f} s")
+                rows.append(measure(contender, workers, args.workers, say))
+                with signals_held():
+                    contenders.pop().remove()
+        finally:
+            # A second Ctrl-C must not cut the cleanup short; it takes effect afterwards.
             with signals_held():
-                contenders.pop().remove()
-    finally:
-        # A second Ctrl-C must not cut the cleanup short; it takes effect afterwards.
-        with signals_held():
-            workers.stop()
-            while contenders:
-                contenders.pop().remove()
-        signal.signal(signal.SIGTERM, previous_sigterm)
+                workers.stop()
+                while contenders:
+                    contenders.pop().remove()
+            signal.signal(signal.SIGTERM, previous_sigterm)
     say("")
     for line in table(rows, args.workers) + [""] + pointer_story(rows) + [""] + advice(rows[0], size):
         say(line)

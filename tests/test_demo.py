@@ -173,3 +173,42 @@ def test_without_huge_pages_it_shows_what_they_would_give_and_the_command(regist
     assert f"then: {mshare_script} demo --hugepages hugetlb" in output
     tag = tag_of(next(line for line in output.splitlines() if line.startswith("[1/2]")))
     assert left_in_shm(before, registry_path, tag) == set()
+
+
+def shm_as_it_is():
+    """Every name under /dev/shm that mshare's default registries or its demo could make,
+    with the modification time of each (a registry's index file is rewritten in place)."""
+    found = {}
+    for top in os.listdir(SHM):
+        if not top.startswith("mshare"):
+            continue
+        path = os.path.join(SHM, top)
+        found[path] = os.lstat(path).st_mtime_ns
+        if os.path.isdir(path) and not os.path.islink(path):
+            for directory, names, files in os.walk(path):
+                for name in names + files:
+                    inner = os.path.join(directory, name)
+                    found[inner] = os.lstat(inner).st_mtime_ns
+    return found
+
+
+@pytest.mark.parametrize("interrupted", [False, True], ids=["run", "ctrl-c"])
+def test_without_mshare_root_it_leaves_the_default_registry_untouched(interrupted):
+    """A user's first `mshare demo` leaves /dev/shm as it found it: the demo keeps its
+    regions in a registry of its own, not in the default one (where its first region
+    would make the address index), and removes it, also after a Ctrl-C."""
+    before = shm_as_it_is()
+    environment_without_root = {key: value for key, value in environment().items()
+                                if key != "MSHARE_ROOT"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "mshare", "demo", "--size", "64M", "--workers", "2"], cwd="/",
+        env=environment_without_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    if interrupted:
+        for line in demo.stdout:
+            if line.startswith("[1/2] mshare"):
+                break
+        os.killpg(demo.pid, signal.SIGINT)
+    output, errors = demo.communicate(timeout=300)
+    assert demo.returncode == (130 if interrupted else 0), output + errors
+    assert shm_as_it_is() == before
