@@ -38,10 +38,19 @@ static const field_class_t classes[] = {
     {"free-lists", {{BK(heads)}}},
     {"bitmaps", {{BK(fl_bitmap)}, {BK(sl_bitmap)}}},
     {"name-slots", {{BK(slots)}}},
+    {"slot-dtypes", {{BK(slots)}}},
     {"blocks", {{0, 0}}},
 };
 #define CLASS_COUNT (sizeof classes / sizeof classes[0])
 #define BLOCKS (CLASS_COUNT - 1)
+#define SLOT_DTYPES (CLASS_COUNT - 2)
+
+/* Dtype texts on which numpy's parser kills or misleads a reader that trusts them: a
+ * datetime unit divided by zero (SIGFPE), commas (ast.literal_eval), a zero multiplier,
+ * Python objects. Written whole into a slot's dtype field. */
+static const char *const poisoned_dtypes[] = {"M8[s/0]", "m8[1M/0]", ",V1V8", "<i8,<f8",
+                                              "m8[0s]", "|O", "<i8"};
+#define POISON_COUNT (sizeof poisoned_dtypes / sizeof poisoned_dtypes[0])
 
 static volatile sig_atomic_t stopping;
 static void stop(int signum) { (void)signum; stopping = 1; }
@@ -109,6 +118,14 @@ int main(int argc, char **argv) {
             size_t which = chosen >= 0 ? (size_t)chosen : next_random() % CLASS_COUNT;
             unsigned char *at;
             size_t width = 8;
+            if (which == SLOT_DTYPES) {
+                ms_slot_t *slot = &((ms_bookkeeping_t *)bookkeeping)->slots[
+                    next_random() % MS_NAME_CAPACITY];
+                const char *poison = poisoned_dtypes[next_random() % POISON_COUNT];
+                memcpy((char *)slot->dtype, poison, strlen(poison) + 1);
+                writes++;
+                continue;
+            }
             if (which == BLOCKS) {
                 if (arena_aimed < 8)
                     continue;

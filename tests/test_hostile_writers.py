@@ -28,7 +28,7 @@ from helpers import start_python
 from people import as_member, as_stranger
 
 TARGETS = ["all", "header", "arena-fields", "user-lock", "internal-lock", "busy-pending",
-           "free-lists", "bitmaps", "name-slots", "blocks"]
+           "free-lists", "bitmaps", "name-slots", "slot-dtypes", "blocks"]
 VICTIM_CALLS = 3000
 SHARED_SIZE = {"shm": 1 << 20, "hugetlb": 4 << 20}
 
