@@ -175,29 +175,33 @@ def test_without_huge_pages_it_shows_what_they_would_give_and_the_command(regist
     assert left_in_shm(before, registry_path, tag) == set()
 
 
-def shm_as_it_is():
-    """Every name under /dev/shm that mshare's default registries or its demo could make,
-    with the modification time of each (a registry's index file is rewritten in place)."""
+def default_registries_as_they_are():
+    """Where the demo's regions would go without a registry of its own: the default
+    registries (the shared one and this user's private one) and every name in them, with
+    modification times (a registry's index file is rewritten in place, its directory
+    changes with every entry and range file), and any registry a demo made for itself.
+    Other tests' registries, elsewhere in /dev/shm, may change meanwhile."""
+    from mshare.registry_root import SHM_DIRECTORY, private_root, shared_root
+
+    roots = [shared_root(), private_root(os.geteuid())] + [
+        os.path.join(SHM_DIRECTORY, name) for name in os.listdir(SHM_DIRECTORY)
+        if name.startswith("mshare-demo-") and os.path.isdir(os.path.join(SHM_DIRECTORY, name))]
     found = {}
-    for top in os.listdir(SHM):
-        if not top.startswith("mshare"):
-            continue
-        path = os.path.join(SHM, top)
-        found[path] = os.lstat(path).st_mtime_ns
-        if os.path.isdir(path) and not os.path.islink(path):
-            for directory, names, files in os.walk(path):
-                for name in names + files:
-                    inner = os.path.join(directory, name)
-                    found[inner] = os.lstat(inner).st_mtime_ns
+    for root in filter(os.path.lexists, roots):
+        found[root] = os.lstat(root).st_mtime_ns
+        for directory, names, files in os.walk(root):
+            for name in names + files:
+                inner = os.path.join(directory, name)
+                found[inner] = os.lstat(inner).st_mtime_ns
     return found
 
 
 @pytest.mark.parametrize("interrupted", [False, True], ids=["run", "ctrl-c"])
 def test_without_mshare_root_it_leaves_the_default_registry_untouched(interrupted):
-    """A user's first `mshare demo` leaves /dev/shm as it found it: the demo keeps its
-    regions in a registry of its own, not in the default one (where its first region
-    would make the address index), and removes it, also after a Ctrl-C."""
-    before = shm_as_it_is()
+    """A user's first `mshare demo` leaves the default registry as it found it (or absent):
+    the demo keeps its regions in a registry of its own, not in the default one (where its
+    first region would make the address index), and removes it, also after a Ctrl-C."""
+    before = default_registries_as_they_are()
     environment_without_root = {key: value for key, value in environment().items()
                                 if key != "MSHARE_ROOT"}
     demo = subprocess.Popen(
@@ -211,4 +215,4 @@ def test_without_mshare_root_it_leaves_the_default_registry_untouched(interrupte
         os.killpg(demo.pid, signal.SIGINT)
     output, errors = demo.communicate(timeout=300)
     assert demo.returncode == (130 if interrupted else 0), output + errors
-    assert shm_as_it_is() == before
+    assert default_registries_as_they_are() == before
