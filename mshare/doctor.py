@@ -111,7 +111,7 @@ def system_section() -> List[str]:
         "environment: " + ", ".join(
             f"{variable}={os.environ.get(variable) or '(unset)'}"
             for variable in ("MSHARE_ROOT", hugetlb.ENVIRONMENT, thp.ENVIRONMENT)
-        ) + f"; registry {registry_root()}",
+        ) + f"; registry {registry_root(make=False)}",
     ]
 
 

@@ -71,10 +71,11 @@ opened_paths: Set[str] = set()
 _known_directories: Dict[Tuple[str, Tuple[int, int]], str] = {}
 
 
-def registry_root() -> str:
+def registry_root(*, make: bool = True) -> str:
     """The registry directory in use: ``$MSHARE_ROOT``, else the shared registry or, for a
-    user while root has not made that one, a private one (``mshare.registry_root``)."""
-    return os.environ.get("MSHARE_ROOT") or default_root()
+    user while root has not made that one, a private one (``mshare.registry_root``), made
+    here unless ``make`` is false."""
+    return os.environ.get("MSHARE_ROOT") or default_root(make=make)
 
 
 def range_file_name(start: int, end: int) -> str:

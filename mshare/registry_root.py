@@ -31,14 +31,17 @@ def private_root(uid: int) -> str:
     return os.path.join(SHM_DIRECTORY, f"{SHARED_NAME}-{uid}")
 
 
-def default_root() -> str:
+def default_root(*, make: bool = True) -> str:
     """The registry directory to use without ``MSHARE_ROOT``; a private one is created
-    (mode 0700) when it is chosen and missing."""
+    (mode 0700) when it is chosen and missing, unless ``make`` is false (a diagnostic that
+    only names it must leave nothing in /dev/shm)."""
     user = os.geteuid()
     shared = shared_root()
     if user == 0 or _made_by_root(shared):
         return shared
     private = private_root(user)
+    if not make:
+        return private
     # An existing one may be another user's: opening the registry checks the owner and
     # refuses it. Any other failure (no SHM_DIRECTORY) is reported by that opening too.
     with contextlib.suppress(OSError):

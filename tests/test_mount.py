@@ -3,6 +3,7 @@ would: separate processes, their output and exit codes."""
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import uuid
@@ -10,7 +11,7 @@ import uuid
 import pytest
 
 import mshare
-from mshare import machine, mounts
+from mshare import machine, mounts, registry_root
 from mshare.machine import Mount
 
 from hugepage_fixtures import BASE, require_root
@@ -164,9 +165,15 @@ def test_doctor_tells_what_auto_would_choose_and_how_to_enable_the_rest(registry
 
 
 def test_doctor_runs_for_anyone(user_site):
+    # It names the registry a user would get, and makes none: a diagnostic leaves nothing
+    # in /dev/shm (a user's private registry appears with that user's first region).
+    private = registry_root.private_root(pwd.getpwnam("nobody").pw_uid)
+    existed = os.path.lexists(private)
     result = run_python("""
         import sys
         from mshare.cli import main
         sys.exit(main(["doctor"]))
     """, user="nobody")
     assert "=> " in result.stdout and "you may write" in result.stdout
+    assert f"registry {private}" in result.stdout or "MSHARE_ROOT=/" in result.stdout
+    assert os.path.lexists(private) == existed
